@@ -1,0 +1,179 @@
+"""Lightning data module: FashionMNIST train/val and the three evaluation sets, held in memory.
+
+* ``train_set`` / ``val_set``: FashionMNIST train minus a seeded random hold-out of ``val_size``
+  images (``torch.Generator().manual_seed(seed)``); ``train_subset`` keeps a seeded random
+  ``train_subset`` of the remaining images. Items are ``(x, y)``.
+* ``eval_sets`` (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution),
+  ``"mnist"`` (MNIST test) and ``"mnist_saltpepper"`` (MNIST test with
+  :func:`~fevae.data.transforms.salt_and_pepper` applied to the raw pixels of the whole set, then
+  preprocessed). ``eval_subset=k`` keeps the *first* ``k`` images of each (deterministic, and the
+  same corrupted pixels as in a full run). Items are ``(x, y, index)`` with ``index`` the int64
+  position in that eval set, so predictions gathered under DDP can be de-duplicated.
+
+``x`` is float32 ``[1, 28, 28]``, ``y`` int64.
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from fevae.data.discovery import locate_data
+from fevae.data.idx import read_images_and_labels
+from fevae.data.transforms import PREPROCESS_MODES, preprocess, salt_and_pepper
+from fevae.errors import FevaeError, require
+
+#: Names of the evaluation sets, in the order of :meth:`FevaeDataModule.predict_dataloader`.
+EVAL_SETS = ("fashionmnist", "mnist", "mnist_saltpepper")
+
+
+def _require_int(key: str, value: Any, minimum: int, optional: bool = False) -> None:
+    """Require ``data.<key>`` to be an int ≥ ``minimum`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+    bound = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+    require(ok, f"data.{key}={value!r} is invalid",
+            f"set data.{key} to {bound}{' or null' if optional else ''}")
+
+
+class FevaeDataModule(lightning.LightningDataModule):
+    """FashionMNIST (in-distribution) and MNIST / salt-and-pepper MNIST (OOD), see the module doc."""
+
+    def __init__(self, data_dir: str | None = None, preprocess: str = "scale", val_size: int = 5000,
+                 batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0, seed: int = 0,
+                 train_subset: int | None = None, eval_subset: int | None = None,
+                 saltpepper_fraction: float = 0.2, download: bool = False, download_dir: str | None = None,
+                 pin_memory: bool = False) -> None:
+        super().__init__()
+        require(preprocess in PREPROCESS_MODES, f"data.preprocess={preprocess!r} is invalid",
+                f"set data.preprocess to one of {', '.join(PREPROCESS_MODES)}")
+        _require_int("val_size", val_size, 0)
+        _require_int("batch_size", batch_size, 1)
+        _require_int("eval_batch_size", eval_batch_size, 1)
+        _require_int("num_workers", num_workers, 0)
+        _require_int("seed", seed, 0)
+        _require_int("train_subset", train_subset, 1, optional=True)
+        _require_int("eval_subset", eval_subset, 1, optional=True)
+        ok = (isinstance(saltpepper_fraction, numbers.Real) and not isinstance(saltpepper_fraction, bool)
+              and 0.0 <= saltpepper_fraction <= 1.0)
+        require(ok, f"data.saltpepper_fraction={saltpepper_fraction!r} is invalid",
+                "set data.saltpepper_fraction to a probability in [0, 1], e.g. 0.2")
+        for key, flag in (("download", download), ("pin_memory", pin_memory)):
+            require(isinstance(flag, bool), f"data.{key}={flag!r} is invalid", f"set data.{key} to true or false")
+        self.save_hyperparameters()
+        self.data_dir, self.download, self.download_dir = data_dir, download, download_dir
+        self.preprocess_mode, self.val_size, self.seed = preprocess, int(val_size), int(seed)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.num_workers, self.pin_memory = int(num_workers), pin_memory
+        self.train_subset, self.eval_subset = train_subset, eval_subset
+        self.saltpepper_fraction = float(saltpepper_fraction)
+
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.eval_sets: dict[str, Dataset] = {}
+        #: Positions in the FashionMNIST train file of the train / val images (sorted).
+        self.train_indices: torch.Tensor | None = None
+        self.val_indices: torch.Tensor | None = None
+        self._sources: dict[str, tuple[Path, Path]] = {}
+
+    # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        """Nothing to do: files are located and read in :meth:`setup` (cheap, in memory)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        """Locate and read the IDX files and build all datasets; later calls do nothing."""
+        if self.train_set is not None:
+            return
+        files = locate_data(self.data_dir, download=self.download, download_dir=self.download_dir)
+        self._setup_train(*files["fashionmnist/train"])
+        test = files["fashionmnist/test"]
+        mnist = files["mnist/test"]
+        fm_images, fm_labels = read_images_and_labels(*test)
+        mn_images, mn_labels = read_images_and_labels(*mnist)
+        noisy = salt_and_pepper(mn_images, self.saltpepper_fraction, self.seed)
+        raw = {"fashionmnist": (fm_images, fm_labels), "mnist": (mn_images, mn_labels),
+               "mnist_saltpepper": (noisy, mn_labels)}
+        self._sources.update(fashionmnist=test, mnist=mnist, mnist_saltpepper=mnist)
+        self.eval_sets = {name: self._eval_set(name, *raw[name]) for name in EVAL_SETS}
+
+    def _setup_train(self, images_path: Path, labels_path: Path) -> None:
+        """Seeded hold-out of ``val_size`` images, then the optional seeded ``train_subset``."""
+        images, labels = read_images_and_labels(images_path, labels_path)
+        n = len(images)
+        require(self.val_size < n, f"data.val_size={self.val_size} leaves no training images "
+                f"(FashionMNIST train {images_path} holds {n})", f"set data.val_size below {n}")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = perm[: self.val_size], perm[self.val_size:]
+        if self.train_subset is not None:
+            require(self.train_subset <= len(train_idx),
+                    f"data.train_subset={self.train_subset} exceeds the {len(train_idx)} training images "
+                    f"left after the hold-out of data.val_size={self.val_size}",
+                    f"set data.train_subset to at most {len(train_idx)} or null")
+            train_idx = train_idx[: self.train_subset]
+        self.train_indices, self.val_indices = train_idx.sort().values, val_idx.sort().values
+        self.train_set = self._tensor_set(images, labels, self.train_indices)
+        self.val_set = self._tensor_set(images, labels, self.val_indices)
+        self._sources.update(train=(images_path, labels_path), val=(images_path, labels_path))
+
+    def _tensor_set(self, images: np.ndarray, labels: np.ndarray, idx: torch.Tensor) -> TensorDataset:
+        """Preprocessed ``(x, y)`` of the images at ``idx``."""
+        sel = idx.numpy()
+        return TensorDataset(preprocess(images[sel], self.preprocess_mode),
+                             torch.from_numpy(labels[sel].astype(np.int64)))
+
+    def _eval_set(self, name: str, images: np.ndarray, labels: np.ndarray) -> TensorDataset:
+        """Preprocessed ``(x, y, index)`` of the first ``eval_subset`` images (all when None)."""
+        k = len(images) if self.eval_subset is None else self.eval_subset
+        require(k <= len(images), f"data.eval_subset={k} exceeds the {len(images)} images of eval set {name}",
+                f"set data.eval_subset to at most {len(images)} or null")
+        return TensorDataset(preprocess(images[:k], self.preprocess_mode),
+                             torch.from_numpy(labels[:k].astype(np.int64)), torch.arange(k, dtype=torch.int64))
+
+    # ------------------------------------------------------------ information
+    @property
+    def sources(self) -> dict[str, tuple[Path, Path]]:
+        """Split name (train, val, and each eval set) → the ``(images, labels)`` files it came from."""
+        self.setup()
+        return dict(self._sources)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One dict per split: ``split``, ``count``, ``shape`` (of one x), ``source``, ``labels``."""
+        self.setup()
+        sets = {"train": self.train_set, "val": self.val_set, **self.eval_sets}
+        return [{"split": name, "count": len(ds), "shape": tuple(ds.tensors[0].shape[1:]),
+                 "source": str(self._sources[name][0]), "labels": str(self._sources[name][1])}
+                for name, ds in sets.items()]
+
+    # ------------------------------------------------------------ dataloaders
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches of ``(x, y)``."""
+        self.setup()
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches of ``(x, y)`` in a fixed order."""
+        self.setup()
+        return self._loader(self.val_set, self.batch_size, shuffle=False)
+
+    def eval_dataloader(self, name: str) -> DataLoader:
+        """Batches of ``(x, y, index)`` of eval set ``name`` (see :data:`EVAL_SETS`), in order."""
+        self.setup()
+        if name not in self.eval_sets:
+            raise FevaeError(f"unknown evaluation set {name!r}", f"use one of {', '.join(EVAL_SETS)}")
+        return self._loader(self.eval_sets[name], self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """One eval loader per entry of :data:`EVAL_SETS`, in that order."""
+        return [self.eval_dataloader(name) for name in EVAL_SETS]
