@@ -1,0 +1,179 @@
+"""Pixel likelihoods p(x | z) for the VAE decoder.
+
+The decoder outputs pre-sigmoid logits ``h`` of shape ``[..., 1, 28, 28]``. A :class:`Likelihood`
+turns them into
+
+* ``phi(h)``: the decoded image-space parameter φ(z) = sigmoid(h) ∈ [0, 1] (Bernoulli probability,
+  Gaussian mean or continuous-Bernoulli λ). This is what the Jigsaw feature extractor sees.
+* ``distribution(h)``: a ``torch.distributions`` object with the 3 pixel dims as event dims.
+* ``log_prob(x, h)``: log p(x | h) summed over the pixel dims, broadcasting ``x`` ``[B, 1, 28, 28]``
+  against ``h`` ``[S, B, 1, 28, 28]`` to ``[S, B]``.
+
+Argument validation of the distributions is off (``validate_args=False``): it costs time on every
+batch, and the Bernoulli log-probability of non-binary ``x`` is then the (unnormalised) binary
+cross-entropy, which is what a Bernoulli VAE trained on greyscale images optimises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli,
+    ContinuousBernoulli,
+    Distribution,
+    Independent,
+    Normal,
+)
+
+from fevae.errors import FevaeError
+
+#: Shape of one image ``[channels, height, width]``.
+IMAGE_SHAPE: tuple[int, int, int] = (1, 28, 28)
+_EVENT_DIMS = len(IMAGE_SHAPE)
+
+
+class Likelihood(nn.Module):
+    """Base class: a distribution over images parameterised by decoder logits ``h``."""
+
+    def phi(self, h: Tensor) -> Tensor:
+        """Decoded image-space parameter φ = sigmoid(h) ∈ [0, 1], same shape as ``h``."""
+        return torch.sigmoid(h)
+
+    def _pixel_distribution(self, h: Tensor) -> Distribution:
+        """Per-pixel distribution with batch shape ``h.shape``."""
+        raise NotImplementedError
+
+    def distribution(self, h: Tensor) -> Distribution:
+        """Distribution over images: the 3 trailing (pixel) dims of ``h`` are event dims."""
+        return Independent(self._pixel_distribution(h), _EVENT_DIMS, validate_args=False)
+
+    def log_prob(self, x: Tensor, h: Tensor) -> Tensor:
+        """log p(x | h) summed over pixel dims; ``x`` broadcasts against ``h``; → ``h.shape[:-3]``."""
+        return self.distribution(h).log_prob(x)
+
+
+class BernoulliLikelihood(Likelihood):
+    """Independent Bernoulli pixels, parameterised by logits (numerically stable)."""
+
+    def _pixel_distribution(self, h: Tensor) -> Distribution:
+        return Bernoulli(logits=h, validate_args=False)
+
+
+class GaussianLikelihood(Likelihood):
+    """Independent Gaussian pixels with mean sigmoid(h) and standard deviation σ.
+
+    ``sigma`` selects how σ is modelled:
+
+    * ``"scalar"`` (default): one learned σ shared by all pixels. A single scale keeps the
+      likelihood comparable across images, since every pixel's squared error is weighted equally.
+    * ``"pixel"``: a learned σ per pixel (shape ``[1, 28, 28]``). σ can collapse towards
+      ``sigma_min`` at pixels that are black in every training image (e.g. borders), which hugely
+      inflates the likelihood of any image with a black background (e.g. MNIST digits).
+    * ``"fixed"``: σ = ``sigma_init``, not learned. Requires guessing the noise scale of the data.
+
+    Learned σ is parameterised as log σ (initialised at log ``sigma_init``) and clamped below at
+    ``sigma_min`` so the density cannot diverge.
+    """
+
+    SIGMA_MODES = ("scalar", "pixel", "fixed")
+
+    def __init__(self, sigma: str = "scalar", sigma_init: float = 0.1, sigma_min: float = 0.01):
+        super().__init__()
+        if sigma not in self.SIGMA_MODES:
+            raise FevaeError(
+                f"model.vae.likelihood.sigma={sigma!r} is not a valid σ mode",
+                f"use one of {', '.join(self.SIGMA_MODES)}",
+            )
+        if not sigma_min > 0:
+            raise FevaeError(
+                f"model.vae.likelihood.sigma_min={sigma_min} must be > 0",
+                "set it to a small positive value such as 0.01",
+            )
+        if not sigma_init > 0 or (sigma != "fixed" and sigma_init < sigma_min):
+            raise FevaeError(
+                f"model.vae.likelihood.sigma_init={sigma_init} must be > 0 and, for a learned σ, "
+                f">= model.vae.likelihood.sigma_min={sigma_min}",
+                "set it to the expected pixel noise scale, e.g. 0.1",
+            )
+        self.mode = sigma
+        self.sigma_min = float(sigma_min)
+        log_init = math.log(sigma_init)
+        if sigma == "fixed":
+            self.register_buffer("log_sigma", torch.tensor(log_init))
+        else:
+            shape = IMAGE_SHAPE if sigma == "pixel" else ()
+            self.log_sigma = nn.Parameter(torch.full(shape, log_init))
+
+    def sigma(self) -> Tensor:
+        """Current σ: shape ``[]`` (scalar/fixed) or ``[1, 28, 28]`` (pixel)."""
+        if self.mode == "fixed":
+            return self.log_sigma.exp()
+        return self.log_sigma.clamp(min=math.log(self.sigma_min)).exp()
+
+    def _pixel_distribution(self, h: Tensor) -> Distribution:
+        return Normal(self.phi(h), self.sigma(), validate_args=False)
+
+
+class _LogitContinuousBernoulli(ContinuousBernoulli):
+    """torch's continuous Bernoulli with the log-normaliser computed from the logits.
+
+    torch computes log C(λ) from ``probs`` clamped to ``[eps, 1 - eps]``, so for |logit| ≳ 16.6
+    (float32) the normaliser saturates (and its gradient vanishes). With λ = sigmoid(h),
+    C = 2 artanh(1 - 2λ) / (1 - 2λ) = h / tanh(h / 2) exactly, which is stable for any h;
+    for |h| < 1e-2 the Taylor series log 2 + h²/12 − 7h⁴/1440 is used (C → 2 at h = 0).
+    """
+
+    _TAYLOR_BELOW = 1e-2
+
+    def _cont_bern_log_norm(self) -> Tensor:
+        h = self.logits
+        small = h.abs() < self._TAYLOR_BELOW
+        h_safe = torch.where(small, torch.full_like(h, self._TAYLOR_BELOW), h)
+        exact = torch.log(h_safe / torch.tanh(h_safe / 2))
+        h2 = h * h
+        taylor = math.log(2.0) + h2 / 12 - 7 * h2 * h2 / 1440
+        return torch.where(small, taylor, exact)
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """Continuous Bernoulli pixels (Loaiza-Ganem & Cunningham, 2019), a proper density on [0, 1].
+
+    Parameterised by logits. torch's ``ContinuousBernoulli`` evaluates the normaliser with a Taylor
+    expansion inside ``lims=(0.499, 0.501)`` (where the closed form is 0/0), and clamps ``probs``
+    to ``[eps, 1 - eps]`` elsewhere, which saturates it for large |logits|; we compute the
+    normaliser directly from the logits instead (see :class:`_LogitContinuousBernoulli`), which
+    agrees with torch wherever torch does not clamp.
+    """
+
+    def _pixel_distribution(self, h: Tensor) -> Distribution:
+        return _LogitContinuousBernoulli(logits=h, validate_args=False)
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": BernoulliLikelihood,
+    "gaussian": GaussianLikelihood,
+    "continuous_bernoulli": ContinuousBernoulliLikelihood,
+}
+
+
+def build_likelihood(name: str, **kwargs) -> Likelihood:
+    """Build likelihood ``name`` (``bernoulli``, ``gaussian`` or ``continuous_bernoulli``)."""
+    if name not in LIKELIHOODS:
+        raise FevaeError(
+            f"model.vae.likelihood.name={name!r} is not a known likelihood",
+            f"use one of {', '.join(LIKELIHOODS)}",
+        )
+    cls = LIKELIHOODS[name]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        keys = ", ".join(f"model.vae.likelihood.{k}" for k in unknown)
+        raise FevaeError(
+            f"{keys} not accepted by the {name} likelihood",
+            f"remove them (accepted: {', '.join(sorted(allowed)) or 'none'})",
+        )
+    return cls(**kwargs)
