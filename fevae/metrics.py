@@ -1,0 +1,340 @@
+"""Out-of-distribution metrics, the public ``metrics.json`` schema, and score files.
+
+Conventions
+-----------
+* A *score* is a per-example log-likelihood (or any statistic where **higher = more
+  in-distribution**). The in-distribution (ID) test set is the **positive class** (label 1),
+  every OOD set is the negative class (label 0).
+* ``scores`` everywhere is ``dict[set name, dict[score name, float64 array [N]]]`` in dataset
+  order, e.g. ``scores["mnist"]["log_p_fevae_apo"]``.
+* Score names ending in ``_pr`` / ``_apo`` belong to the prior-predictive (PR) / approximate
+  posterior-predictive (APO) evaluation scheme (paper Eq. 1/2); everything else is an ``"other"``
+  detector (``iwae``, ``input_complexity``, ...). The *score id* is the name without the
+  ``log_p_`` prefix and the scheme suffix (:func:`parse_score_name`).
+
+Public ``metrics.json`` schema (:func:`compute_metrics`)::
+
+    {"in_distribution": "fashionmnist",
+     "n": {"fashionmnist": 10000, "mnist": 10000, ...},
+     "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "fpr95": ..}, "fe": {..}, ..},
+                       "APO": {..},
+                       "other": {"iwae": {..}}},          # only present when non-empty
+             "mnist_saltpepper": {..}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from fevae.errors import FevaeError
+
+__all__ = [
+    "IN_DISTRIBUTION",
+    "SCHEMES",
+    "TPR_LEVEL",
+    "ood_metrics",
+    "compute_metrics",
+    "flatten_metrics",
+    "parse_score_name",
+    "index_scores",
+    "order_score_ids",
+    "order_sets",
+    "write_json_atomic",
+    "write_text_atomic",
+    "save_scores",
+    "load_scores",
+    "load_all_scores",
+]
+
+#: Default in-distribution set name.
+IN_DISTRIBUTION = "fashionmnist"
+#: Scheme keys in the order they appear in the schema / report.
+SCHEMES = ("PR", "APO", "other")
+#: TPR (fraction of ID test points accepted) at which the false-positive rate is reported.
+TPR_LEVEL = 0.95
+
+_SUFFIXES = {"_pr": "PR", "_apo": "APO"}
+_PREFIX = "log_p_"
+_KNOWN_SCORE_ORDER = ("vae", "fe", "fevae")
+_KNOWN_SET_ORDER = ("fashionmnist", "mnist", "mnist_saltpepper")
+
+
+# --------------------------------------------------------------------------------------------
+# Score names
+# --------------------------------------------------------------------------------------------
+def parse_score_name(name: str) -> tuple[str, str]:
+    """Split a score name into ``(scheme, score_id)``.
+
+    ``"log_p_fevae_apo" -> ("APO", "fevae")``, ``"log_p_fevae_l2_pr" -> ("PR", "fevae_l2")``,
+    ``"iwae" -> ("other", "iwae")``, ``"log_p_iwae" -> ("other", "iwae")``.
+    """
+    scheme = "other"
+    stem = name
+    for suffix, sch in _SUFFIXES.items():
+        if name.endswith(suffix):
+            scheme, stem = sch, name[: -len(suffix)]
+            break
+    if stem.startswith(_PREFIX):
+        stem = stem[len(_PREFIX):]
+    if not stem:
+        raise FevaeError(
+            f"score name {name!r} has no score id",
+            "name scores like 'log_p_<id>_pr', 'log_p_<id>_apo' or '<id>'",
+        )
+    return scheme, stem
+
+
+def index_scores(names) -> dict[tuple[str, str], str]:
+    """Map ``(scheme, score_id) -> score name`` for ``names``; refuses ambiguous duplicates."""
+    out: dict[tuple[str, str], str] = {}
+    for name in names:
+        key = parse_score_name(name)
+        if key in out:
+            raise FevaeError(
+                f"score names {out[key]!r} and {name!r} both mean scheme {key[0]} / score {key[1]!r}",
+                "keep only one of them in the scores",
+            )
+        out[key] = name
+    return out
+
+
+def order_score_ids(ids) -> list[str]:
+    """Known scores first (vae, fe, fevae), then the rest alphabetically."""
+    ids = set(ids)
+    known = [s for s in _KNOWN_SCORE_ORDER if s in ids]
+    return known + sorted(ids - set(known))
+
+
+def order_sets(names) -> list[str]:
+    """Known sets first (fashionmnist, mnist, mnist_saltpepper), then the rest alphabetically."""
+    names = set(names)
+    known = [s for s in _KNOWN_SET_ORDER if s in names]
+    return known + sorted(names - set(known))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+def _as_scores(x, label: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        raise FevaeError(
+            f"{label}: expected a 1-D score array, got shape {arr.shape}",
+            "store one score per example",
+        )
+    if arr.size == 0:
+        raise FevaeError(f"{label}: score array is empty", "score at least one example per set")
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        raise FevaeError(
+            f"{label}: {bad} of {arr.size} scores are non-finite (NaN/inf); refusing to write "
+            "NaN metrics",
+            "check the scoring run for numerical problems (e.g. a zero-probability pixel under a "
+            "Bernoulli likelihood, a singular BGM covariance) and re-score",
+        )
+    return arr
+
+
+def ood_metrics(
+    scores_in: np.ndarray,
+    scores_out: np.ndarray,
+    *,
+    in_label: str = "in-distribution",
+    out_label: str = "out-of-distribution",
+) -> dict[str, float]:
+    """AUROC, AUPRC and FPR@95%TPR of a score separating ID (positive) from OOD (negative).
+
+    ``scores_*`` are per-example scores where higher means "more in-distribution" (a
+    log-likelihood). The in-distribution set is the **positive class (label 1)**:
+
+    * ``auroc``: probability that a random ID example scores higher than a random OOD example.
+      1 = perfect separation, 0.5 = chance, **< 0.5 = the OOD data looks *more* likely than the
+      ID data** (the Nalisnick et al. 2018 effect, paper Fig. 1(a) top-left).
+    * ``auprc``: average precision with ID as the positive class.
+    * ``fpr95``: fraction of OOD examples accepted (score ≥ threshold) at the largest threshold
+      whose TPR (fraction of ID accepted) is ≥ 0.95; read directly off ``roc_curve`` (first
+      index with ``tpr >= 0.95``), no interpolation. 0 is best.
+
+    ``in_label`` / ``out_label`` only name the inputs in error messages. Non-finite scores raise
+    :class:`FevaeError` (we refuse to produce NaN metrics).
+    """
+    s_in = _as_scores(scores_in, in_label)
+    s_out = _as_scores(scores_out, out_label)
+    y = np.concatenate([np.ones(s_in.size, dtype=np.int64), np.zeros(s_out.size, dtype=np.int64)])
+    s = np.concatenate([s_in, s_out])
+    auroc = float(roc_auc_score(y, s))
+    auprc = float(average_precision_score(y, s))
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    idx = int(np.argmax(tpr >= TPR_LEVEL - 1e-12))  # tpr ends at 1.0, so an index always exists
+    return {"auroc": auroc, "auprc": auprc, "fpr95": float(fpr[idx])}
+
+
+def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
+    sizes = {}
+    for name, a in arrays.items():
+        if np.ndim(a) != 1:
+            raise FevaeError(
+                f"set {set_name!r} score {name!r}: expected a 1-D array, got shape {np.shape(a)}",
+                "store one score per example",
+            )
+        sizes[name] = int(np.shape(a)[0])
+    if not sizes:
+        raise FevaeError(f"set {set_name!r} has no scores", "score the set or remove it")
+    if len(set(sizes.values())) != 1:
+        raise FevaeError(
+            f"set {set_name!r}: score arrays have different lengths {sizes}",
+            "re-score the set so every score covers the same examples",
+        )
+    return next(iter(sizes.values()))
+
+
+def compute_metrics(
+    scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION
+) -> dict[str, Any]:
+    """Compute the public metrics dict (see module docstring) for every OOD set and score.
+
+    Every set other than ``in_distribution`` is treated as OOD. A score is evaluated for an OOD
+    set when both the ID set and that OOD set have it. Values are plain Python floats/ints.
+    """
+    if in_distribution not in scores:
+        raise FevaeError(
+            f"no scores for the in-distribution set {in_distribution!r} (have: {sorted(scores)})",
+            "score the in-distribution test set first",
+        )
+    ood_sets = [s for s in order_sets(scores) if s != in_distribution]
+    if not ood_sets:
+        raise FevaeError(
+            f"only the in-distribution set {in_distribution!r} has scores",
+            "score at least one OOD set (e.g. mnist)",
+        )
+    n = {name: _set_size(name, scores[name]) for name in order_sets(scores)}
+    id_index = index_scores(scores[in_distribution])
+
+    ood: dict[str, Any] = {}
+    for ood_set in ood_sets:
+        out_index = index_scores(scores[ood_set])
+        per_scheme: dict[str, Any] = {}
+        for scheme in SCHEMES:
+            ids = [sid for (sch, sid) in id_index if sch == scheme and (sch, sid) in out_index]
+            block = {}
+            for sid in order_score_ids(ids):
+                id_name, out_name = id_index[(scheme, sid)], out_index[(scheme, sid)]
+                block[sid] = ood_metrics(
+                    scores[in_distribution][id_name],
+                    scores[ood_set][out_name],
+                    in_label=f"set {in_distribution!r} score {id_name!r}",
+                    out_label=f"set {ood_set!r} score {out_name!r}",
+                )
+            if block or scheme != "other":
+                per_scheme[scheme] = block
+        ood[ood_set] = per_scheme
+    return {"in_distribution": in_distribution, "n": n, "ood": ood}
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten numeric leaves to ``"a/b/c" -> float``, e.g. ``ood/mnist/APO/fevae/auroc``.
+
+    Also yields ``n/<set>`` counts; string leaves (``in_distribution``) are skipped.
+    """
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, path))
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            flat[path] = float(value)
+    return flat
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic files
+# --------------------------------------------------------------------------------------------
+def _atomic_write_bytes(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` via a temp file in the same folder + ``os.replace``."""
+    data = text.encode("utf-8")
+    return _atomic_write_bytes(Path(path), lambda fh: fh.write(data))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically; NaN/inf are refused (strict JSON)."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    except ValueError as err:
+        raise FevaeError(
+            f"cannot write {path}: {err}", "metrics must be finite numbers; check the scores"
+        ) from err
+    return write_text_atomic(path, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Score files (one .npz per set, one array per score)
+# --------------------------------------------------------------------------------------------
+def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray]) -> Path:
+    """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically."""
+    if not scores_for_one_set:
+        raise FevaeError(f"no scores to save to {path}", "pass at least one score array")
+    arrays = {}
+    for name, arr in scores_for_one_set.items():
+        if not name or "/" in name or name.startswith("."):
+            raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
+        arrays[name] = np.asarray(arr, dtype=np.float64)
+    _set_size(str(path), arrays)
+    return _atomic_write_bytes(Path(path), lambda fh: np.savez(fh, **arrays))
+
+
+def load_scores(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a score file written by :func:`save_scores` (no pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FevaeError(f"score file {path} does not exist", "run the scoring stage first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            out = {name: np.asarray(npz[name], dtype=np.float64) for name in npz.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise FevaeError(
+            f"score file {path} is corrupt or not a score file ({type(err).__name__}: {err})",
+            "delete it and re-run the scoring stage",
+        ) from err
+    if not out:
+        raise FevaeError(f"score file {path} contains no scores", "re-run the scoring stage")
+    return out
+
+
+def load_all_scores(scores_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Load every ``<set>.npz`` in ``scores_dir`` into ``{set: {score: array}}``."""
+    scores_dir = Path(scores_dir)
+    if not scores_dir.is_dir():
+        raise FevaeError(f"scores folder {scores_dir} does not exist", "run the scoring stage first")
+    files = sorted(p for p in scores_dir.glob("*.npz") if not p.name.startswith("."))
+    if not files:
+        raise FevaeError(f"no score files (*.npz) in {scores_dir}", "run the scoring stage first")
+    return {p.stem: load_scores(p) for p in files}
+
