@@ -1,0 +1,53 @@
+"""`python -m fevae.evaluate run_dir=DIR [eval.n_samples=100] [fe.C=10] ...`: re-score a finished run.
+
+Results (scores, metrics.json, figures, report.md, and mixture.npz when refitted) go to a new
+folder ``outputs/evaluate/default/<time>/`` (``hydra.run.dir`` moves it); the run is left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from fevae.callbacks.mixture import fit_feature_mixture
+from fevae.evaluation import run_scoring, write_outputs
+from fevae.mixture import TorchMixture
+from fevae.run import MIXTURE_FILE, load_run
+from fevae.train import make_datamodule, report_info
+from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
+
+log = logging.getLogger("fevae.evaluate")
+
+
+def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path) -> dict[str, Any]:
+    run = load_run(run_dir, overrides)
+    cfg = run.cfg
+    L.seed_everything(cfg.seed, workers=True)
+    data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
+    mixture = run.mixture
+    if any(o.lstrip("+~").startswith("fe.") for o in overrides):
+        log.info("fe.* overridden: refitting the feature mixture")
+        mixture = fit_feature_mixture(run.jigsaw, data.train_set, cfg.fe, cfg.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mixture.save(out_dir / MIXTURE_FILE)
+    scores = run_scoring(cfg, run.vae, run.jigsaw, TorchMixture(mixture), {n: data.eval_dataloader(n) for n in data.eval_sets})
+    info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
+    metrics = write_outputs(out_dir, scores, info)
+    log.info("evaluation written to %s", out_dir)
+    return {"metrics": metrics, "out_dir": str(out_dir)}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg.run_dir, task_overrides(exclude=("run_dir",)), Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A finished run folder as an object: its config, trained models and feature mixture.
+
+Models are rebuilt from the run's own ``.hydra/config.yaml`` and their weights read with
+``torch.load(weights_only=True)``; the mixture is read from plain arrays. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fevae.errors import FevaeError
+from fevae.mixture import MixtureArrays
+from fevae.training import checkpoint_dir, load_state_dict
+
+MIXTURE_FILE = "mixture.npz"
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    cfg: DictConfig
+    vae: torch.nn.Module
+    jigsaw: torch.nn.Module
+    mixture: MixtureArrays
+
+
+def run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
+    """The stored config of a run with ``key=value`` overrides applied (unresolved interpolations kept)."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise FevaeError(f"run_dir={run_dir} does not exist", "pass the folder of a `python -m fevae.train` run (see outputs/train/)")
+    if not path.exists():
+        raise FevaeError(f"{run_dir} has no {CONFIG_FILE}", "pass the folder of a `python -m fevae.train` run, not a sub-folder")
+    cfg = OmegaConf.load(path)
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True, force_add=True)
+    return cfg
+
+
+def model_weights(run_dir: Path, name: str) -> Path:
+    """The checkpoint a finished run scores with: best-by-validation, else last."""
+    folder = checkpoint_dir(run_dir, name)
+    for candidate in (folder / "best.ckpt", folder / "last.ckpt"):
+        if candidate.exists():
+            return candidate
+    raise FevaeError(
+        f"{run_dir} has no trained {name} ({folder}/best.ckpt is missing): the run did not finish training",
+        f"finish it with `python -m fevae.train hydra.run.dir={run_dir} resume=true` plus the run's experiment",
+    )
+
+
+def load_run(run_dir: str | Path, overrides: Iterable[str] = (), map_location: str | torch.device = "cpu") -> TrainedRun:
+    """Load the config, best VAE and Jigsaw weights and the mixture of a finished run."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    models = {}
+    for name in ("vae", "jigsaw"):
+        weights = model_weights(run_dir, name)
+        module = instantiate(cfg.model[name], _convert_="all")
+        try:
+            module.load_state_dict(load_state_dict(weights, map_location=map_location))
+        except (RuntimeError, KeyError, OSError) as err:
+            raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
+        models[name] = module.eval()
+    mixture_path = run_dir / MIXTURE_FILE
+    if not mixture_path.exists():
+        raise FevaeError(
+            f"{run_dir} has no {MIXTURE_FILE}: the run stopped before the feature mixture was fitted",
+            f"finish it with `python -m fevae.train hydra.run.dir={run_dir} resume=true` plus the run's experiment",
+        )
+    return TrainedRun(run_dir, cfg, models["vae"], models["jigsaw"], MixtureArrays.load(mixture_path))

@@ -1,0 +1,102 @@
+"""`python -m fevae.train +experiment=v2_gaussian [overrides]`: train, fit the mixture, score, report.
+
+One run = one folder (``hydra.run.dir``): ``.hydra/``, ``train.log``, ``checkpoints/{vae,jigsaw}/``,
+``tensorboard/``, ``mixture.npz``, ``scores/``, ``metrics.json``, ``figures/``, ``report.md``,
+``timings.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixture, validate_fe_config
+from fevae.evaluation import run_scoring, validate_eval_config, write_outputs
+from fevae.metrics import flatten_metrics, write_json_atomic
+from fevae.mixture import MixtureArrays, TorchMixture
+from fevae.training import fit_model
+from fevae.utils.cli import CONFIG_DIR, user_errors
+
+log = logging.getLogger("fevae.train")
+
+from fevae.run import MIXTURE_FILE
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def make_datamodule(cfg: DictConfig, batch_size: int) -> L.LightningDataModule:
+    dm = instantiate(cfg.data, batch_size=batch_size, eval_batch_size=cfg.eval.batch_size)
+    dm.setup()
+    return dm
+
+
+def report_info(cfg: DictConfig, timings: dict[str, float] | None = None) -> dict[str, Any]:
+    return {
+        "experiment": cfg.experiment_name,
+        "likelihood": cfg.model.vae.likelihood.name,
+        "preprocess": cfg.data.preprocess,
+        "n_samples": cfg.eval.n_samples,
+        "fe": OmegaConf.to_container(cfg.fe, resolve=True),
+        "eval_subset": cfg.data.eval_subset,
+        "profile": cfg.get("profile_name", "?"),
+        "seed": cfg.seed,
+        "wall_time_s": timings or {},
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """The train task: returns ``{"metrics": ..., "run_dir": ...}``."""
+    run_dir = run_dir_of(cfg)
+    timings: dict[str, float] = {}
+    validate_eval_config(cfg.eval)
+    validate_fe_config(cfg.fe)
+    L.seed_everything(cfg.seed, workers=True)
+
+    t0 = time.perf_counter()
+    vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
+    validate_fe_config(cfg.fe, len(vae_data.train_set))
+    vae = fit_model("vae", vae_data, cfg, run_dir)
+    timings["train_vae"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
+    mixture_path = run_dir / MIXTURE_FILE
+    mixture_cb = MixtureCallback(cfg.fe, cfg.seed, mixture_path)
+    jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
+    timings["train_jigsaw_and_fit_mixture"] = time.perf_counter() - t0
+    if not mixture_path.exists():  # e.g. resumed after Jigsaw training had finished
+        fit_feature_mixture(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed).save(mixture_path)
+
+    t0 = time.perf_counter()
+    mixture = TorchMixture(MixtureArrays.load(mixture_path))
+    scores = run_scoring(cfg, vae, jigsaw, mixture, {name: vae_data.eval_dataloader(name) for name in vae_data.eval_sets})
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    examples = vae_data.eval_sets["mnist_saltpepper"].tensors[0][:8, 0].numpy() if "mnist_saltpepper" in vae_data.eval_sets else None
+    metrics = write_outputs(run_dir, scores, report_info(cfg, timings), examples=examples)
+    timings["write_outputs"] = time.perf_counter() - t0
+    write_json_atomic(run_dir / "timings.json", timings)
+    log.info("run folder: %s", run_dir)
+    return {"metrics": metrics, "run_dir": str(run_dir)}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@user_errors
+def main(cfg: DictConfig) -> float | None:
+    result = train(cfg)
+    return flatten_metrics(result["metrics"]).get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

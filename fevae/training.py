@@ -1,0 +1,99 @@
+"""Fitting one model through a Lightning Trainer: checkpoints, TensorBoard, resume, RNG state."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+#: metric each model's "best" checkpoint minimises
+MONITOR = "val/loss"
+
+
+class RngStateCallback(L.Callback):
+    """Save the torch RNG states in each checkpoint and restore them on resume.
+
+    Lightning restores weights, optimiser and loop state but not the global RNG, so without this
+    a resumed run would draw other shuffles, dropout masks and Jigsaw permutations than an
+    uninterrupted one. With it, resuming from an epoch-end checkpoint reproduces the same weights.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fevae_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["fevae_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("fevae_rng")
+        if state is None:
+            return
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a Lightning checkpoint, loaded without unpickling arbitrary objects."""
+    return torch.load(path, map_location=map_location, weights_only=True)["state_dict"]
+
+
+def restore_best_weights(trainer: L.Trainer, module: L.LightningModule) -> None:
+    """Load the best-by-validation weights of ``trainer``'s checkpoint callback into ``module``."""
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if best and Path(best).exists():
+        module.load_state_dict(load_state_dict(best, map_location=module.device))
+        log.info("restored best weights from %s", best)
+
+
+def checkpoint_dir(run_dir: Path, name: str) -> Path:
+    return run_dir / "checkpoints" / name
+
+
+def fit_model(
+    name: str,
+    datamodule: L.LightningDataModule,
+    cfg: DictConfig,
+    run_dir: Path,
+    callbacks: list[L.Callback] | None = None,
+) -> L.LightningModule:
+    """Build ``cfg.model[name]`` and train it with the trainer config plus ``cfg.budget[name].trainer``.
+
+    Writes ``checkpoints/<name>/{best,last}.ckpt`` and ``tensorboard/<name>/``. With
+    ``cfg.resume`` and an existing ``last.ckpt``, training continues from it (a finished model
+    is not retrained). Returns the module holding its best-by-validation weights.
+
+    The global RNGs are seeded with ``cfg.seed`` before the module is built, so each model's
+    initialisation and training depend only on its own config, not on what was trained before
+    it in the same process.
+    """
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module: L.LightningModule = instantiate(cfg.model[name], _convert_="all")
+    ckpt_dir = checkpoint_dir(run_dir, name)
+    # Two callbacks: Lightning 2.6's `save_last` only refreshes last.ckpt when the best improves.
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="min", enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    logger = TensorBoardLogger(save_dir=str(run_dir / "tensorboard"), name=name, version="", default_hp_metric=False)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        **cfg.budget[name].trainer,
+        callbacks=[best, last, RngStateCallback(), *(callbacks or [])],
+        logger=logger,
+        default_root_dir=str(run_dir),
+    )
+    last_path = ckpt_dir / "last.ckpt"
+    ckpt_path = last_path if cfg.resume and last_path.exists() else None
+    if ckpt_path is not None:
+        log.info("%s: resuming from %s", name, ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    restore_best_weights(trainer, module)
+    return module

@@ -1,0 +1,44 @@
+"""Helpers shared by the Hydra entry points (train, evaluate, score, data doctor)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from fevae.errors import FevaeError
+
+#: Absolute path of the repository's Hydra config folder (the package is installed editable).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+log = logging.getLogger("fevae")
+
+
+def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a :class:`FevaeError` raised by ``task`` into one line on stderr and exit status 2.
+
+    Anything else propagates with its traceback: that is a bug, not a user error.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except FevaeError as err:
+            log.debug("user error", exc_info=True)
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(FevaeError.exit_code)
+
+    return wrapper
+
+
+def task_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
+    """The command line's ``key=value`` overrides of the current Hydra job, less the keys in ``exclude``.
+
+    ``evaluate`` and ``score`` apply them on top of a finished run's stored config.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0] not in exclude]
