@@ -31,10 +31,10 @@ from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
 log = logging.getLogger("fevae.score")
 
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
-SET_NAME = "input"
 
-
-def score_images(run_dir: str | Path, input_path: str | Path, overrides: list[str] = ()) -> dict[str, np.ndarray]:
+def score_images(
+    run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input"
+) -> dict[str, np.ndarray]:
     """Scores of every image in ``input_path`` (input order) under the run's models."""
     images = read_images(input_path)
     run = load_run(run_dir, overrides)
@@ -42,7 +42,7 @@ def score_images(run_dir: str | Path, input_path: str | Path, overrides: list[st
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
     loader = DataLoader(dataset, batch_size=run.cfg.eval.batch_size, shuffle=False)
-    return run_scoring(run.cfg, run.vae, run.jigsaw, TorchMixture(run.mixture), {SET_NAME: loader})[SET_NAME]
+    return run_scoring(run.cfg, run.vae, run.jigsaw, TorchMixture(run.mixture), {stream_name: loader})[stream_name]
 
 
 def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
@@ -66,7 +66,7 @@ def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output")))
+    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name)
     write_csv_atomic(cfg.output, scores)
     log.info("wrote %d rows to %s", len(next(iter(scores.values()))), cfg.output)
 
