@@ -23,19 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"fashionmnist/train": 60000, "fashionmnist/test": 10000, "mnist/test": 10000}
 
 
-@pytest.fixture(scope="module")
-def real_data_dir() -> Path:
-    candidates = [Path(p) for p in (os.environ.get("FEVAE_DATA_DIR"),) if p]
-    candidates.append(REPO.parent / "shared" / "data")
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    message = f"real data not found in {', '.join(map(str, candidates))} (set FEVAE_DATA_DIR)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the real-data tests: {message}")
-    pytest.skip(message)
-
-
 def test_real_counts_and_shapes(real_data_dir: Path) -> None:
     files = locate_data(real_data_dir)
     for key, count in COUNTS.items():
