@@ -25,8 +25,6 @@ Public ``metrics.json`` schema (:func:`compute_metrics`)::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fevae.errors import FevaeError
+from fevae.utils.io import atomic_open, write_bytes_atomic
 
 __all__ = [
     "IN_DISTRIBUTION",
@@ -258,29 +257,10 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
 # --------------------------------------------------------------------------------------------
 # Atomic files
 # --------------------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` via a temp file in the same folder + ``os.replace``."""
     data = text.encode("utf-8")
-    return _atomic_write_bytes(Path(path), lambda fh: fh.write(data))
+    return write_bytes_atomic(path, data)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -307,7 +287,9 @@ def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray]) 
             raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
         arrays[name] = np.asarray(arr, dtype=np.float64)
     _set_size(str(path), arrays)
-    return _atomic_write_bytes(Path(path), lambda fh: np.savez(fh, **arrays))
+    with atomic_open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(path)
 
 
 def load_scores(path: str | Path) -> dict[str, np.ndarray]:

@@ -39,7 +39,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ import torch
 from torch import nn
 
 from fevae.errors import FevaeError
+from fevae.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -245,20 +245,8 @@ class MixtureArrays:
     def save(self, path: str | os.PathLike) -> Path:
         """Write an ``.npz`` atomically (temp file in the same directory, then ``os.replace``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **self.to_dict())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **self.to_dict())
         return path
 
     @classmethod

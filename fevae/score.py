@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -26,6 +24,7 @@ from fevae.evaluation import run_scoring
 from fevae.inputs import read_images, to_model_input
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
+from fevae.utils.io import atomic_open
 from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
 
 log = logging.getLogger("fevae.score")
@@ -50,17 +49,11 @@ def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     if path.parent and not path.parent.exists():
         raise FevaeError(f"output={path}: folder {path.parent} does not exist", "create it or choose another output path")
     columns = [c for c in COLUMNS if c in scores] + sorted(c for c in scores if c not in COLUMNS)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for row in zip(*(scores[c] for c in columns)):
-                writer.writerow([repr(float(v)) for v in row])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in zip(*(scores[c] for c in columns)):
+            writer.writerow([repr(float(v)) for v in row])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")

@@ -24,7 +24,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 from fevae.errors import FevaeError
-from fevae.mixture import MixtureArrays, TorchMixture, fit_mixture
+from fevae.mixture import TorchMixture, fit_mixture
 from fevae.scoring import (
     RunningLogMeanExp,
     log_mean_exp,

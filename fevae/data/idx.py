@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from fevae.errors import FevaeError, require
+from fevae.errors import FevaeError
+from fevae.utils.io import write_bytes_atomic, require
 
 #: First two bytes of every gzip stream.
 GZIP_MAGIC = b"\x1f\x8b"
@@ -106,16 +106,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, gz: bool | None =
         gz = path.suffix == ".gz"
     if gz:
         data = gzip.compress(data, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, data)
 
 
 def read_images_and_labels(images_path: str | os.PathLike[str],
