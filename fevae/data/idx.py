@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fevae.errors import FevaeError
-from fevae.utils.io import write_bytes_atomic, require
+from fevae.errors import FevaeError, require
+from fevae.utils.io import write_bytes_atomic
 
 #: First two bytes of every gzip stream.
 GZIP_MAGIC = b"\x1f\x8b"
