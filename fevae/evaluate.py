@@ -20,7 +20,7 @@ from fevae.evaluation import run_scoring, write_outputs
 from fevae.mixture import TorchMixture
 from fevae.run import MIXTURE_FILE, load_run
 from fevae.train import make_datamodule, report_info
-from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
 
 log = logging.getLogger("fevae.evaluate")
 
@@ -34,9 +34,11 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path) -> dict[s
     if any(o.lstrip("+~").startswith("fe.") for o in overrides):
         log.info("fe.* overridden: refitting the feature mixture")
         mixture = fit_feature_mixture(run.jigsaw, data.train_set, cfg.fe, cfg.seed)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        mixture.save(out_dir / MIXTURE_FILE)
+        if is_rank_zero():
+            mixture.save(out_dir / MIXTURE_FILE)
     scores = run_scoring(cfg, run.vae, run.jigsaw, TorchMixture(mixture), {n: data.eval_dataloader(n) for n in data.eval_sets})
+    if not is_rank_zero():
+        return {"metrics": None, "out_dir": str(out_dir)}
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
     metrics = write_outputs(out_dir, scores, info)
     log.info("evaluation written to %s", out_dir)

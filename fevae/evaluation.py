@@ -102,10 +102,11 @@ class Scorer(L.LightningModule):
         self._outputs = {}
         self.results = {}
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         x, _, index = batch
-        scores = self.score(x, index, self.set_names[dataloader_idx])
-        self._outputs.setdefault(dataloader_idx, []).append({"index": index, **scores})
+        out = {"index": index, **self.score(x, index, self.set_names[dataloader_idx])}
+        self._outputs.setdefault(dataloader_idx, []).append(out)
+        return out
 
     def on_predict_epoch_end(self) -> None:
         for i, name in enumerate(self.set_names):

@@ -25,7 +25,7 @@ from fevae.inputs import read_images, to_model_input
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
 from fevae.utils.io import atomic_open
-from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
 
 log = logging.getLogger("fevae.score")
 
@@ -60,6 +60,8 @@ def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
 @user_errors
 def main(cfg: DictConfig) -> None:
     scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name)
+    if not is_rank_zero():
+        return
     write_csv_atomic(cfg.output, scores)
     log.info("wrote %d rows to %s", len(next(iter(scores.values()))), cfg.output)
 

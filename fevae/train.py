@@ -23,7 +23,7 @@ from fevae.evaluation import run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import MixtureArrays, TorchMixture
 from fevae.training import fit_model
-from fevae.utils.cli import CONFIG_DIR, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
 
 log = logging.getLogger("fevae.train")
 
@@ -74,14 +74,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     mixture_cb = MixtureCallback(cfg.fe, cfg.seed, mixture_path)
     jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
     timings["train_jigsaw_and_fit_mixture"] = time.perf_counter() - t0
-    if not mixture_path.exists():  # e.g. resumed after Jigsaw training had finished
-        fit_feature_mixture(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed).save(mixture_path)
+    arrays = mixture_cb.mixture
+    if arrays is None:  # no training happened (resumed after the Jigsaw had finished)
+        arrays = MixtureArrays.load(mixture_path) if mixture_path.exists() else fit_feature_mixture(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed)
+        if is_rank_zero():
+            arrays.save(mixture_path)
 
     t0 = time.perf_counter()
-    mixture = TorchMixture(MixtureArrays.load(mixture_path))
+    mixture = TorchMixture(arrays)
     scores = run_scoring(cfg, vae, jigsaw, mixture, {name: vae_data.eval_dataloader(name) for name in vae_data.eval_sets})
     timings["score"] = time.perf_counter() - t0
 
+    if not is_rank_zero():
+        return {"metrics": None, "run_dir": str(run_dir)}
     t0 = time.perf_counter()
     examples = vae_data.eval_sets["mnist_saltpepper"].tensors[0][:8, 0].numpy() if "mnist_saltpepper" in vae_data.eval_sets else None
     metrics = write_outputs(run_dir, scores, report_info(cfg, timings), examples=examples)
@@ -95,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @user_errors
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg)
-    return flatten_metrics(result["metrics"]).get(cfg.optimized_metric)
+    return flatten_metrics(result["metrics"]).get(cfg.optimized_metric) if result["metrics"] else None
 
 
 if __name__ == "__main__":

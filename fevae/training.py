@@ -13,6 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
+from fevae.cache import ModelCache
+from fevae.utils.cli import is_rank_zero
+
 log = logging.getLogger(__name__)
 
 #: metric each model's "best" checkpoint minimises
@@ -59,6 +62,16 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     return run_dir / "checkpoints" / name
 
 
+def cache_enabled(cfg: DictConfig) -> bool:
+    enabled = cfg.get("cache", {}).get("enabled", False)
+    if enabled == "auto":
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return bool(enabled)
+
+
 def fit_model(
     name: str,
     datamodule: L.LightningDataModule,
@@ -69,6 +82,8 @@ def fit_model(
     """Build ``cfg.model[name]`` and train it with the trainer config plus ``cfg.budget[name].trainer``.
 
     Writes ``checkpoints/<name>/{best,last}.ckpt`` and ``tensorboard/<name>/``. With
+    ``cache.enabled`` a model already trained under the same config (:mod:`fevae.cache`) is
+    reused instead of trained, and a newly trained one is added to the cache. With
     ``cfg.resume`` and an existing ``last.ckpt``, training continues from it (a finished model
     is not retrained). Returns the module holding its best-by-validation weights.
 
@@ -78,6 +93,31 @@ def fit_model(
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module: L.LightningModule = instantiate(cfg.model[name], _convert_="all")
+    ckpt_dir = checkpoint_dir(run_dir, name)
+    if not cache_enabled(cfg):
+        return _fit(name, module, datamodule, cfg, run_dir, callbacks)
+    cache = ModelCache(cfg.paths.cache_dir, cfg, name)
+    with cache.lock():  # one job trains a given model; the others wait and reuse it
+        if cache.has():
+            log.info("%s: reused trained model %s (hash %s)", name, cache.entry, cache.hash)
+            cache.restore(ckpt_dir)
+            module.load_state_dict(load_state_dict(ckpt_dir / "best.ckpt", map_location=module.device))
+            return module
+        log.info("%s: training (hash %s; cached as %s)", name, cache.hash, cache.entry)
+        _fit(name, module, datamodule, cfg, run_dir, callbacks)
+        if is_rank_zero():
+            cache.store(ckpt_dir)
+    return module
+
+
+def _fit(
+    name: str,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    cfg: DictConfig,
+    run_dir: Path,
+    callbacks: list[L.Callback] | None,
+) -> L.LightningModule:
     ckpt_dir = checkpoint_dir(run_dir, name)
     # Two callbacks: Lightning 2.6's `save_last` only refreshes last.ckpt when the best improves.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="min", enable_version_counter=False)

@@ -76,24 +76,28 @@ class MixtureCallback(L.Callback):
     Runs in ``on_train_end`` (in ``on_fit_end`` the module is already torn down). If the trainer
     has a checkpoint callback with a best model, the features come from a copy of the module
     holding those weights, so the mixture and later scoring use the same (best-by-validation)
-    Jigsaw while the trainer's own state is left untouched.
+    Jigsaw while the trainer's own state is left untouched. Under DDP every rank fits the same
+    mixture (available as :attr:`mixture`) and rank 0 saves it.
     """
 
     def __init__(self, fe: Mapping[str, Any], seed: int, path: str | Path):
         self.fe = dict(fe)
         self.seed = seed
         self.path = Path(path)
+        #: the fitted mixture, once training has ended (every rank fits the same one)
+        self.mixture: MixtureArrays | None = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import copy
 
         from fevae.training import restore_best_weights
 
-        if not trainer.is_global_zero:
-            return
         jigsaw = copy.deepcopy(pl_module)
         restore_best_weights(trainer, jigsaw)
-        mixture = fit_feature_mixture(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed)
+        # Every rank fits the same (seeded) mixture, so no rank waits for a file; rank 0 writes it.
+        mixture = self.mixture = fit_feature_mixture(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed)
+        if not trainer.is_global_zero:
+            return
         mixture.save(self.path)
         if trainer.logger is not None:
             summary = mixture.summary()

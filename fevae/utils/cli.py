@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +15,9 @@ from fevae.errors import FevaeError
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 log = logging.getLogger("fevae")
+
+# Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every run.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,3 +46,10 @@ def task_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0] not in exclude]
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes a run's files (rank 0 under DDP; always outside DDP)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
