@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from fevae.cache import ModelCache
-from fevae.utils.cli import is_rank_zero
+from fevae.utils.cli import in_multirun, is_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,7 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
 
 def cache_enabled(cfg: DictConfig) -> bool:
     enabled = cfg.get("cache", {}).get("enabled", False)
-    if enabled == "auto":
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return bool(enabled)
+    return in_multirun() if enabled == "auto" else bool(enabled)
 
 
 def fit_model(

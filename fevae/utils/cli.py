@@ -23,9 +23,31 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a :class:`FevaeError` raised by ``task`` into one line on stderr and exit status 2.
 
-    Anything else propagates with its traceback: that is a bug, not a user error.
+    Anything else propagates with its traceback: that is a bug, not a user error. In a multirun
+    sweep, any error of a job is written to ``<job dir>/error.txt`` and logged instead, so the
+    other jobs go on and the sweep summary shows the failed job as a row carrying its error.
     """
 
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except Exception as err:
+            if not in_multirun():
+                raise
+            from hydra.core.hydra_config import HydraConfig
+
+            from fevae.metrics import write_text_atomic
+
+            message = f"{type(err).__name__}: {err}" if not isinstance(err, FevaeError) else str(err)
+            log.exception("job failed: %s", message)
+            write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "error.txt", message + "\n")
+            return None
+
+    return _exit_on_user_error(wrapper)
+
+
+def _exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -53,3 +75,11 @@ def is_rank_zero() -> bool:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``) sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
