@@ -25,8 +25,8 @@ from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_error
 log = logging.getLogger("fevae.evaluate")
 
 
-def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path) -> dict[str, Any]:
-    run = load_run(run_dir, overrides)
+def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed: DictConfig | None = None) -> dict[str, Any]:
+    run = load_run(run_dir, overrides, composed)
     cfg = run.cfg
     L.seed_everything(cfg.seed, workers=True)
     data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
@@ -48,7 +48,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path) -> dict[s
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg.run_dir, task_overrides(exclude=("run_dir",)), Path(HydraConfig.get().runtime.output_dir))
+    evaluate(cfg.run_dir, task_overrides(exclude=("run_dir",)), Path(HydraConfig.get().runtime.output_dir), composed=cfg)
 
 
 if __name__ == "__main__":

@@ -168,6 +168,13 @@ def run_scoring(
     return scorer.results
 
 
+def hparams_of(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings shown in TensorBoard's HParams view (scalars and strings only)."""
+    hp = {k: info.get(k) for k in ("experiment", "likelihood", "preprocess", "n_samples", "eval_subset", "profile", "seed")}
+    hp.update({f"fe.{k}": v for k, v in dict(info.get("fe") or {}).items() if k != "feature_batch_size"})
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hp.items()}
+
+
 def write_outputs(
     out_dir: Path, scores: dict[str, dict[str, np.ndarray]], info: dict[str, Any], examples: np.ndarray | None = None
 ) -> dict[str, Any]:
@@ -193,8 +200,11 @@ def write_outputs(
                 writer.add_histogram(f"{set_name}/{score_name}", values, global_step=0)
         from fevae.metrics import flatten_metrics
 
-        for key, value in flatten_metrics(metrics).items():
+        flat = flatten_metrics(metrics)
+        for key, value in flat.items():
             writer.add_scalar(key, value, global_step=0)
+        # the HParams view: one row per run/sweep job, its settings next to its AUROCs
+        writer.add_hparams(hparams_of(info), {f"hparams/{k}": v for k, v in flat.items() if k.endswith("/auroc")}, run_name=".")
     finally:
         writer.close()
     info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}

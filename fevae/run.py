@@ -31,8 +31,13 @@ class TrainedRun:
     mixture: MixtureArrays
 
 
-def run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
-    """The stored config of a run with ``key=value`` overrides applied (unresolved interpolations kept)."""
+def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: DictConfig | None = None) -> DictConfig:
+    """The stored config of a run with the command line's overrides applied on top.
+
+    With ``composed`` (the config Hydra composed from the same command line), each overridden
+    key takes its value from it, so group overrides like ``trainer=ddp`` bring the whole group;
+    without it, ``key=value`` overrides are parsed as YAML values.
+    """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
@@ -42,7 +47,11 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> DictConfig
     cfg = OmegaConf.load(path)
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True, force_add=True)
+        key = key.split("@")[0].replace("/", ".")
+        if composed is not None and OmegaConf.select(composed, key) is not None:
+            OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False, force_add=True)
+        else:
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True, force_add=True)
     return cfg
 
 
@@ -58,10 +67,12 @@ def model_weights(run_dir: Path, name: str) -> Path:
     )
 
 
-def load_run(run_dir: str | Path, overrides: Iterable[str] = (), map_location: str | torch.device = "cpu") -> TrainedRun:
-    """Load the config, best VAE and Jigsaw weights and the mixture of a finished run."""
+def load_run(
+    run_dir: str | Path, overrides: Iterable[str] = (), composed: DictConfig | None = None, map_location: str | torch.device = "cpu"
+) -> TrainedRun:
+    """Load the config (see :func:`run_config`), best VAE and Jigsaw weights and the mixture of a finished run."""
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir, overrides)
+    cfg = run_config(run_dir, overrides, composed)
     models = {}
     for name in ("vae", "jigsaw"):
         weights = model_weights(run_dir, name)

@@ -32,11 +32,11 @@ log = logging.getLogger("fevae.score")
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
 
 def score_images(
-    run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input"
+    run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input", composed: DictConfig | None = None
 ) -> dict[str, np.ndarray]:
     """Scores of every image in ``input_path`` (input order) under the run's models."""
     images = read_images(input_path)
-    run = load_run(run_dir, overrides)
+    run = load_run(run_dir, overrides, composed)
     L.seed_everything(run.cfg.seed, workers=True)
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
@@ -59,7 +59,7 @@ def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name)
+    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name, composed=cfg)
     if not is_rank_zero():
         return
     write_csv_atomic(cfg.output, scores)
