@@ -1,0 +1,57 @@
+"""Every config group option composes, and its values are what the code expects."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from fevae.utils.cli import CONFIG_DIR
+
+EXPERIMENTS = {"v1_bernoulli": ("bernoulli", "binarise"), "v2_gaussian": ("gaussian", "scale"),
+               "v3_continuous_bernoulli": ("continuous_bernoulli", "scale")}
+
+
+def make(overrides, name="train"):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=name, overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_experiments_and_profiles_compose(experiment, profile):
+    cfg = make([f"+experiment={experiment}", f"profile={profile}"])
+    likelihood, preprocess = EXPERIMENTS[experiment]
+    assert cfg.model.vae.likelihood.name == likelihood and cfg.data.preprocess == preprocess
+    assert cfg.experiment_name == experiment and cfg.profile_name == profile
+    assert cfg.model.jigsaw.hidden == [100, 80, 60, 40] and cfg.fe.layer == 1
+    vae = instantiate(cfg.model.vae, _convert_="all")
+    assert type(vae.likelihood).__name__.lower().startswith(likelihood.replace("_", ""))
+
+
+def test_paper_settings_are_the_defaults():
+    cfg = make(["+experiment=v2_gaussian"])
+    assert (cfg.fe.n, cfg.fe.C, cfg.model.vae.latent_dim, cfg.model.vae.lr) == (10000, 15, 20, 1e-3)
+    assert (cfg.model.jigsaw.lr, cfg.model.jigsaw.momentum, cfg.model.jigsaw.weight_decay) == (0.1, 0.9, 5e-4)
+    assert cfg.budget.vae.batch_size == 512 and cfg.budget.jigsaw.batch_size == 128
+    assert make(["profile=paper"]).budget.jigsaw.trainer.max_epochs == 200
+
+
+@pytest.mark.parametrize("overrides, check", [
+    (["hparams_search=optuna"], lambda c: c.hydra.sweeper._target_.endswith("OptunaSweeper") and c.hydra.mode.name == "MULTIRUN"),
+    (["hydra/launcher=joblib"], lambda c: c.hydra.launcher._target_.endswith("JoblibLauncher")),
+    (["hydra/launcher=slurm"], lambda c: c.hydra.launcher._target_.endswith("SlurmLauncher")),
+    (["trainer=ddp"], lambda c: c.trainer.strategy == "ddp" and c.trainer.sync_batchnorm),
+    (["debug=default"], lambda c: c.profile_name == "smoke" and c.trainer.deterministic and c.task_name == "debug"),
+    (["debug=profiler"], lambda c: c.trainer.profiler == "simple"),
+])
+def test_sweep_launcher_trainer_and_debug_options_compose(overrides, check):
+    assert check(make(["+experiment=v2_gaussian", *overrides]))
+
+
+def test_evaluate_and_score_configs_compose():
+    assert make(["run_dir=x"], "evaluate").task_name == "evaluate"
+    cfg = make(["run_dir=x", "input=y", "output=z"], "score")
+    assert cfg.stream_name == "input" and cfg.eval.n_samples >= 1
