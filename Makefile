@@ -21,12 +21,11 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: EXPERIMENT=$(EXPERIMENT) ARGS='train overrides' DATA_ARGS='doctor overrides' DATA_DIR=$(DATA_DIR) PYTHON=$(PYTHON)"
 
-$(STAMP)/installed: pyproject.toml
-	@mkdir -p $(STAMP)
-	$(PIP) install -q -e ".[dev]"
-	@touch $@
-
-install: $(STAMP)/installed ## install fevae (editable) with its test tools
+install: ## install fevae (editable, from this checkout) with its test and sweep tools
+	@if [ ! -f $(STAMP)/installed ] || [ pyproject.toml -nt $(STAMP)/installed ] || \
+	   ! $(PYTHON) -c "import fevae, sys; sys.exit(not fevae.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
+	  echo "$(PIP) install -e '.[dev]'"; $(PIP) install -q -e ".[dev]" && mkdir -p $(STAMP) && touch $(STAMP)/installed; \
+	else echo "fevae is installed from $(CURDIR)"; fi
 
 data: install ## find the data and check it (the data doctor)
 	$(PYTHON) -m fevae.data $(DATA_ARGS)
