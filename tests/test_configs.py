@@ -35,8 +35,11 @@ def test_paper_settings_are_the_defaults():
     cfg = make(["+experiment=v2_gaussian"])
     assert (cfg.fe.n, cfg.fe.C, cfg.model.vae.latent_dim, cfg.model.vae.lr) == (10000, 15, 20, 1e-3)
     assert (cfg.model.jigsaw.lr, cfg.model.jigsaw.momentum, cfg.model.jigsaw.weight_decay) == (0.1, 0.9, 5e-4)
-    assert cfg.budget.vae.batch_size == 512 and cfg.budget.jigsaw.batch_size == 128
-    assert make(["profile=paper"]).budget.jigsaw.trainer.max_epochs == 200
+    assert cfg.budget.vae.batch_size == 128 and cfg.budget.jigsaw.batch_size == 128  # cpu profile: see conf
+    paper = make(["profile=paper"])
+    assert paper.budget.jigsaw.trainer.max_epochs == 200 and paper.budget.vae.batch_size == 512
+    assert cfg.fe.reg_covar == 1e-3 and make(["fe=literal"]).fe.reg_covar == 1e-6
+    assert make(["fe=literal"]).fe.C == 15 and not make(["fe=literal"]).fe.pre_activation
 
 
 @pytest.mark.parametrize("overrides, check", [

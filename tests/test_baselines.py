@@ -1,0 +1,195 @@
+"""Baseline OOD scores of fevae.baselines: IWAE, input complexity, likelihood regret.
+
+Small random VAEs and a few images keep the file fast. IWAE is also checked against a
+linear-Gaussian toy model whose encoder is the exact posterior: then every importance weight
+p(x|z) p(z) / q(z|x) equals p(x), so the IWAE estimate is exactly log p(x) for every K.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import MultivariateNormal, Normal
+
+from fevae.baselines import (
+    compressed_bits,
+    input_complexity_score,
+    iwae_score,
+    likelihood_regret_score,
+    to_uint8,
+)
+from fevae.errors import FevaeError
+from fevae.models.vae import VAE
+from fevae.scoring import log_mean_exp, noise_stream, per_sample_normal
+
+SEED, STREAM = 3, 1
+
+
+def make_vae(likelihood: str = "gaussian", seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE({"name": likelihood}, latent_dim=4, hidden_dim=16).eval()
+
+
+def images(n: int, seed: int = 0, binary: bool = False) -> torch.Tensor:
+    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    return (x > 0.5).float() if binary else x
+
+
+def reference_log_weights(vae, x: torch.Tensor, index: torch.Tensor, k: int) -> torch.Tensor:
+    """log p(x|z_k) + log p(z_k) - log q(z_k|x) ``[k, B]``, densities as MultivariateNormal."""
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        mu, std = mu.double(), (0.5 * logvar.double()).exp()
+        eps = per_sample_normal(index, SEED, k, mu.shape[-1], stream=noise_stream(STREAM, "APO"), dtype=torch.float64)
+        z = mu + std * eps
+        q = MultivariateNormal(mu, scale_tril=torch.diag_embed(std))
+        prior = MultivariateNormal(torch.zeros_like(mu), scale_tril=torch.diag_embed(torch.ones_like(std)))
+        ll = vae.log_likelihood(x, vae.decode(z.to(x.dtype))).double()
+        return ll + prior.log_prob(z) - q.log_prob(z)
+
+
+def iwae(vae, x, index, k: int, chunk: int | None = None) -> torch.Tensor:
+    return iwae_score(x, index, vae=vae, n_samples=k, chunk_size=chunk or k, seed=SEED, stream=STREAM)
+
+
+# ---------------------------------------------------------------------------- IWAE
+def test_iwae_k1_is_single_sample_elbo_and_k_is_log_mean_exp_of_weights():
+    vae, x, index = make_vae(), images(3), torch.tensor([5, 0, 9])
+    ref = reference_log_weights(vae, x, index, 64)
+    one = iwae(vae, x, index, 1)
+    assert one.dtype == torch.float64 and one.shape == (3,)
+    torch.testing.assert_close(one, ref[0], rtol=1e-9, atol=1e-9)
+    many = iwae(vae, x, index, 64, chunk=10)
+    torch.testing.assert_close(many, log_mean_exp(ref, 0), rtol=1e-9, atol=1e-9)
+    assert (many >= ref.mean(0)).all()  # Jensen: IWAE_K >= mean of the K single-sample ELBOs
+
+
+def test_iwae_increases_with_k():
+    vae, x, index = make_vae(), images(4, seed=1), torch.arange(4)
+    assert iwae(vae, x, index, 256, chunk=64).mean() > iwae(vae, x, index, 1).mean()
+
+
+def test_iwae_chunk_and_batch_invariance():
+    vae, x, index = make_vae("bernoulli"), images(3, seed=2, binary=True), torch.tensor([7, 2, 4])
+    scores = [iwae(vae, x, index, 20, chunk) for chunk in (1, 7, 20)]
+    for s in scores[1:]:
+        assert (s - scores[0]).abs().max() <= 1e-10
+    alone = iwae(vae, x[1:2], index[1:2], 20, 7)
+    torch.testing.assert_close(alone, scores[0][1:2], rtol=1e-6, atol=1e-6)
+    assert not torch.equal(scores[0], iwae_score(x, index, vae=vae, n_samples=20, chunk_size=7, seed=SEED + 1,
+                                                 stream=STREAM))
+
+
+class ToyLinearGaussian:
+    """z ~ N(0, I_2), x | z ~ N(W z + b, s^2 I_3) with orthogonal columns of W, so the exact
+    posterior N(m(x), V) has diagonal V = (I + W^T W / s^2)^-1 and m(x) = V W^T (x - b) / s^2."""
+
+    W = torch.tensor([[1.0, 1.0], [1.0, -1.0], [0.5, 0.0]], dtype=torch.float64)
+    b = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64)
+    s = 0.6
+
+    def __init__(self) -> None:
+        self.v = 1.0 / (1.0 + (self.W**2).sum(0) / self.s**2)  # diag(V); W^T W is diagonal
+
+    def encode(self, x):
+        return (x - self.b) @ self.W * (self.v / self.s**2), self.v.log().expand(x.shape[0], -1)
+
+    def decode(self, z):
+        return z @ self.W.T + self.b
+
+    def log_likelihood(self, x, h):
+        return Normal(h, self.s).log_prob(x).sum(-1)
+
+    def log_px(self, x):
+        cov = self.W @ self.W.T + self.s**2 * torch.eye(3, dtype=torch.float64)
+        return MultivariateNormal(self.b, cov).log_prob(x)
+
+
+def test_iwae_is_exact_with_the_exact_posterior():
+    toy = ToyLinearGaussian()
+    assert abs(float(toy.W[:, 0] @ toy.W[:, 1])) == 0.0
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.5, -2.0, 0.7], [-3.0, 2.5, 1.0]], dtype=torch.float64)
+    index = torch.arange(3)
+    for k, chunk in ((1, 1), (5, 2)):
+        torch.testing.assert_close(iwae(toy, x, index, k, chunk), toy.log_px(x), rtol=0, atol=1e-10)
+
+
+def test_iwae_errors():
+    vae, x = make_vae(), images(2)
+    with pytest.raises(FevaeError, match="eval.n_samples"):
+        iwae(vae, x, torch.arange(2), 0)
+    with pytest.raises(FevaeError, match="one dataset index"):
+        iwae(vae, x, torch.arange(3), 2)
+    toy = ToyLinearGaussian()
+    toy.log_likelihood = lambda x, h: torch.full(h.shape[:-1], float("nan"), dtype=torch.float64)
+    with pytest.raises(FevaeError, match="NaN/inf"):
+        iwae(toy, torch.zeros(2, 3, dtype=torch.float64), torch.arange(2), 2)
+
+
+# ---------------------------------------------------------------------------- input complexity
+def test_to_uint8():
+    x = torch.tensor([0.0, 1.0, 0.5, 0.2, 1 / 255, 1.0000001]).repeat(28 * 28 // 6 + 1)[: 28 * 28]
+    out = to_uint8(x.view(1, 1, 28, 28))
+    assert out.dtype == np.uint8 and out.shape == (1, 28, 28)
+    np.testing.assert_array_equal(out.ravel()[:6], [0, 255, 128, 51, 1, 255])
+    assert set(np.unique(to_uint8(images(2, binary=True)))) == {0, 255}
+    for bad in (torch.full((1, 1, 28, 28), -0.1), torch.full((1, 1, 28, 28), float("nan")), torch.zeros(1, 28, 28)):
+        with pytest.raises(FevaeError):
+            to_uint8(bad)
+
+
+def test_compressed_bits_and_input_complexity():
+    zeros = np.zeros((1, 28, 28), np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    batch = np.concatenate([zeros, noise])
+    bits = compressed_bits(batch)
+    assert bits.dtype == np.float64 and bits.shape == (3,)
+    assert bits[0] < bits[1] and bits[0] < bits[2] and bits[1] > 8 * 28 * 28  # noise is incompressible
+    assert (bits % 8 == 0).all()
+    np.testing.assert_array_equal(bits, compressed_bits(batch))  # deterministic
+    np.testing.assert_array_equal(bits[1:2], compressed_bits(noise[:1]))  # per image
+    log_px = torch.tensor([-10.0, -2000.0, -2100.0], dtype=torch.float32)
+    score = input_complexity_score(log_px, batch)
+    assert score.dtype == torch.float64
+    assert torch.equal(score, log_px.double() + torch.from_numpy(bits) * math.log(2.0))
+    with pytest.raises(FevaeError):
+        input_complexity_score(log_px[:2], batch)
+    with pytest.raises(FevaeError):
+        compressed_bits(batch.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------- likelihood regret
+def regret(vae, x, index, **kwargs) -> torch.Tensor:
+    return likelihood_regret_score(x, index, vae=vae, seed=SEED, stream=STREAM, **kwargs)
+
+
+def test_likelihood_regret_zero_steps_and_validation():
+    vae, x, index = make_vae(), images(2), torch.arange(2)
+    score = regret(vae, x, index, steps=0)
+    assert score.dtype == torch.float64 and torch.equal(score, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(FevaeError, match="eval.regret_steps"):
+        regret(vae, x, index, steps=-1)
+    with pytest.raises(FevaeError, match="eval.regret_lr"):
+        regret(vae, x, index, steps=1, lr=0.0)
+    with pytest.raises(FevaeError, match="eval.regret_samples"):
+        regret(vae, x, index, steps=1, n_samples=0)
+
+
+def test_likelihood_regret_optimises_a_copy():
+    vae, x, index = make_vae(seed=1), images(3, seed=4), torch.tensor([4, 1, 8])
+    vae.train()  # regret must run in eval mode and restore the mode afterwards
+    state = {k: v.clone() for k, v in vae.state_dict().items()}
+    score = regret(vae, x, index, steps=5, lr=1e-3, n_samples=4)
+    assert score.shape == (3,) and score.dtype == torch.float64 and torch.isfinite(score).all()
+    assert score.mean() <= 0.05  # the optimised encoder should not lower the ELBO on average
+    assert (score < 0).any()
+    assert all(m.training for m in vae.modules())
+    assert all(torch.equal(state[k], v) for k, v in vae.state_dict().items())
+    assert all(p.grad is None for p in vae.parameters())
+    vae.eval()
+    assert torch.equal(score, regret(vae, x, index, steps=5, lr=1e-3, n_samples=4))
+    alone = regret(vae, x[2:], index[2:], steps=5, lr=1e-3, n_samples=4)
+    torch.testing.assert_close(alone, score[2:], rtol=0, atol=1e-6)
