@@ -28,6 +28,16 @@ from fevae.scoring import log_mean_exp, noise_stream, per_sample_normal
 SEED, STREAM = 3, 1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Single-threaded torch: the small per-image convolutions of likelihood regret slow down
+    ~10x from thread contention when the (2-core) machine is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_vae(likelihood: str = "gaussian", seed: int = 0) -> VAE:
     torch.manual_seed(seed)
     return VAE({"name": likelihood}, latent_dim=4, hidden_dim=16).eval()
@@ -57,7 +67,8 @@ def iwae(vae, x, index, k: int, chunk: int | None = None) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- IWAE
 def test_iwae_k1_is_single_sample_elbo_and_k_is_log_mean_exp_of_weights():
-    vae, x, index = make_vae(), images(3), torch.tensor([5, 0, 9])
+    # float64 model: the decoder's float32 rounding would depend on the number of samples decoded
+    vae, x, index = make_vae().double(), images(3).double(), torch.tensor([5, 0, 9])
     ref = reference_log_weights(vae, x, index, 64)
     one = iwae(vae, x, index, 1)
     assert one.dtype == torch.float64 and one.shape == (3,)
@@ -72,13 +83,17 @@ def test_iwae_increases_with_k():
     assert iwae(vae, x, index, 256, chunk=64).mean() > iwae(vae, x, index, 1).mean()
 
 
-def test_iwae_chunk_and_batch_invariance():
-    vae, x, index = make_vae("bernoulli"), images(3, seed=2, binary=True), torch.tensor([7, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_iwae_chunk_and_batch_invariance(dtype):
+    """Exact (1e-10) in float64; in float32 the decoder's rounding depends on how many samples it
+    decodes at once (CPU convolution kernels), so only float32 precision is expected."""
+    vae, x, index = make_vae("bernoulli").to(dtype), images(3, seed=2, binary=True).to(dtype), torch.tensor([7, 2, 4])
+    tol = 1e-10 if dtype == torch.float64 else 1e-7 * 600  # |score| ~ 550 nats
     scores = [iwae(vae, x, index, 20, chunk) for chunk in (1, 7, 20)]
     for s in scores[1:]:
-        assert (s - scores[0]).abs().max() <= 1e-10
+        assert (s - scores[0]).abs().max() <= tol
     alone = iwae(vae, x[1:2], index[1:2], 20, 7)
-    torch.testing.assert_close(alone, scores[0][1:2], rtol=1e-6, atol=1e-6)
+    assert (alone - scores[0][1:2]).abs().max() <= tol
     assert not torch.equal(scores[0], iwae_score(x, index, vae=vae, n_samples=20, chunk_size=7, seed=SEED + 1,
                                                  stream=STREAM))
 
