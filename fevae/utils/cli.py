@@ -24,8 +24,9 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a :class:`FevaeError` raised by ``task`` into one line on stderr and exit status 2.
 
     Anything else propagates with its traceback: that is a bug, not a user error. In a multirun
-    sweep, any error of a job is written to ``<job dir>/error.txt`` and logged instead, so the
-    other jobs go on and the sweep summary shows the failed job as a row carrying its error.
+    sweep, any error of a job is written to ``<job dir>/error.txt`` and logged instead, and the job
+    returns NaN, so the other jobs go on (Optuna marks the trial failed) and the sweep summary
+    shows the failed job as a row carrying its error.
     """
 
     @functools.wraps(task)
@@ -42,7 +43,7 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
             message = f"{type(err).__name__}: {err}" if not isinstance(err, FevaeError) else str(err)
             log.exception("job failed: %s", message)
             write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "error.txt", message + "\n")
-            return None
+            return float("nan")  # a sweeper (Optuna) records a failed trial and goes on
 
     return _exit_on_user_error(wrapper)
 
