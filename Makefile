@@ -23,7 +23,7 @@ help: ## list the targets
 
 install: ## install fevae (editable, from this checkout) with its test and sweep tools
 	@if [ ! -f $(STAMP)/installed ] || [ pyproject.toml -nt $(STAMP)/installed ] || \
-	   ! $(PYTHON) -c "import fevae, sys; sys.exit(not fevae.__file__.startswith('$(CURDIR)/'))" 2>/dev/null; then \
+	   ! (cd / && $(PYTHON) -c "import fevae, sys; sys.exit(not fevae.__file__.startswith('$(CURDIR)/'))") 2>/dev/null; then \
 	  echo "$(PIP) install -e '.[dev]'"; $(PIP) install -q -e ".[dev]" && mkdir -p $(STAMP) && touch $(STAMP)/installed; \
 	else echo "fevae is installed from $(CURDIR)"; fi
 
