@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fevae.callbacks.mixture import fit_feature_mixture
-from fevae.evaluation import run_scoring, write_outputs
+from fevae.evaluation import example_images, run_scoring, write_outputs
 from fevae.mixture import TorchMixture
 from fevae.run import MIXTURE_FILE, load_run
 from fevae.train import make_datamodule, report_info
@@ -40,7 +40,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     if not is_rank_zero():
         return {"metrics": None, "out_dir": str(out_dir)}
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
-    metrics = write_outputs(out_dir, scores, info)
+    metrics = write_outputs(out_dir, scores, info, examples=example_images(data))
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -168,6 +168,14 @@ def run_scoring(
     return scorer.results
 
 
+def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) -> np.ndarray | None:
+    """The first ``k`` preprocessed images [k,28,28] of eval set ``name`` (for Fig. 2), if present."""
+    if name not in getattr(datamodule, "eval_sets", {}):
+        return None
+    dataset = datamodule.eval_sets[name]
+    return torch.stack([dataset[i][0][0] for i in range(min(k, len(dataset)))]).numpy()
+
+
 def hparams_of(info: Mapping[str, Any]) -> dict[str, Any]:
     """The settings shown in TensorBoard's HParams view (scalars and strings only)."""
     hp = {k: info.get(k) for k in ("experiment", "likelihood", "preprocess", "n_samples", "eval_subset", "profile", "seed")}

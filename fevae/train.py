@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixture, validate_fe_config
-from fevae.evaluation import run_scoring, validate_eval_config, write_outputs
+from fevae.evaluation import example_images, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import MixtureArrays, TorchMixture
 from fevae.training import fit_model
@@ -88,8 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not is_rank_zero():
         return {"metrics": None, "run_dir": str(run_dir)}
     t0 = time.perf_counter()
-    examples = vae_data.eval_sets["mnist_saltpepper"].tensors[0][:8, 0].numpy() if "mnist_saltpepper" in vae_data.eval_sets else None
-    metrics = write_outputs(run_dir, scores, report_info(cfg, timings), examples=examples)
+    metrics = write_outputs(run_dir, scores, report_info(cfg, timings), examples=example_images(vae_data))
     timings["write_outputs"] = time.perf_counter() - t0
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
