@@ -159,8 +159,13 @@ def input_complexity_score(log_px: Tensor, images_uint8: np.ndarray) -> Tensor:
 
     ``log_px`` ``[B]`` is any log-likelihood estimate in nats (e.g. :func:`iwae_score`).
     """
-    bits = torch.from_numpy(compressed_bits(images_uint8))
-    if log_px.ndim != 1 or log_px.shape[0] != bits.shape[0]:
+    return input_complexity_from_bits(log_px, torch.from_numpy(compressed_bits(images_uint8)))
+
+
+def input_complexity_from_bits(log_px: Tensor, bits: Tensor) -> Tensor:
+    """:func:`input_complexity_score` from precomputed code lengths ``bits [B]`` (float64)."""
+    bits = torch.as_tensor(bits, dtype=torch.float64)
+    if log_px.ndim != 1 or bits.ndim != 1 or log_px.shape[0] != bits.shape[0]:
         raise FevaeError(f"log_px has shape {tuple(log_px.shape)} but there are {bits.shape[0]} images",
                          "pass one log-likelihood per image")
     return _check_finite(log_px.to(torch.float64) + bits.to(log_px.device) * LN2, "input-complexity")

@@ -1,6 +1,6 @@
 """`python -m fevae.evaluate run_dir=DIR [eval.n_samples=100] [fe.C=10] ...`: re-score a finished run.
 
-Results (scores, metrics.json, figures, report.md, and mixture.npz when refitted) go to a new
+Results (scores, metrics.json, figures, report.md, and the mixture files when refitted) go to a new
 folder ``outputs/evaluate/default/<time>/`` (``hydra.run.dir`` moves it); the run is left untouched.
 """
 
@@ -15,10 +15,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from fevae.callbacks.mixture import fit_feature_mixture
+from fevae.callbacks.mixture import fit_feature_mixtures, save_mixtures
 from fevae.evaluation import example_images, run_scoring, write_outputs
 from fevae.mixture import TorchMixture
-from fevae.run import MIXTURE_FILE, load_run
+from fevae.run import load_run
 from fevae.train import make_datamodule, report_info
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
 
@@ -30,17 +30,20 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     cfg = run.cfg
     L.seed_everything(cfg.seed, workers=True)
     data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
-    mixture = run.mixture
-    if any(o.lstrip("+~").startswith("fe.") for o in overrides):
-        log.info("fe.* overridden: refitting the feature mixture")
-        mixture = fit_feature_mixture(run.jigsaw, data.train_set, cfg.fe, cfg.seed)
+    mixtures = run.mixtures
+    refit = any(o.lstrip("+~").startswith("fe.") for o in overrides)
+    if refit or run.missing_layers():
+        why = "fe.* overridden" if refit else f"the run has no mixture for layers {run.missing_layers()}"
+        log.info("%s: fitting the feature mixtures", why)
+        mixtures = fit_feature_mixtures(run.jigsaw, data.train_set, cfg.fe, cfg.seed)
         if is_rank_zero():
-            mixture.save(out_dir / MIXTURE_FILE)
-    scores = run_scoring(cfg, run.vae, run.jigsaw, TorchMixture(mixture), {n: data.eval_dataloader(n) for n in data.eval_sets})
+            save_mixtures(out_dir, mixtures, cfg.fe)
+    loaders = {n: data.eval_dataloader(n) for n in data.eval_sets}
+    scoring = run_scoring(cfg, run.vae, run.jigsaw, {k: TorchMixture(m) for k, m in mixtures.items()}, loaders)
     if not is_rank_zero():
         return {"metrics": None, "out_dir": str(out_dir)}
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
-    metrics = write_outputs(out_dir, scores, info, examples=example_images(data))
+    metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs)
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

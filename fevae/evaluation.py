@@ -8,8 +8,11 @@ and writes ``scores/<set>.npz``, ``metrics.json``, ``figures/``, TensorBoard his
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import zlib
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,15 +20,23 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from fevae.baselines import compressed_bits, input_complexity_from_bits, likelihood_regret_score, to_uint8
+from fevae.cache import SamplesCache, weights_hash
 from fevae.errors import FevaeError
 from fevae.mixture import TorchMixture
-from fevae.scoring import score_batch
+from fevae.scoring import ScoreAccumulator, sample_chunks
+from fevae.training import cache_enabled
+from fevae.utils.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("PR", "APO")
+#: detectors scored next to vae/fe/fevae (``eval.detectors``), all in metrics.json ``other``
+DETECTORS = ("iwae", "input_complexity", "likelihood_regret")
+#: images whose model-pass outputs are turned into scores at once when reading stored samples
+SAMPLE_BATCH = 512
 
 
 def score_stream(set_name: str, scheme: str) -> int:
@@ -40,22 +51,47 @@ def validate_eval_config(ev: Mapping[str, Any]) -> None:
     bad = [s for s in ev["schemes"] if s not in SCHEMES]
     if bad or not ev["schemes"]:
         raise FevaeError(f"eval.schemes={list(ev['schemes'])} is not a non-empty subset of {list(SCHEMES)}", "use e.g. eval.schemes=[PR,APO]")
+    detectors = list(ev.get("detectors") or [])
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown:
+        raise FevaeError(f"eval.detectors has unknown detectors {unknown}", f"choose from {list(DETECTORS)} (or [] for none)")
+    if {"iwae", "input_complexity"} & set(detectors) and "APO" not in ev["schemes"]:
+        raise FevaeError("iwae and input_complexity reuse the APO draws, but APO is not in eval.schemes", "add APO to eval.schemes or drop them from eval.detectors")
+    if "likelihood_regret" in detectors:
+        r = ev.get("regret") or {}
+        for key, low in (("subset", 0), ("steps", 0), ("n_samples", 1), ("batch_size", 1)):
+            if isinstance(r.get(key), bool) or not isinstance(r.get(key), int) or r[key] < low:
+                raise FevaeError(f"eval.regret.{key}={r.get(key)!r} is invalid", f"set eval.regret.{key} to an integer ≥ {low}")
+        if not isinstance(r.get("lr"), (int, float)) or not r["lr"] > 0:
+            raise FevaeError(f"eval.regret.lr={r.get('lr')!r} is invalid", "set eval.regret.lr to a number > 0 (e.g. 1e-4)")
+
+
+def _flat(key: str) -> str:
+    return key.replace("/", "__")
 
 
 class Scorer(L.LightningModule):
-    """Wraps a trained VAE, Jigsaw and feature mixture; ``predict_step`` scores a batch.
+    """Wraps a trained VAE, Jigsaw and feature mixtures; ``predict_step`` scores a batch.
 
     Per image and scheme (PR: z ~ p(z); APO: z ~ q(z|x)), with S Monte-Carlo samples decoded
     ``chunk_size`` at a time: ``log_p_vae``, ``log_p_fe`` and ``log_p_fevae`` (Eq. 4 inside the
-    MC average). The noise of image i depends only on (seed, set, scheme, i), so the scores do
-    not depend on batch size or on the number of processes.
+    MC average), ``log_p_fevae_l<k>`` for each extra mixture layer, and the ``detectors``:
+    ``iwae`` (importance weighted, the APO draws), ``input_complexity`` (iwae + PNG bits · ln 2)
+    and ``likelihood_regret`` (images with index < ``regret["subset"]`` only). The noise of
+    image i depends only on (seed, set, scheme, i), so the scores do not depend on batch size or
+    on the number of processes.
+
+    With ``keep_samples`` the step keeps the model-pass outputs instead (per-sample
+    log-likelihoods, decoded features, IWAE weights, code lengths, regrets) and
+    :meth:`scores_from_samples` turns them into the same scores later (bit for bit), against
+    any mixtures: what :class:`fevae.cache.SamplesCache` stores.
     """
 
     def __init__(
         self,
         vae: torch.nn.Module,
         jigsaw: torch.nn.Module,
-        mixture: TorchMixture,
+        mixtures: TorchMixture | Mapping[int, TorchMixture],
         set_names: Sequence[str],
         layer: int = 1,
         pre_activation: bool = False,
@@ -63,70 +99,187 @@ class Scorer(L.LightningModule):
         chunk_size: int = 10,
         schemes: Sequence[str] = SCHEMES,
         seed: int = 0,
+        detectors: Sequence[str] = (),
+        regret: Mapping[str, Any] | None = None,
+        keep_samples: bool = False,
     ):
         super().__init__()
-        self.vae, self.jigsaw, self.mixture = vae, jigsaw, mixture
+        self.vae, self.jigsaw = vae, jigsaw
+        if isinstance(mixtures, TorchMixture):
+            mixtures = {layer: mixtures}
+        self.mixtures = torch.nn.ModuleDict({f"l{k}": m for k, m in mixtures.items()})
+        self.fe_names = {f"l{layer}": "fe"}
+        self.fevae_names = {f"l{k}": "fevae" if k == layer else f"fevae_l{k}" for k in mixtures}
         self.set_names = list(set_names)
         self.layer, self.pre_activation = layer, pre_activation
         self.n_samples, self.chunk_size, self.schemes, self.seed = n_samples, chunk_size, list(schemes), seed
+        self.detectors = list(detectors)
+        self.regret = dict(regret or {}) if "likelihood_regret" in self.detectors else {}
+        self.keep_samples = keep_samples
+        self.stopwatch = Stopwatch()
+        self.n_images = self.n_regret = 0
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = {}
-        #: set name -> score name -> float64 array in dataset order (filled after predict)
+        self._regrets: dict[int, list[dict[str, torch.Tensor]]] = {}
+        #: set name -> score name (or sample key with keep_samples) -> array in dataset order
         self.results: dict[str, dict[str, np.ndarray]] = {}
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.jigsaw.features(images, layer=self.layer, pre_activation=self.pre_activation)
+    # ------------------------------------------------------------------ pieces
+    def features(self, images: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        return self.jigsaw.features(images, layer=self.layer if layer is None else layer, pre_activation=self.pre_activation)
 
-    def score(self, x: torch.Tensor, index: torch.Tensor, set_name: str) -> dict[str, torch.Tensor]:
-        """All scores of one batch: ``log_p_<vae|fe|fevae>_<pr|apo>`` -> float64 [B]."""
+    def feature_fns(self) -> dict[str, Any]:
+        return {name: partial(self.features, layer=int(name[1:])) for name in self.mixtures}
+
+    @property
+    def log_weights(self) -> bool:
+        return bool({"iwae", "input_complexity"} & set(self.detectors))
+
+    def chunks(self, x: torch.Tensor, index: torch.Tensor, set_name: str, scheme: str):
+        return sample_chunks(
+            x, index, decode=self.vae.decode, log_likelihood=self.vae.log_likelihood, phi=self.vae.phi,
+            features=self.feature_fns(), encode=self.vae.encode, scheme=scheme, n_samples=self.n_samples,
+            chunk_size=self.chunk_size, seed=self.seed, stream=score_stream(set_name, scheme),
+            log_weights=self.log_weights, stopwatch=self.stopwatch,
+        )
+
+    def scores_of(self, f_x: Mapping[str, torch.Tensor], chunks_of, bits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Named scores of a batch from its features ``f_x`` and ``chunks_of(scheme)`` (model-pass chunks)."""
         out: dict[str, torch.Tensor] = {}
         for scheme in self.schemes:
-            scores = score_batch(
-                x,
-                index,
-                decode=self.vae.decode,
-                log_likelihood=self.vae.log_likelihood,
-                phi=self.vae.phi,
-                features=self.features,
-                mixture=self.mixture,
-                encode=self.vae.encode,
-                scheme=scheme,
-                n_samples=self.n_samples,
-                chunk_size=self.chunk_size,
-                seed=self.seed,
-                stream=score_stream(set_name, scheme),
-            )
-            out.update({f"log_p_{name}_{scheme.lower()}": value for name, value in scores.items()})
+            lp_x = {name: self.mixtures[name].component_log_prob(f) for name, f in f_x.items()}
+            acc = ScoreAccumulator(self.mixtures, lp_x, self.fe_names, self.fevae_names, stopwatch=self.stopwatch, prefix=f"{scheme}/")
+            for chunk in chunks_of(scheme):
+                acc.update(chunk)
+            for key, value in acc.compute().items():
+                out[key if key == "iwae" else f"log_p_{key}_{scheme.lower()}"] = value
+        if "input_complexity" in self.detectors:
+            out["input_complexity"] = input_complexity_from_bits(out["iwae"], bits)
+        if "iwae" not in self.detectors:
+            out.pop("iwae", None)
         return out
 
+    # ------------------------------------------------------------------ predict
     def on_predict_epoch_start(self) -> None:
-        self._outputs = {}
-        self.results = {}
+        self._outputs, self._regrets, self.results = {}, {}, {}
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, _, index = batch
-        out = {"index": index, **self.score(x, index, self.set_names[dataloader_idx])}
-        self._outputs.setdefault(dataloader_idx, []).append(out)
-        return out
+        set_name = self.set_names[dataloader_idx]
+        self.n_images += len(x)
+        with torch.no_grad():
+            f_x = {name: fn(x) for name, fn in self.feature_fns().items()}
+            bits = None
+            if "input_complexity" in self.detectors:
+                with self.stopwatch("png"):
+                    bits = torch.from_numpy(compressed_bits(to_uint8(x))).to(x.device)
+            row: dict[str, torch.Tensor] = {"index": index}
+            if self.keep_samples:
+                for scheme in self.schemes:
+                    parts = list(self.chunks(x, index, set_name, scheme))
+                    for key in parts[0]:
+                        row[_flat(f"{scheme}/{key}")] = torch.cat([p[key] for p in parts]).transpose(0, 1)  # [B, S, ...]
+                row.update({_flat(f"f_x/{name}"): f for name, f in f_x.items()})
+                if bits is not None:
+                    row["png_bits"] = bits
+            else:
+                row.update(self.scores_of(f_x, lambda scheme: self.chunks(x, index, set_name, scheme), bits))
+        self._outputs.setdefault(dataloader_idx, []).append(row)
+        subset = self.regret.get("subset", 0)
+        mask = index < subset
+        if bool(mask.any()):
+            xs, ids, step = x[mask], index[mask], self.regret["batch_size"]
+            with self.stopwatch("regret"):
+                values = [
+                    likelihood_regret_score(
+                        xs[i : i + step], ids[i : i + step], vae=self.vae, steps=self.regret["steps"], lr=float(self.regret["lr"]),
+                        n_samples=self.regret["n_samples"], seed=self.seed, stream=score_stream(set_name, "APO"),
+                    )
+                    for i in range(0, len(xs), step)
+                ]
+            self.n_regret += len(xs)
+            self._regrets.setdefault(dataloader_idx, []).append({"index": ids, "likelihood_regret": torch.cat(values)})
 
     def on_predict_epoch_end(self) -> None:
         for i, name in enumerate(self.set_names):
-            parts = self._outputs.get(i, [])
-            local = {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
-            self.results[name] = gather_by_index(self, local)
-        self._outputs = {}
+            self.results[name] = gather_by_index(self, _concat(self._outputs.get(i, [])))
+            if self.regret:
+                self.results[name].update(gather_by_index(self, _concat(self._regrets.get(i, []))))
+        self._outputs, self._regrets = {}, {}
+
+    # ------------------------------------------------------------------ stored samples
+    def scores_from_samples(self, samples: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+        """The scores :meth:`predict_step` would give, from kept model-pass outputs (any mixtures)."""
+        results: dict[str, dict[str, np.ndarray]] = {}
+        device = self.mixtures[next(iter(self.mixtures))].means.device if len(self.mixtures) else torch.device("cpu")
+        for set_name, arrays in samples.items():
+            n = len(arrays[_flat(f"{self.schemes[0]}/ll")])
+            parts = []
+            for lo in range(0, n, SAMPLE_BATCH):
+                sl = slice(lo, lo + SAMPLE_BATCH)
+                get = lambda key: torch.from_numpy(np.asarray(arrays[key][sl])).to(device)  # noqa: E731
+                f_x = {name: get(_flat(f"f_x/{name}")) for name in self.mixtures}
+
+                def chunks_of(scheme: str, get=get):
+                    stored = {key: get(_flat(f"{scheme}/{key}")).transpose(0, 1) for key in self._chunk_keys(scheme)}
+                    for s in range(0, self.n_samples, self.chunk_size):
+                        yield {key: value[s : s + self.chunk_size].contiguous() for key, value in stored.items()}
+
+                bits = get("png_bits") if "input_complexity" in self.detectors else None
+                parts.append(self.scores_of(f_x, chunks_of, bits))
+            results[set_name] = {k: torch.cat([p[k] for p in parts]).double().cpu().numpy() for k in parts[0]}
+            if "likelihood_regret" in arrays:
+                results[set_name]["likelihood_regret"] = np.asarray(arrays["likelihood_regret"], dtype=np.float64)
+        return results
+
+    def _chunk_keys(self, scheme: str) -> list[str]:
+        keys = ["ll", *(f"f_phi/{name}" for name in self.mixtures)]
+        return keys + (["log_w"] if scheme == "APO" and self.log_weights else [])
+
+    def costs(self, seconds: Mapping[str, float] | None = None, n_images: int | None = None, n_regret: int | None = None) -> dict[str, Any]:
+        """Seconds per image of every score, laid out like metrics.json's ``ood.<set>`` blocks."""
+        sec = dict(self.stopwatch.seconds if seconds is None else seconds)
+        n = max(self.n_images if n_images is None else n_images, 1)
+        out: dict[str, Any] = {}
+        for scheme in self.schemes:
+            decode = sec.get(f"{scheme}/decode", 0.0)
+            block = {"vae": decode / n}
+            for name, score in self.fevae_names.items():
+                cost = (decode + sec.get(f"{scheme}/features/{name}", 0.0) + sec.get(f"{scheme}/mixture/{name}", 0.0)) / n
+                block[score] = cost
+                if name in self.fe_names:
+                    block[self.fe_names[name]] = cost
+            out[scheme] = block
+        other = {}
+        iwae = (sec.get("APO/decode", 0.0) + sec.get("APO/log_w", 0.0)) / n
+        if "iwae" in self.detectors:
+            other["iwae"] = iwae
+        if "input_complexity" in self.detectors:
+            other["input_complexity"] = iwae + sec.get("png", 0.0) / n
+        regrets = self.n_regret if n_regret is None else n_regret
+        if self.regret and regrets:
+            other["likelihood_regret"] = sec.get("regret", 0.0) / regrets
+        if other:
+            out["other"] = other
+        return out
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
 def gather_by_index(module: L.LightningModule, local: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Gather per-sample tensors of all ranks, drop duplicates (padded samplers) and sort by index."""
+    """Gather per-sample tensors (batch dim first) of all ranks, drop duplicates (padded samplers)
+    and sort by index. Floating arrays come back float64 unless they are float32 features."""
     world = module.trainer.world_size if module._trainer is not None else 1
     if world > 1:
         n_local = torch.tensor([len(local.get("index", []))], device=module.device)
         n_max = int(module.all_gather(n_local).max())
         padded = {}
         for key, value in local.items():
-            pad = torch.full((n_max - len(value),), -1 if key == "index" else float("nan"), dtype=value.dtype, device=module.device)
+            fill = -1 if key == "index" else float("nan")
+            pad = torch.full((n_max - len(value), *value.shape[1:]), fill, dtype=value.dtype, device=module.device)
             padded[key] = torch.cat([value.to(module.device), pad])
-        gathered = {k: module.all_gather(v).reshape(-1) for k, v in padded.items()}
+        gathered = {k: module.all_gather(v).reshape(-1, *v.shape[1:]) for k, v in padded.items()}
         keep = gathered["index"] >= 0
         local = {k: v[keep] for k, v in gathered.items()}
     if not local:
@@ -135,29 +288,112 @@ def gather_by_index(module: L.LightningModule, local: dict[str, torch.Tensor]) -
     unique, first = np.unique(index, return_index=True)
     if unique.size and not np.array_equal(unique, np.arange(unique.size)):
         log.warning("scored indices are not 0..N-1 (%d unique of max %d)", unique.size, unique.max())
-    return {k: v.detach().cpu().double().numpy()[first] for k, v in local.items() if k != "index"}
+    out = {}
+    for k, v in local.items():
+        if k == "index":
+            continue
+        v = v.detach().cpu()
+        out[k] = (v if v.dtype == torch.float32 and v.ndim > 1 else v.double()).numpy()[first]
+    return out
+
+
+@dataclass
+class Scoring:
+    """What :func:`run_scoring` returns."""
+
+    #: set -> score name -> float64 array in dataset order
+    scores: dict[str, dict[str, np.ndarray]]
+    #: seconds per image of each score (:meth:`Scorer.costs`)
+    costs: dict[str, Any] = field(default_factory=dict)
+    #: whether the model pass came from :class:`fevae.cache.SamplesCache`
+    reused_samples: bool = False
+
+
+def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, loaders: Mapping[str, Any], layers: Sequence[int]) -> dict[str, Any]:
+    """What determines the model pass: both models' weights, the eval images, the eval settings."""
+    images = {}
+    for name, loader in loaders.items():
+        h = hashlib.sha256()
+        for x, _, index in loader:
+            h.update(x.numpy().tobytes())
+            h.update(index.numpy().tobytes())
+        images[name] = h.hexdigest()[:16]
+    ev = OmegaConf.to_container(cfg.eval, resolve=True)
+    return {
+        "vae": weights_hash(vae),
+        "jigsaw": weights_hash(jigsaw),
+        "images": images,
+        "eval": {k: ev.get(k) for k in ("n_samples", "chunk_size", "schemes", "detectors", "regret")},
+        "layers": sorted(layers),
+        "pre_activation": cfg.fe.pre_activation,
+        "seed": cfg.seed,
+        "dtype": str(next(vae.parameters()).dtype),
+    }
+
+
+def _samples_bytes(cfg: DictConfig, loaders: Mapping[str, Any], jigsaw: torch.nn.Module, layers: Sequence[int]) -> int:
+    per_sample = 8 + 8 + 4 * sum(jigsaw.feature_dim(k) for k in layers)
+    return sum(len(loader.dataset) for loader in loaders.values()) * len(cfg.eval.schemes) * cfg.eval.n_samples * per_sample
 
 
 def run_scoring(
-    cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, mixture: TorchMixture, loaders: Mapping[str, Any]
-) -> dict[str, dict[str, np.ndarray]]:
-    """Score every loader (items ``(x, y, index)``) with the trainer config: set -> score -> array."""
+    cfg: DictConfig,
+    vae: torch.nn.Module,
+    jigsaw: torch.nn.Module,
+    mixtures: TorchMixture | Mapping[int, TorchMixture],
+    loaders: Mapping[str, Any],
+) -> Scoring:
+    """Score every loader (items ``(x, y, index)``) with the trainer config.
+
+    ``mixtures`` maps Jigsaw layer -> mixture (``cfg.fe.layer`` gives fe/fevae, the others
+    ``fevae_l<k>``). With ``cache.enabled`` (auto: in multirun) and one process, the model pass is
+    read from / stored in :class:`fevae.cache.SamplesCache`, so only the mixture part is computed
+    when the models and eval settings are unchanged.
+    """
     validate_eval_config(cfg.eval)
-    scorer = Scorer(
-        vae.eval(),
-        jigsaw.eval(),
-        mixture,
-        list(loaders),
-        layer=cfg.fe.layer,
-        pre_activation=cfg.fe.pre_activation,
-        n_samples=cfg.eval.n_samples,
-        chunk_size=cfg.eval.chunk_size,
-        schemes=list(cfg.eval.schemes),
-        seed=cfg.seed,
+    if isinstance(mixtures, TorchMixture):
+        mixtures = {int(cfg.fe.layer): mixtures}
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False, inference_mode=False
     )
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False)
-    trainer.predict(scorer, dataloaders=list(loaders.values()), return_predictions=False)
-    for set_name, scores in scorer.results.items():
+    cache = None
+    if cache_enabled(cfg) and trainer.world_size == 1:
+        size = _samples_bytes(cfg, loaders, jigsaw, list(mixtures))
+        limit = float(cfg.cache.get("max_samples_gb", 4)) * 2**30
+        if size <= limit:
+            cache = SamplesCache(cfg.paths.cache_dir, _samples_key(cfg, vae, jigsaw, loaders, list(mixtures)))
+        else:
+            log.info("scoring: not caching the model pass (%.1f GB > cache.max_samples_gb)", size / 2**30)
+
+    def scorer(keep: bool) -> Scorer:
+        return Scorer(
+            vae.eval(), jigsaw.eval(), mixtures, list(loaders), layer=cfg.fe.layer, pre_activation=cfg.fe.pre_activation,
+            n_samples=cfg.eval.n_samples, chunk_size=cfg.eval.chunk_size, schemes=list(cfg.eval.schemes), seed=cfg.seed,
+            detectors=list(cfg.eval.get("detectors") or []), regret=cfg.eval.get("regret"), keep_samples=keep,
+        )
+
+    if cache is None:
+        module = scorer(keep=False)
+        trainer.predict(module, dataloaders=list(loaders.values()), return_predictions=False)
+        result = Scoring(module.results, module.costs())
+    else:
+        with cache.lock():
+            module = scorer(keep=True)
+            if cache.has():
+                samples, meta = cache.load()
+                log.info("scoring: reused the model pass %s (hash %s)", cache.entry, cache.hash)
+            else:
+                log.info("scoring: decoding (hash %s; cached as %s)", cache.hash, cache.entry)
+                trainer.predict(module, dataloaders=list(loaders.values()), return_predictions=False)
+                samples = module.results
+                meta = {"seconds": dict(module.stopwatch.seconds), "n_images": module.n_images, "n_regret": module.n_regret}
+                cache.store(samples, meta)
+        mixture_clock = scorer(keep=False)  # times the mixture part of this job
+        mixture_clock.to(next(vae.parameters()).device)
+        scores = mixture_clock.scores_from_samples(samples)
+        seconds = {**meta["seconds"], **{k: v for k, v in mixture_clock.stopwatch.seconds.items() if "/mixture/" in k}}
+        result = Scoring(scores, mixture_clock.costs(seconds, meta["n_images"], meta["n_regret"]), reused_samples=True)
+    for set_name, scores in result.scores.items():
         for score_name, values in scores.items():
             bad = int((~np.isfinite(values)).sum())
             if bad:
@@ -165,7 +401,7 @@ def run_scoring(
                     f"{bad} of {values.size} {score_name} scores on {set_name} are not finite",
                     "the model or mixture is degenerate: check training (TensorBoard), raise fe.reg_covar or retrain",
                 )
-    return scorer.results
+    return result
 
 
 def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) -> np.ndarray | None:
@@ -184,7 +420,11 @@ def hparams_of(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(
-    out_dir: Path, scores: dict[str, dict[str, np.ndarray]], info: dict[str, Any], examples: np.ndarray | None = None
+    out_dir: Path,
+    scores: dict[str, dict[str, np.ndarray]],
+    info: dict[str, Any],
+    examples: np.ndarray | None = None,
+    costs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``scores/<set>.npz``, ``metrics.json``, ``figures/``, TensorBoard histograms, ``report.md``.
 
@@ -193,14 +433,17 @@ def write_outputs(
     from torch.utils.tensorboard import SummaryWriter
 
     from fevae.metrics import compute_metrics, save_scores, write_json_atomic
-    from fevae.plots import plot_all
+    from fevae.plots import plot_all, plot_detector_aurocs
     from fevae.report import write_report
 
     metrics = compute_metrics(scores)  # validates finiteness before anything is written
+    if costs:
+        metrics["cost_s_per_image"] = dict(costs)
     for set_name, set_scores in scores.items():
         save_scores(out_dir / "scores" / f"{set_name}.npz", set_scores)
     write_json_atomic(out_dir / "metrics.json", metrics)
     figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
+    figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     writer = SummaryWriter(log_dir=str(out_dir / "tensorboard" / "eval"))
     try:
         for set_name, set_scores in scores.items():

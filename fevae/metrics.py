@@ -19,7 +19,11 @@ Public ``metrics.json`` schema (:func:`compute_metrics`)::
      "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "fpr95": ..}, "fe": {..}, ..},
                        "APO": {..},
                        "other": {"iwae": {..}}},          # only present when non-empty
-             "mnist_saltpepper": {..}}}
+             "mnist_saltpepper": {..}},
+     "n_scored": {"likelihood_regret": {"fashionmnist": 500, ...}},  # only for subset scores
+     "cost_s_per_image": {"PR": {"vae": .., ..}, "APO": {..}, "other": {..}}}  # added by runs
+
+A score array shorter than its set covers the set's *first* ``len`` examples.
 """
 
 from __future__ import annotations
@@ -178,6 +182,8 @@ def ood_metrics(
 
 
 def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
+    """Number of examples of a set: the longest score array. A shorter array covers the set's
+    *first* ``len`` examples (a detector scored on a subset, e.g. ``likelihood_regret``)."""
     sizes = {}
     for name, a in arrays.items():
         if np.ndim(a) != 1:
@@ -188,12 +194,7 @@ def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
         sizes[name] = int(np.shape(a)[0])
     if not sizes:
         raise FevaeError(f"set {set_name!r} has no scores", "score the set or remove it")
-    if len(set(sizes.values())) != 1:
-        raise FevaeError(
-            f"set {set_name!r}: score arrays have different lengths {sizes}",
-            "re-score the set so every score covers the same examples",
-        )
-    return next(iter(sizes.values()))
+    return max(sizes.values())
 
 
 def compute_metrics(
@@ -236,7 +237,15 @@ def compute_metrics(
             if block or scheme != "other":
                 per_scheme[scheme] = block
         ood[ood_set] = per_scheme
-    return {"in_distribution": in_distribution, "n": n, "ood": ood}
+    out: dict[str, Any] = {"in_distribution": in_distribution, "n": n, "ood": ood}
+    subsets: dict[str, dict[str, int]] = {}
+    for set_name in order_sets(scores):
+        for name, values in scores[set_name].items():
+            if len(values) < n[set_name]:
+                subsets.setdefault(parse_score_name(name)[1], {})[set_name] = int(len(values))
+    if subsets:
+        out["n_scored"] = subsets  # detectors scored on the first k examples of a set only
+    return out
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

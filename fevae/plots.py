@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,34 @@ def plot_all(
         written += plot_hist(scores, sid, figures_dir / f"hist_{_safe(sid)}", title,
                              in_distribution=in_distribution)
     return written
+
+
+def detector_label(score_id: str, scheme: str) -> str:
+    """``p_FEVAE (APO)``, ``fevae_l2 (PR)``, ``iwae``: how reports and figures name a detector."""
+    name = {"vae": "p_VAE", "fe": "p_FE", "fevae": "p_FEVAE"}.get(score_id, score_id)
+    return name if scheme == "other" else f"{name} ({scheme})"
+
+
+def plot_detector_aurocs(metrics: Mapping[str, Any], out_base: str | Path, run_label: str = "") -> list[Path]:
+    """Every detector's AUROC against each OOD set (horizontal bars, dashed line at chance)."""
+    rows = [
+        {"detector": detector_label(sid, scheme), "OOD set": _set_label(ood_set), "AUROC": m["auroc"]}
+        for ood_set, per in metrics.get("ood", {}).items()
+        for scheme in ("PR", "APO", "other")
+        for sid, m in per.get(scheme, {}).items()
+    ]
+    if not rows:
+        return []
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    n_detectors = frame["detector"].nunique()
+    fig = _new_figure(7.0, 1.2 + 0.45 * n_detectors)
+    ax = fig.subplots()
+    _sns().barplot(frame, y="detector", x="AUROC", hue="OOD set", ax=ax, orient="h")
+    ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylabel("")
+    ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector (FashionMNIST test = in-distribution)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, out_base)

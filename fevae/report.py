@@ -275,24 +275,48 @@ def _metrics_table(metrics: Mapping) -> list[str]:
 
 
 def _detector_table(metrics: Mapping) -> list[str]:
-    """Detector (score id × scheme) × OOD-set AUROC table, including 'other' detectors."""
+    """Detector (score id × scheme) × OOD-set AUROC table with each detector's cost per image."""
+    from fevae.plots import detector_label
+
     ood = metrics.get("ood", {})
     sets = list(ood)
+    costs = metrics.get("cost_s_per_image", {})
+    subsets = metrics.get("n_scored", {})
     rows = []
     for scheme in SCHEMES:
         sids = order_score_ids({sid for per in ood.values() for sid in per.get(scheme, {})})
         rows += [(sid, scheme) for sid in sids]
     lines = [
-        "| detector | scheme | " + " | ".join(f"AUROC {s}" for s in sets) + " |",
-        "|---|---|" + "---:|" * len(sets),
+        "| detector | " + " | ".join(f"AUROC {s}" for s in sets) + " | cost per image |",
+        "|---|" + "---:|" * (len(sets) + 1),
     ]
     for sid, scheme in rows:
         cells = []
         for s in sets:
             auc = _auroc(metrics, s, scheme, sid)
             cells.append(_f3(auc) if auc is not None else "—")
-        lines.append(f"| {_score_title(sid)} | {scheme} | " + " | ".join(cells) + " |")
+        cost = costs.get(scheme, {}).get(sid)
+        label = detector_label(sid, scheme)
+        if sid in subsets:
+            label += " †"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt_cost(cost)} |")
+    lines.append("")
+    if costs:
+        lines.append(
+            "Cost: wall time per image of everything the detector needs (encoder, S decodes, features, "
+            "mixture densities, PNG coding, encoder refits) on this run's device; the PR/APO "
+            "decodes are shared, so detectors in one run cost less together than their sum."
+        )
+    for sid, per_set in subsets.items():
+        sizes = ", ".join(f"{k}: {v}" for k, v in per_set.items())
+        lines.append(f"† {sid}: scored on the first images of each set only ({sizes}; `eval.regret.subset`).")
     return lines + [""]
+
+
+def _fmt_cost(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds * 1e3:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _fmt_setting(v: Any) -> str:
@@ -352,10 +376,8 @@ def render_report(
 
     out += ["## OOD detection metrics", ""]
     out += _metrics_table(metrics)
-    has_other = any(per.get("other") for per in metrics.get("ood", {}).values())
-    if has_other:
-        out += ["### All detectors (AUROC)", ""]
-        out += _detector_table(metrics)
+    out += ["### All detectors (AUROC) and what they cost", ""]
+    out += _detector_table(metrics)
 
     figures = [f for f in info.get("figures", []) or [] if str(f).lower().endswith(".png")]
     if figures:

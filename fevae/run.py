@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fevae.callbacks.mixture import mixture_file, mixture_layers
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
@@ -28,7 +29,17 @@ class TrainedRun:
     cfg: DictConfig
     vae: torch.nn.Module
     jigsaw: torch.nn.Module
-    mixture: MixtureArrays
+    #: Jigsaw layer -> fitted mixture (``fe.layer`` always; ``fe.extra_layers`` when the run has them)
+    mixtures: dict[int, MixtureArrays]
+
+    @property
+    def mixture(self) -> MixtureArrays:
+        """The mixture of ``fe.layer`` (p_FE / p_FEVAE)."""
+        return self.mixtures[int(self.cfg.fe.layer)]
+
+    def missing_layers(self) -> list[int]:
+        """Layers of ``fe.layer`` + ``fe.extra_layers`` that have no mixture in the run folder."""
+        return [k for k in mixture_layers(self.cfg.fe) if k not in self.mixtures]
 
 
 def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: DictConfig | None = None) -> DictConfig:
@@ -88,4 +99,9 @@ def load_run(
             f"{run_dir} has no {MIXTURE_FILE}: the run stopped before the feature mixture was fitted",
             f"finish it with `python -m fevae.train hydra.run.dir={run_dir} resume=true` plus the run's experiment",
         )
-    return TrainedRun(run_dir, cfg, models["vae"], models["jigsaw"], MixtureArrays.load(mixture_path))
+    mixtures = {int(cfg.fe.layer): MixtureArrays.load(mixture_path)}
+    for layer in mixture_layers(cfg.fe):
+        path = run_dir / mixture_file(layer, cfg.fe)
+        if path.exists():
+            mixtures[layer] = MixtureArrays.load(path)
+    return TrainedRun(run_dir, cfg, models["vae"], models["jigsaw"], mixtures)

@@ -2,8 +2,10 @@
 
 Input: ``.npy`` [N,28,28] uint8 pixels (0-255) or floats in [0,1], a folder of 28x28 grayscale
 PNGs (sorted by name), or an IDX file. The run's own preprocessing is applied (binarised for V1).
-Output: a CSV with one row per image in input order and the columns in :data:`COLUMNS`; written
-atomically, so a failed call leaves no output file.
+Output: a CSV with one row per image in input order: the columns in :data:`COLUMNS`, then
+``log_p_fevae_l<k>_{pr,apo}`` (extra Jigsaw layers) and the detectors in :data:`OTHER_COLUMNS`
+(``likelihood_regret`` only for the first ``eval.regret.subset`` rows; later cells are empty).
+Written atomically, so a failed call leaves no output file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_error
 log = logging.getLogger("fevae.score")
 
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
+OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret"]
 
 def score_images(
     run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input", composed: DictConfig | None = None
@@ -41,19 +44,26 @@ def score_images(
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
     loader = DataLoader(dataset, batch_size=run.cfg.eval.batch_size, shuffle=False)
-    return run_scoring(run.cfg, run.vae, run.jigsaw, TorchMixture(run.mixture), {stream_name: loader})[stream_name]
+    if run.missing_layers():
+        log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
+    mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
+    return run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
 
 
 def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise FevaeError(f"output={path}: folder {path.parent} does not exist", "create it or choose another output path")
-    columns = [c for c in COLUMNS if c in scores] + sorted(c for c in scores if c not in COLUMNS)
+    known = COLUMNS + OTHER_COLUMNS
+    rest = sorted(c for c in scores if c not in known)
+    columns = [c for c in COLUMNS if c in scores] + [c for c in rest if c.startswith("log_p_")]
+    columns += [c for c in OTHER_COLUMNS if c in scores] + [c for c in rest if not c.startswith("log_p_")]
+    n = max(len(v) for v in scores.values())
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        for row in zip(*(scores[c] for c in columns)):
-            writer.writerow([repr(float(v)) for v in row])
+        for i in range(n):  # a detector scored on the first k images only leaves later cells empty
+            writer.writerow([repr(float(scores[c][i])) if i < len(scores[c]) else "" for c in columns])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")

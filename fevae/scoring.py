@@ -21,11 +21,13 @@ batch size, chunk size or the number of DDP processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import ContextManager
 
 import torch
 
 from fevae.errors import FevaeError
+from fevae.utils.timing import no_timing
 
 SCHEMES = ("PR", "APO")
 SCORES = ("vae", "fe", "fevae")
@@ -144,15 +146,33 @@ def _check_positive_int(value, key: str) -> int:
     return value
 
 
-def score_batch(
+def _draw_latents(x, index, *, encode, scheme, seed, stream, latent_dim):
+    """``(mu, std, dim, noise dtype)`` for a batch (mu/std are None for PR with a given latent_dim)."""
+    mu = std = None
+    if scheme == "APO" or latent_dim is None:
+        if encode is None:
+            raise FevaeError(
+                "the APO scheme (or a PR run without latent_dim) needs an encoder",
+                "pass encode=... or drop APO from eval.schemes",
+            )
+        mu, logvar = encode(x)
+        std = torch.exp(0.5 * logvar)
+    dim = int(mu.shape[-1]) if latent_dim is None else int(latent_dim)
+    if mu is not None:
+        dtype = mu.dtype
+    else:
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    return mu, std, dim, dtype
+
+
+def sample_chunks(
     x: torch.Tensor,
     index: torch.Tensor,
     *,
     decode: Callable[[torch.Tensor], torch.Tensor],
     log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    phi: Callable[[torch.Tensor], torch.Tensor],
-    features: Callable[[torch.Tensor], torch.Tensor],
-    mixture,
+    phi: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    features: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     scheme: str,
     n_samples: int,
@@ -160,6 +180,136 @@ def score_batch(
     seed: int,
     stream: int = 0,
     latent_dim: int | None = None,
+    log_weights: bool = False,
+    stopwatch: Callable[[str], ContextManager] = no_timing,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The model pass of the estimators, ``chunk_size`` samples at a time (the expensive part).
+
+    Yields per chunk of ``s`` samples a dict with
+
+    * ``"ll"``: ``log p(x | phi_x(z_s))`` ``[s, B]`` float64,
+    * ``"f_phi/<name>"``: ``features[name](phi(decode(z_s)))`` ``[s, B, d_name]`` for each feature
+      extractor (e.g. one per Jigsaw layer),
+    * ``"log_w"`` (APO with ``log_weights=True``): importance weights
+      ``log p(z_s) - log q(z_s | x)`` ``[s, B]`` float64 (for the IWAE estimate).
+
+    Everything the mixtures need comes from here, so the chunks can be stored and scored later
+    by :class:`ScoreAccumulator` against any mixture (what a sweep over ``fe.n``/``fe.C`` does).
+    ``stopwatch`` (:class:`fevae.utils.timing.Stopwatch`) is charged ``<scheme>/decode`` (encoder,
+    decoder, likelihood), ``<scheme>/features/<name>`` and ``<scheme>/log_w``. Runs under
+    ``torch.no_grad()``.
+    """
+    scheme = _check_scheme(scheme)
+    n_samples = _check_positive_int(n_samples, "eval.n_samples")
+    chunk_size = _check_positive_int(chunk_size, "eval.chunk_size")
+    index = torch.as_tensor(index)
+    if index.ndim != 1 or index.shape[0] != x.shape[0]:
+        raise FevaeError(
+            f"index has shape {tuple(index.shape)} but the batch has {x.shape[0]} items",
+            "pass one dataset index per item",
+        )
+    features = dict(features or {})
+    if features and phi is None:
+        raise FevaeError("feature extractors need phi (decoder output -> images)", "pass phi=vae.phi")
+    batch = x.shape[0]
+    with torch.no_grad():
+        with stopwatch(f"{scheme}/decode"):
+            mu, std, dim, noise_dtype = _draw_latents(x, index, encode=encode, scheme=scheme, seed=seed, stream=stream, latent_dim=latent_dim)
+        nstream = noise_stream(stream, scheme)
+        if log_weights and scheme == "APO":
+            mu64, std64 = mu.double(), std.double()
+        for start in range(0, n_samples, chunk_size):
+            s = min(chunk_size, n_samples - start)
+            with stopwatch(f"{scheme}/decode"):
+                eps = per_sample_normal(index, seed, s, dim, stream=nstream, offset=start, device=x.device, dtype=noise_dtype)
+                z = eps if scheme == "PR" else mu + std * eps
+                h = decode(z)
+                ll = log_likelihood(x, h).to(torch.float64)  # [s, B]
+            if ll.shape != (s, batch):
+                raise FevaeError(
+                    f"log_likelihood returned shape {tuple(ll.shape)}, expected {(s, batch)}",
+                    "sum the per-pixel log-likelihoods over all but the sample and batch dims",
+                )
+            chunk = {"ll": ll}
+            if features:
+                images = phi(h).reshape(s * batch, *x.shape[1:])
+                for name, fn in features.items():
+                    with stopwatch(f"{scheme}/features/{name}"):
+                        chunk[f"f_phi/{name}"] = fn(images).reshape(s, batch, -1)
+            if log_weights and scheme == "APO":
+                with stopwatch(f"{scheme}/log_w"):
+                    # the same z as above, in float64: log p(z) - log q(z|x) (Normal log-densities)
+                    e64 = eps.to(torch.float64)
+                    z64 = mu64 + std64 * e64
+                    chunk["log_w"] = (-0.5 * z64.square() + 0.5 * e64.square() + torch.log(std64)).sum(-1)
+            yield chunk
+
+
+class ScoreAccumulator:
+    """Turns :func:`sample_chunks` output into the log-mean-exp estimators (paper Eqs. 1-4).
+
+    ``lp_x[name] = mixtures[name].component_log_prob(f_x)`` ``[B, C]`` per feature mixture.
+    ``fe_names[name]`` / ``fevae_names[name]`` give the output key of ``log p_FE`` / ``log p_FEVAE``
+    under mixture ``name`` (``None``: not reported). :meth:`compute` returns float64 ``[B]`` per
+    key: ``"vae"``, the named fe/fevae scores, and ``"iwae"`` when the chunks carry ``log_w``.
+    ``stopwatch`` is charged ``<prefix>mixture/<name>`` for each mixture's densities.
+    Feeding the same chunks in the same order gives bit-identical results however they were
+    produced (streamed or read back from a cache).
+    """
+
+    def __init__(
+        self,
+        mixtures: Mapping[str, object] | None = None,
+        lp_x: Mapping[str, torch.Tensor] | None = None,
+        fe_names: Mapping[str, str | None] | None = None,
+        fevae_names: Mapping[str, str | None] | None = None,
+        stopwatch: Callable[[str], ContextManager] = no_timing,
+        prefix: str = "",
+    ):
+        self.stopwatch, self.prefix = stopwatch, prefix
+        self.mixtures = dict(mixtures or {})
+        self.lp_x = dict(lp_x or {})
+        self.fe_names = dict(fe_names or {})
+        self.fevae_names = dict(fevae_names or {})
+        self.acc: dict[str, RunningLogMeanExp] = {}
+
+    def _add(self, key: str | None, value: torch.Tensor) -> None:
+        if key is not None:
+            self.acc.setdefault(key, RunningLogMeanExp()).update(value)
+
+    def update(self, chunk: Mapping[str, torch.Tensor]) -> None:
+        ll = chunk["ll"].to(torch.float64)
+        self._add("vae", ll)
+        for name, mixture in self.mixtures.items():
+            with self.stopwatch(f"{self.prefix}mixture/{name}"):
+                lfe = mixture.log_p_fe_from_log_prob(self.lp_x[name], chunk[f"f_phi/{name}"]).to(ll.device)  # [s, B]
+            self._add(self.fe_names.get(name), lfe)
+            self._add(self.fevae_names.get(name, name), ll + lfe)
+        if "log_w" in chunk:
+            self._add("iwae", ll + chunk["log_w"].to(ll.device))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {k: v.compute() for k, v in self.acc.items()}
+
+
+def score_batch(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    *,
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    log_likelihood: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    phi: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    mixture=None,
+    encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    scheme: str,
+    n_samples: int,
+    chunk_size: int,
+    seed: int,
+    stream: int = 0,
+    latent_dim: int | None = None,
+    extra: Mapping[str, tuple[Callable[[torch.Tensor], torch.Tensor], object]] | None = None,
+    iwae: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-item log-likelihood estimates ``{"vae", "fe", "fevae"}`` (each ``[B]`` float64).
 
@@ -173,56 +323,33 @@ def score_batch(
     * ``encode(x) -> (mu, logvar)`` each ``[B, L]``: required for APO; for PR it is used only to
       infer ``L`` when ``latent_dim`` is not given.
 
-    ``mixture`` is a :class:`fevae.mixture.TorchMixture`. Noise: :func:`per_sample_normal` with
-    stream :func:`noise_stream(stream, scheme) <noise_stream>`; sample ``s`` of item ``b`` is the
-    same for every ``chunk_size``. Runs under ``torch.no_grad()``.
+    ``mixture`` is a :class:`fevae.mixture.TorchMixture`; without it (and ``features``) only
+    ``"vae"`` is computed (p_VAE alone). ``extra`` maps more output names to ``(features,
+    mixture)`` pairs (e.g. ``{"fevae_l2": (layer-2 features, layer-2 mixture)}``): each adds
+    ``log p_FEVAE`` under that mixture. ``iwae=True`` under APO adds ``"iwae"``: the importance
+    weighted estimate ``log (1/S) sum_s p(x|z_s) p(z_s) / q(z_s|x)`` from the *same* draws.
+
+    Noise: :func:`per_sample_normal` with stream :func:`noise_stream(stream, scheme) <noise_stream>`;
+    sample ``s`` of item ``b`` is the same for every ``chunk_size``. Runs under ``torch.no_grad()``.
     """
-    scheme = _check_scheme(scheme)
-    n_samples = _check_positive_int(n_samples, "eval.n_samples")
-    chunk_size = _check_positive_int(chunk_size, "eval.chunk_size")
-    index = torch.as_tensor(index)
-    if index.ndim != 1 or index.shape[0] != x.shape[0]:
-        raise FevaeError(
-            f"index has shape {tuple(index.shape)} but the batch has {x.shape[0]} items",
-            "pass one dataset index per item",
-        )
-    batch = x.shape[0]
+    fns: dict[str, Callable] = {}
+    mixtures: dict[str, object] = {}
+    if mixture is not None:
+        if features is None:
+            raise FevaeError("a feature mixture needs its feature extractor", "pass features=... with mixture=...")
+        fns[""], mixtures[""] = features, mixture
+    for name, (fn, mix) in dict(extra or {}).items():
+        fns[name], mixtures[name] = fn, mix
     with torch.no_grad():
-        mu = std = None
-        if scheme == "APO" or latent_dim is None:
-            if encode is None:
-                raise FevaeError(
-                    "the APO scheme (or a PR run without latent_dim) needs an encoder",
-                    "pass encode=... or drop APO from eval.schemes",
-                )
-            mu, logvar = encode(x)
-            std = torch.exp(0.5 * logvar)
-        dim = int(mu.shape[-1]) if latent_dim is None else int(latent_dim)
-        if mu is not None:
-            noise_dtype = mu.dtype
-        else:
-            noise_dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        lp_x = mixture.component_log_prob(features(x))  # [B, C] float64, once per batch
-        acc = {k: RunningLogMeanExp() for k in SCORES}
-        nstream = noise_stream(stream, scheme)
-        for start in range(0, n_samples, chunk_size):
-            s = min(chunk_size, n_samples - start)
-            eps = per_sample_normal(index, seed, s, dim, stream=nstream, offset=start, device=x.device, dtype=noise_dtype)
-            z = eps if scheme == "PR" else mu + std * eps
-            h = decode(z)
-            ll = log_likelihood(x, h).to(torch.float64)  # [s, B]
-            images = phi(h)
-            f_phi = features(images.reshape(s * batch, *images.shape[2:])).reshape(s, batch, -1)
-            lfe = mixture.log_p_fe_from_log_prob(lp_x, f_phi).to(ll.device)  # [s, B]
-            if ll.shape != (s, batch):
-                raise FevaeError(
-                    f"log_likelihood returned shape {tuple(ll.shape)}, expected {(s, batch)}",
-                    "sum the per-pixel log-likelihoods over all but the sample and batch dims",
-                )
-            acc["vae"].update(ll)
-            acc["fe"].update(lfe)
-            acc["fevae"].update(ll + lfe)
-        return {k: v.compute() for k, v in acc.items()}
+        lp_x = {name: mixtures[name].component_log_prob(fn(x)) for name, fn in fns.items()}  # [B, C] once per batch
+        acc = ScoreAccumulator(mixtures, lp_x, fe_names={"": "fe"}, fevae_names={"": "fevae"})
+        for chunk in sample_chunks(
+            x, index, decode=decode, log_likelihood=log_likelihood, phi=phi, features=fns, encode=encode,
+            scheme=scheme, n_samples=n_samples, chunk_size=chunk_size, seed=seed, stream=stream,
+            latent_dim=latent_dim, log_weights=iwae,
+        ):
+            acc.update(chunk)
+        return acc.compute()
 
 
 def score_all_schemes(

@@ -18,16 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixture, validate_fe_config
+from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
 from fevae.evaluation import example_images, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
-from fevae.mixture import MixtureArrays, TorchMixture
+from fevae.mixture import TorchMixture
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
 
 log = logging.getLogger("fevae.train")
-
-from fevae.run import MIXTURE_FILE
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
@@ -70,25 +68,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
-    mixture_path = run_dir / MIXTURE_FILE
-    mixture_cb = MixtureCallback(cfg.fe, cfg.seed, mixture_path)
+    mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
     jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
-    timings["train_jigsaw_and_fit_mixture"] = time.perf_counter() - t0
-    arrays = mixture_cb.mixture
-    if arrays is None:  # no training happened (resumed after the Jigsaw had finished)
-        arrays = MixtureArrays.load(mixture_path) if mixture_path.exists() else fit_feature_mixture(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed)
-        if is_rank_zero():
-            arrays.save(mixture_path)
+    arrays = mixture_cb.mixtures
+    timings["train_jigsaw"] = time.perf_counter() - t0 - mixture_cb.fit_seconds
+    t0 = time.perf_counter()
+    if arrays is None:  # no Jigsaw training happened (reused from the cache, or resumed after it had finished)
+        arrays = load_mixtures(run_dir, cfg.fe) if cfg.resume else None
+        if arrays is None:
+            arrays = fit_feature_mixtures(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed)
+            if is_rank_zero():
+                save_mixtures(run_dir, arrays, cfg.fe)
+    timings["fit_mixture"] = time.perf_counter() - t0 + mixture_cb.fit_seconds
 
     t0 = time.perf_counter()
-    mixture = TorchMixture(arrays)
-    scores = run_scoring(cfg, vae, jigsaw, mixture, {name: vae_data.eval_dataloader(name) for name in vae_data.eval_sets})
+    mixtures = {layer: TorchMixture(a) for layer, a in arrays.items()}
+    scoring = run_scoring(cfg, vae, jigsaw, mixtures, {name: vae_data.eval_dataloader(name) for name in vae_data.eval_sets})
     timings["score"] = time.perf_counter() - t0
 
     if not is_rank_zero():
         return {"metrics": None, "run_dir": str(run_dir)}
     t0 = time.perf_counter()
-    metrics = write_outputs(run_dir, scores, report_info(cfg, timings), examples=example_images(vae_data))
+    metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs)
     timings["write_outputs"] = time.perf_counter() - t0
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)

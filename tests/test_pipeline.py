@@ -16,7 +16,8 @@ from pipeline import save_run_config, train_cfg
 pytestmark = pytest.mark.slow
 
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
-SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in ("vae", "fe", "fevae")]
+IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
+SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret"]
 
 
 def run_train(tmp_path: Path, data_dir: Path, name: str, experiment: str = "v2_gaussian", extra=None) -> Path:
@@ -31,7 +32,8 @@ def run_train(tmp_path: Path, data_dir: Path, name: str, experiment: str = "v2_g
 def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir, experiment):
     run_dir = run_train(tmp_path, synthetic_data_dir, "run", experiment)
     for rel in ["checkpoints/vae/best.ckpt", "checkpoints/vae/last.ckpt", "checkpoints/jigsaw/best.ckpt",
-                "checkpoints/jigsaw/last.ckpt", "mixture.npz", "metrics.json", "report.md", "timings.json"]:
+                "checkpoints/jigsaw/last.ckpt", "mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz",
+                "metrics.json", "report.md", "timings.json", "figures/detectors_auroc.png"]:
         assert (run_dir / rel).is_file(), rel
     assert list((run_dir / "tensorboard" / "vae").glob("events.out.tfevents.*"))
     assert list((run_dir / "tensorboard" / "eval").glob("events.out.tfevents.*"))
@@ -42,13 +44,17 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
     for ood in metrics["ood"].values():
         assert set(ood) >= {"PR", "APO"}
         for scheme in ("PR", "APO"):
-            assert set(ood[scheme]) == {"vae", "fe", "fevae"}
+            assert set(ood[scheme]) == set(IDS)
+        assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+        for scheme in ("PR", "APO", "other"):
             for m in ood[scheme].values():
                 assert set(m) == {"auroc", "auprc", "fpr95"} and all(0.0 <= v <= 1.0 for v in m.values())
+    assert metrics["n_scored"] == {"likelihood_regret": {name: 8 for name in SETS}}  # smoke: eval.regret.subset=8
+    assert set(json.loads((run_dir / "timings.json").read_text())) == {"train_vae", "train_jigsaw", "fit_mixture", "score", "write_outputs"}
     for name in SETS:
         with np.load(run_dir / "scores" / f"{name}.npz", allow_pickle=False) as z:
             assert sorted(z.files) == sorted(SCORES)
-            assert all(z[k].shape == (32,) and np.isfinite(z[k]).all() for k in SCORES)
+            assert all(z[k].shape == ((8,) if k == "likelihood_regret" else (32,)) and np.isfinite(z[k]).all() for k in SCORES)
 
 
 def test_same_seed_gives_identical_weights_and_scores(tmp_path, synthetic_data_dir):

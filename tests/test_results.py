@@ -169,8 +169,24 @@ def test_scores_missing_or_corrupt(tmp_path):
         load_scores(bad)
     with pytest.raises(FevaeError):
         load_all_scores(tmp_path / "missing_dir")
-    with pytest.raises(FevaeError, match="different lengths"):
-        save_scores(tmp_path / "x.npz", {"a": np.zeros(3), "b": np.zeros(4)})
+    with pytest.raises(FevaeError, match="1-D"):
+        save_scores(tmp_path / "x.npz", {"a": np.zeros(3), "b": np.zeros((4, 2))})
+
+
+def test_subset_scores_cover_the_first_examples():
+    """A score shorter than its set (likelihood regret on a subset) is evaluated on what it covers
+    and reported under n_scored; AUROC equals sklearn's on those examples."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    scores = {s: {"log_p_vae_pr": rng.normal(m, 1, 50), "likelihood_regret": rng.normal(m, 1, 20)}
+              for s, m in (("fashionmnist", 1.0), ("mnist", 0.0))}
+    metrics = compute_metrics(scores)
+    assert metrics["n"] == {"fashionmnist": 50, "mnist": 50}
+    assert metrics["n_scored"] == {"likelihood_regret": {"fashionmnist": 20, "mnist": 20}}
+    y = np.r_[np.ones(20), np.zeros(20)]
+    expected = roc_auc_score(y, np.r_[scores["fashionmnist"]["likelihood_regret"], scores["mnist"]["likelihood_regret"]])
+    assert metrics["ood"]["mnist"]["other"]["likelihood_regret"]["auroc"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_write_json_atomic(tmp_path):
@@ -297,13 +313,19 @@ def test_report_bernoulli(tmp_path):
     for d in scores.values():
         d["iwae"] = rng.normal(size=400)
     metrics = compute_metrics(scores)
+    metrics["cost_s_per_image"] = {"PR": {"vae": 0.002, "fevae": 0.0021}, "other": {"iwae": 0.0019}}
     path = write_report(tmp_path, metrics, scores, INFO)
     assert path == tmp_path / "report.md"
     text = path.read_text()
     assert "# fevae report — v1_bernoulli" in text
     assert "| OOD set | scheme | p_VAE | p_FEVAE |" in text
     assert "| mnist | PR |" in text and "| mnist_saltpepper | APO |" in text
-    assert "### All detectors (AUROC)" in text and "| iwae | other |" in text
+    assert "### All detectors (AUROC) and what they cost" in text
+    assert "| detector | AUROC mnist | AUROC mnist_saltpepper | cost per image |" in text
+    iwae_row = next(line for line in text.splitlines() if line.startswith("| iwae |"))
+    auc = metrics["ood"]["mnist"]["other"]["iwae"]["auroc"]
+    assert iwae_row.startswith(f"| iwae | {auc:.3f} |") and iwae_row.endswith("| 1.90 ms |")
+    assert "| p_FEVAE (PR) |" in text and "| p_VAE (APO) |" in text
     assert "![fig1a_log_p_vae](figures/fig1a_log_p_vae.png)" in text
     assert "fig1a_log_p_vae.pdf)" not in text
     assert "**Cost:**" in text
@@ -320,4 +342,5 @@ def test_report_gaussian_not_shown(tmp_path):
     text = write_report(tmp_path, compute_metrics(scores), scores, info).read_text()
     assert "- **C1 — not applicable.**" in text
     assert "- **C3 — not shown.**" in text  # APO AUROC 1.0 but not > PR AUROC 1.0
-    assert "**Cost:**" not in text and "All detectors" not in text
+    assert "**Cost:**" not in text and "Cost: wall time per image" not in text  # no timings given
+    assert "All detectors" in text and "| p_VAE (PR) |" in text

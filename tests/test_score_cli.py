@@ -14,7 +14,7 @@ import pytest
 from fevae.data.idx import read_idx, write_idx
 from fevae.errors import FevaeError
 from fevae.evaluate import evaluate
-from fevae.score import COLUMNS, score_images, write_csv_atomic
+from fevae.score import COLUMNS, OTHER_COLUMNS, score_images, write_csv_atomic
 from fevae.train import train
 from helpers import make_data_dir
 from pipeline import save_run_config, train_cfg
@@ -47,11 +47,15 @@ def test_scores_of_the_cli_equal_the_runs_own_scores(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == COLUMNS and len(rows) == len(images)
+    extra = [f"log_p_fevae_l{k}_{s}" for s in ("apo", "pr") for k in (2, 3, 4)]
+    assert list(rows[0]) == COLUMNS + sorted(extra) + OTHER_COLUMNS and len(rows) == len(images)
     # same images, same seed, same index -> the same numbers as the run's own scores/mnist.npz
     own = np.load(run_dir / "scores" / "mnist.npz")
-    for column in COLUMNS:
-        np.testing.assert_allclose([float(r[column]) for r in rows], own[column], rtol=1e-12)
+    assert sorted(own.files) == sorted(rows[0])
+    for column in own.files:
+        k = len(own[column])  # likelihood_regret: the first eval.regret.subset images, then empty cells
+        assert all(r[column] == "" for r in rows[k:]) and (k == len(rows) or column == "likelihood_regret")
+        np.testing.assert_allclose([float(r[column]) for r in rows[:k]], own[column], rtol=1e-12)
 
 
 def test_every_input_format_gives_the_same_scores(trained_run, tmp_path):
@@ -113,12 +117,20 @@ def test_missing_and_unfinished_runs_are_refused(trained_run, tmp_path):
 
 
 def test_csv_is_written_atomically(tmp_path):
-    class Boom(dict):
-        def __getitem__(self, key):
-            raise RuntimeError("interrupted")
+    class Boom:  # the writing fails after a few rows
+        def __init__(self, n):
+            self.n = n
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            if i >= self.n:
+                raise RuntimeError("interrupted")
+            return 0.0
 
     with pytest.raises(RuntimeError):
-        write_csv_atomic(tmp_path / "x.csv", Boom({c: None for c in COLUMNS}))
+        write_csv_atomic(tmp_path / "x.csv", {c: Boom(3) for c in COLUMNS})
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,6 +34,9 @@ def validate_fe_config(fe: Mapping[str, Any], n_train: int | None = None) -> Non
         )
     if layer not in (1, 2, 3, 4):
         raise FevaeError(f"fe.layer={layer!r} is not a Jigsaw hidden layer", "set fe.layer to 1, 2, 3 or 4")
+    extra = fe.get("extra_layers") or []
+    if any(k not in (1, 2, 3, 4) for k in extra):
+        raise FevaeError(f"fe.extra_layers={list(extra)} has a layer that is not a Jigsaw hidden layer", "use layers from 1, 2, 3, 4, e.g. fe.extra_layers=[2,3,4] or []")
     if fe["covariance_type"] not in ("full", "tied", "diag", "spherical"):
         raise FevaeError(
             f"fe.covariance_type={fe['covariance_type']!r} is unknown", "use one of full, tied, diag, spherical"
@@ -50,11 +54,38 @@ def extract_features(
     return torch.cat(feats).numpy()
 
 
-def fit_feature_mixture(jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int) -> MixtureArrays:
-    """Fit the Bayesian Gaussian mixture on the features of ``fe.n`` random training images."""
+def mixture_layers(fe: Mapping[str, Any]) -> list[int]:
+    """Jigsaw layers that get a feature mixture: ``fe.layer`` (p_FE, p_FEVAE) then ``fe.extra_layers``."""
+    return list(dict.fromkeys([int(fe["layer"]), *(int(k) for k in fe.get("extra_layers") or [])]))
+
+
+def mixture_file(layer: int, fe: Mapping[str, Any]) -> str:
+    """``mixture.npz`` for ``fe.layer``, ``mixture_l<k>.npz`` for the extra layers."""
+    return "mixture.npz" if layer == int(fe["layer"]) else f"mixture_l{layer}.npz"
+
+
+def save_mixtures(out_dir: str | Path, mixtures: Mapping[int, MixtureArrays], fe: Mapping[str, Any]) -> None:
+    for layer, arrays in mixtures.items():
+        arrays.save(Path(out_dir) / mixture_file(layer, fe))
+
+
+def load_mixtures(run_dir: str | Path, fe: Mapping[str, Any]) -> dict[int, MixtureArrays] | None:
+    """The run's mixtures for every layer of :func:`mixture_layers`, or ``None`` if any is missing."""
+    paths = {layer: Path(run_dir) / mixture_file(layer, fe) for layer in mixture_layers(fe)}
+    if not all(p.exists() for p in paths.values()):
+        return None
+    return {layer: MixtureArrays.load(p) for layer, p in paths.items()}
+
+
+def fit_feature_mixture(
+    jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int, layer: int | None = None
+) -> MixtureArrays:
+    """Fit the Bayesian Gaussian mixture on the layer-``layer`` (default ``fe.layer``) features of
+    ``fe.n`` random training images (the same images for every layer)."""
     validate_fe_config(fe, len(train_set))
+    layer = int(fe["layer"] if layer is None else layer)
     index = np.sort(np.random.default_rng(seed).choice(len(train_set), size=fe["n"], replace=False))
-    features = extract_features(jigsaw, Subset(train_set, index.tolist()), fe["layer"], fe["pre_activation"], fe["feature_batch_size"])
+    features = extract_features(jigsaw, Subset(train_set, index.tolist()), layer, fe["pre_activation"], fe["feature_batch_size"])
     mixture = fit_mixture(
         features,
         n_components=fe["C"],
@@ -64,28 +95,36 @@ def fit_feature_mixture(jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping
         n_init=fe["n_init"],
         random_state=seed,
     )
-    log.info("feature mixture fitted: %s", mixture.summary())
+    log.info("feature mixture (layer %d) fitted: %s", layer, mixture.summary())
     if not mixture.converged:
-        log.warning("the feature mixture did not converge in fe.max_iter=%d iterations; consider raising it", fe["max_iter"])
+        log.warning("the layer-%d feature mixture did not converge in fe.max_iter=%d iterations; consider raising it", layer, fe["max_iter"])
     return mixture
 
 
+def fit_feature_mixtures(jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int) -> dict[int, MixtureArrays]:
+    """One mixture per layer of :func:`mixture_layers`: ``{layer: MixtureArrays}``."""
+    return {layer: fit_feature_mixture(jigsaw, train_set, fe, seed, layer) for layer in mixture_layers(fe)}
+
+
 class MixtureCallback(L.Callback):
-    """At the end of Jigsaw training, fit the p_FE mixture and save it as plain arrays (``.npz``).
+    """At the end of Jigsaw training, fit the p_FE mixtures (``fe.layer`` and ``fe.extra_layers``)
+    and save them as plain arrays (``mixture.npz``, ``mixture_l<k>.npz`` in ``out_dir``).
 
     Runs in ``on_train_end`` (in ``on_fit_end`` the module is already torn down). If the trainer
     has a checkpoint callback with a best model, the features come from a copy of the module
     holding those weights, so the mixture and later scoring use the same (best-by-validation)
     Jigsaw while the trainer's own state is left untouched. Under DDP every rank fits the same
-    mixture (available as :attr:`mixture`) and rank 0 saves it.
+    mixtures (available as :attr:`mixtures`) and rank 0 saves them.
     """
 
-    def __init__(self, fe: Mapping[str, Any], seed: int, path: str | Path):
+    def __init__(self, fe: Mapping[str, Any], seed: int, out_dir: str | Path):
         self.fe = dict(fe)
         self.seed = seed
-        self.path = Path(path)
-        #: the fitted mixture, once training has ended (every rank fits the same one)
-        self.mixture: MixtureArrays | None = None
+        self.out_dir = Path(out_dir)
+        #: the fitted mixtures ``{layer: arrays}``, once training has ended (every rank fits the same)
+        self.mixtures: dict[int, MixtureArrays] | None = None
+        #: wall time of the fits (s)
+        self.fit_seconds = 0.0
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import copy
@@ -95,13 +134,16 @@ class MixtureCallback(L.Callback):
         jigsaw = copy.deepcopy(pl_module)
         restore_best_weights(trainer, jigsaw)
         # Every rank fits the same (seeded) mixture, so no rank waits for a file; rank 0 writes it.
-        mixture = self.mixture = fit_feature_mixture(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed)
+        start = time.perf_counter()
+        self.mixtures = fit_feature_mixtures(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed)
+        self.fit_seconds = time.perf_counter() - start
         if not trainer.is_global_zero:
             return
-        mixture.save(self.path)
+        save_mixtures(self.out_dir, self.mixtures, self.fe)
         if trainer.logger is not None:
-            summary = mixture.summary()
-            trainer.logger.log_metrics(
-                {f"mixture/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float, bool))},
-                step=trainer.global_step,
-            )
+            for layer, mixture in self.mixtures.items():
+                prefix = "mixture" if layer == int(self.fe["layer"]) else f"mixture_l{layer}"
+                trainer.logger.log_metrics(
+                    {f"{prefix}/{k}": float(v) for k, v in mixture.summary().items() if isinstance(v, (int, float, bool))},
+                    step=trainer.global_step,
+                )

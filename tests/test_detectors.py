@@ -1,0 +1,102 @@
+"""The other OOD detectors of a run (issue #6) and the cached model pass that sweeps reuse."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fevae.baselines import compressed_bits, likelihood_regret_score, to_uint8
+from fevae.errors import FevaeError
+from fevae.evaluate import evaluate
+from fevae.evaluation import score_stream, validate_eval_config
+from fevae.run import load_run
+from fevae.train import make_datamodule, train
+from pipeline import save_run_config, train_cfg
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from helpers import make_data_dir
+
+    root = tmp_path_factory.mktemp("detectors")
+    run_dir = root / "run"
+    cfg = train_cfg(run_dir, make_data_dir(root / "data"), extra=["eval.regret.subset=5", "eval.regret.batch_size=2"])
+    save_run_config(cfg, run_dir)
+    train(cfg)
+    return run_dir
+
+
+def _scores(folder, name="mnist"):
+    with np.load(folder / "scores" / f"{name}.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_detectors_are_wired_to_their_definitions(run_dir):
+    """input_complexity = iwae + PNG bits · ln 2 of the very images scored; likelihood regret equals
+    the baseline function on the first eval.regret.subset images; every detector has a cost."""
+    run = load_run(run_dir)
+    data = make_datamodule(run.cfg, 16)
+    dataset = data.eval_sets["mnist"]
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    scores = _scores(run_dir)
+    bits = compressed_bits(to_uint8(x))
+    np.testing.assert_allclose(scores["input_complexity"] - scores["iwae"], bits * math.log(2), rtol=1e-12)
+    regret = likelihood_regret_score(x[:5], torch.arange(5), vae=run.vae, steps=3, lr=1e-4, n_samples=2, seed=run.cfg.seed,
+                                     stream=score_stream("mnist", "APO"))
+    # a difference of two float32 ELBOs (~1e3 nats): batch composition changes it by rounding only
+    np.testing.assert_allclose(scores["likelihood_regret"], regret.numpy(), rtol=0, atol=1e-3)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    costs = metrics["cost_s_per_image"]
+    assert set(costs["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+    assert all(v > 0 for block in costs.values() for v in block.values())
+    assert costs["other"]["likelihood_regret"] > costs["APO"]["fevae"]  # 3 encoder refits vs S=4 decodes... per image
+    report = (run_dir / "report.md").read_text()
+    for row in ("| p_FEVAE (APO) |", "| fevae_l3 (PR) |", "| iwae |", "| input_complexity |", "| likelihood_regret † |"):
+        assert row in report, row
+    assert "![detectors_auroc](figures/detectors_auroc.png)" in report
+
+
+def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, caplog):
+    """evaluate with cache.enabled: the first call decodes and stores, later calls (here with
+    another fe.C, as in a sweep) reuse it; the numbers equal scoring without the cache."""
+    cache = ["cache.enabled=true", f"paths.cache_dir={tmp_path / 'cache'}"]
+    with caplog.at_level("INFO", logger="fevae.evaluation"):
+        evaluate(run_dir, cache, tmp_path / "first")
+        assert "scoring: decoding" in caplog.text and "reused the model pass" not in caplog.text
+        evaluate(run_dir, [*cache, "fe.C=3"], tmp_path / "cached_c3")
+        assert "reused the model pass" in caplog.text
+    evaluate(run_dir, ["fe.C=3"], tmp_path / "fresh_c3")
+    streamed, first = _scores(run_dir), _scores(tmp_path / "first")
+    assert sorted(streamed) == sorted(first)
+    for key in streamed:
+        np.testing.assert_allclose(first[key], streamed[key], rtol=1e-12, err_msg=key)
+    cached, fresh = _scores(tmp_path / "cached_c3"), _scores(tmp_path / "fresh_c3")
+    assert not np.allclose(cached["log_p_fevae_apo"], streamed["log_p_fevae_apo"])  # C=3 is another mixture
+    for key in fresh:
+        np.testing.assert_allclose(cached[key], fresh[key], rtol=1e-12, err_msg=key)
+    entries = [p for p in (tmp_path / "cache").glob("samples-*") if p.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file() and (entries[0] / "mnist.npz").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"detectors": ["iwae", "odin"]}, "unknown detectors"),
+        ({"schemes": ["PR"], "detectors": ["iwae"]}, "APO is not in eval.schemes"),
+        ({"regret": {"subset": -1, "steps": 5, "n_samples": 1, "batch_size": 4, "lr": 1e-4}}, "eval.regret.subset"),
+        ({"regret": {"subset": 5, "steps": 5, "n_samples": 1, "batch_size": 4, "lr": 0}}, "eval.regret.lr"),
+    ],
+)
+def test_invalid_detector_settings_are_refused(change, message):
+    ev = {"n_samples": 4, "chunk_size": 2, "batch_size": 8, "schemes": ["PR", "APO"],
+          "detectors": ["iwae", "input_complexity", "likelihood_regret"],
+          "regret": {"subset": 5, "steps": 5, "n_samples": 1, "batch_size": 4, "lr": 1e-4}}
+    validate_eval_config(ev)
+    with pytest.raises(FevaeError, match=message):
+        validate_eval_config({**ev, **change})
