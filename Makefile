@@ -11,6 +11,7 @@ EXPERIMENT ?= v2_gaussian
 ARGS ?=
 DATA_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 DATA_ARGS ?=
 STAMP := .make
 
@@ -19,7 +20,7 @@ STAMP := .make
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXPERIMENT=$(EXPERIMENT) ARGS='train overrides' DATA_ARGS='doctor overrides' DATA_DIR=$(DATA_DIR) PYTHON=$(PYTHON)"
+	@echo "  variables: EXPERIMENT=$(EXPERIMENT) ARGS='train overrides' DATA_ARGS='doctor overrides' BENCH_ARGS='bench options' DATA_DIR=$(DATA_DIR) PYTHON=$(PYTHON)"
 
 install: ## install fevae (editable, from this checkout) with its test and sweep tools
 	@if [ ! -f $(STAMP)/installed ] || [ pyproject.toml -nt $(STAMP)/installed ] || \
@@ -48,6 +49,9 @@ test: install ## install and run the whole test suite (real-data tests need the 
 
 test-unit: install ## only the fast unit tests (no training, no real data)
 	$(PYTHON) -m pytest -m "not slow and not realdata" $(PYTEST_ARGS)
+
+bench: install ## what scoring costs: table + outputs/bench/bench.json (~8 min on 2 CPU cores; BENCH_ARGS=--quick: ~30 s)
+	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
 clean: ## remove caches and build stamps (never outputs/)
 	rm -rf $(STAMP) .pytest_cache *.egg-info

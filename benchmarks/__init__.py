@@ -1,0 +1,1 @@
+"""Benchmarks of what scoring costs: ``make bench`` / ``python -m benchmarks.run`` (see README.md here)."""

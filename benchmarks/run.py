@@ -1,0 +1,519 @@
+"""``make bench`` / ``python -m benchmarks.run``: what scoring costs, as a table and a JSON file.
+
+Every comparison is a ratio of two measurements taken in the same process, on the same images,
+interleaved and repeated (the fastest repeat counts):
+
+1. ``throughput``: images/s of p_VAE alone vs p_FEVAE (APO, S=100, chunk 10); target ratio <= 1.25.
+2. ``mixture``: :class:`fevae.mixture.TorchMixture` vs sklearn ``score_samples`` on the same
+   20k features: time ratio, largest difference, ``predict`` agreement.
+3. ``baselines``: cost per image of each baseline score relative to p_FEVAE (APO, S=20).
+4. ``peak_memory``: peak memory of scoring 20k images at several S (chunk 10), one fresh process
+   per S (:mod:`benchmarks.memory`); the ratio peak(S_max) / peak(S_min) should stay ~1.
+5. ``stages``: wall time of each stage of the run (its ``timings.json``).
+
+Models: ``--run DIR``, else the newest finished ``outputs/train/v2_gaussian/<time>/``, else freshly
+initialised (untrained) models from ``conf/`` with ``+experiment=v2_gaussian``: the costs do not
+depend on the weights. ``--quick`` shrinks every size (about half a minute on one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script (`python benchmarks/run.py`): make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    DEFAULT_EXPERIMENT,
+    REPO_ROOT,
+    Models,
+    eval_images,
+    extract_features,
+    find_default_run,
+    fit_bench_mixture,
+    has_trained_models,
+    load_models,
+    machine_info,
+    make_data,
+    resolve_device,
+    sample_features,
+    stage_times,
+    timed,
+    train_images,
+)
+from benchmarks.memory import MARKER
+from fevae.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
+from fevae.errors import FevaeError
+from fevae.metrics import write_json_atomic
+from fevae.mixture import MixtureArrays, TorchMixture
+from fevae.scoring import score_batch
+
+DEFAULT_OUT = Path("outputs/bench/bench.json")
+THROUGHPUT_TARGET = 1.25  # p_FEVAE time / p_VAE time
+AGREEMENT_TARGET = 0.99  # TorchMixture.predict == sklearn predict
+MEMORY_TARGET = 1.10  # peak(S_max) / peak(S_min): flat in S
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does (full ``make bench`` vs ``--quick``)."""
+
+    scheme: str = "APO"
+    repeats: int = 2  # interleaved repeats of every timed variant; the fastest counts
+    throughput_images: int = 512
+    throughput_batch: int = 256
+    throughput_samples: int = 100
+    chunk_size: int = 10
+    mixture_features: int = 20_000
+    mixture_repeats: int = 3
+    baseline_images: int = 256
+    baseline_samples: int = 20
+    regret_images: int = 64
+    regret_steps: int = 50
+    regret_samples: int = 4
+    fit_n: int = 2000  # training images of the mixtures the bench fits (layers 2-4; layer 1 if untrained)
+    fit_max_iter: int = 500
+    memory_images: int = 20_000
+    memory_samples: tuple[int, ...] = (10, 30)
+    memory_chunk: int = 10
+    memory_batch: int = 256
+    memory_parallel: bool = False  # run the per-S worker processes at once (quick: only the memory counts)
+
+
+FULL = Sizes()
+QUICK = Sizes(repeats=1, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
+              mixture_repeats=1, baseline_images=32, regret_images=4, fit_n=200, fit_max_iter=100,
+              memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True)
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def row(section: str, name: str, value: float | None, unit: str, ratio: float | None = None,
+        target: str = "", note: str = "") -> dict[str, Any]:
+    return {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio, "target": target, "note": note}
+
+
+def best_of(variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Time every variant ``repeats`` times, interleaved (the order flips each round)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(timed(variants[name], device))
+    return times
+
+
+class Bench:
+    """The loaded models, data and layer-1 mixture; one method per section."""
+
+    def __init__(self, models: Models, dm, arrays: MixtureArrays, sizes: Sizes, device: torch.device, seed: int):
+        self.models, self.dm, self.arrays, self.sizes, self.device, self.seed = models, dm, arrays, sizes, device, seed
+        self.mixture = TorchMixture(arrays).to(device)
+        self.features = models.features_fn()
+        vae = models.vae
+        self.model_kwargs = dict(decode=vae.decode, log_likelihood=vae.log_likelihood, phi=vae.phi, encode=vae.encode)
+        self.layer_mixture_info: dict[str, dict[str, Any]] = {}
+
+    # ---------------------------------------------------------------- helpers
+    def _score(self, x: torch.Tensor, batch_size: int, **kwargs: Any) -> None:
+        """score_batch over ``x`` in batches (indices 0..N-1)."""
+        for lo in range(0, len(x), batch_size):
+            xb = x[lo : lo + batch_size].to(self.device)
+            idx = torch.arange(lo, lo + len(xb))
+            score_batch(xb, idx, seed=self.seed, **self.model_kwargs, **kwargs)
+
+    def _fe(self) -> dict[str, Any]:
+        return {"features": self.features, "mixture": self.mixture}
+
+    # ---------------------------------------------------------------- 1. throughput
+    def throughput(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        s = self.sizes
+        x, what = eval_images(self.dm, s.throughput_images)
+        common = dict(scheme=s.scheme, chunk_size=s.chunk_size)
+        variants = {"vae": {}, "fevae": self._fe()}
+        for kw in variants.values():  # warm-up: one chunk of one batch
+            self._score(x[: s.throughput_batch], s.throughput_batch, n_samples=s.chunk_size, **common, **kw)
+        times = best_of({name: (lambda kw=kw: self._score(x, s.throughput_batch, n_samples=s.throughput_samples, **common, **kw))
+                         for name, kw in variants.items()}, s.repeats, self.device)
+        best = {name: min(t) for name, t in times.items()}
+        ratio = best["fevae"] / best["vae"]
+        result = {
+            "images": what, "n_images": len(x), "batch_size": s.throughput_batch, "scheme": s.scheme,
+            "n_samples": s.throughput_samples, "chunk_size": s.chunk_size, "repeats": s.repeats,
+            **{name: {"seconds": best[name], "seconds_all": times[name], "images_per_s": len(x) / best[name],
+                      "decoded_images_per_s": len(x) * s.throughput_samples / best[name]} for name in variants},
+            "ratio_fevae_to_vae": ratio, "target_ratio": THROUGHPUT_TARGET, "meets_target": ratio <= THROUGHPUT_TARGET,
+        }
+        tag = f"({s.scheme}, S={s.throughput_samples})"
+        rows = [
+            row("throughput", f"p_VAE alone {tag}", result["vae"]["images_per_s"], "img/s"),
+            row("throughput", f"p_FEVAE {tag}", result["fevae"]["images_per_s"], "img/s", ratio,
+                f"<= {THROUGHPUT_TARGET}x {'ok' if result['meets_target'] else 'MISSED'}", "ratio = time / p_VAE time"),
+        ]
+        return result, rows
+
+    # ---------------------------------------------------------------- 2. mixture
+    def mixture_vs_sklearn(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        s = self.sizes
+        pool = len(self.dm.eval_sets["fashionmnist"]) + len(self.dm.eval_sets["mnist"])
+        n_real = min(s.mixture_features, pool)
+        images, what = eval_images(self.dm, n_real)
+        feats = extract_features(self.features, images, self.device)
+        if n_real < s.mixture_features:
+            feats = np.concatenate([feats, sample_features(self.arrays, s.mixture_features - n_real, self.seed)])
+            what = f"features of {what} + {s.mixture_features - n_real} draws from the mixture"
+        else:
+            what = f"features of {what}"
+        sk = self.arrays.to_sklearn()
+        ft = torch.from_numpy(feats).to(self.device)
+        self.mixture.score_samples(ft[:100])
+        sk.score_samples(feats[:100])
+        times = best_of({"torch": lambda: self.mixture.score_samples(ft), "sklearn": lambda: sk.score_samples(feats)},
+                        s.mixture_repeats, self.device)
+        best = {name: min(t) for name, t in times.items()}
+        a = self.mixture.score_samples(ft).cpu().numpy()
+        b = sk.score_samples(feats)
+        diff = np.abs(a - b)
+        agree = float(np.mean(self.mixture.predict(ft).cpu().numpy() == sk.predict(feats)))
+        ratio = best["torch"] / best["sklearn"]
+        result = {
+            "features": what, "n_features": int(feats.shape[0]), "d": int(feats.shape[1]), "C": self.arrays.n_components,
+            "covariance_type": self.arrays.covariance_type, "device": str(self.device), "repeats": s.mixture_repeats,
+            "torch_seconds": best["torch"], "sklearn_seconds": best["sklearn"],
+            "torch_seconds_all": times["torch"], "sklearn_seconds_all": times["sklearn"],
+            "ratio_torch_to_sklearn": ratio, "speedup_torch_vs_sklearn": 1.0 / ratio,
+            "max_abs_diff": float(diff.max()), "max_rel_diff": float(np.max(diff / np.maximum(np.abs(b), 1.0))),
+            "predict_agreement": agree, "target_agreement": AGREEMENT_TARGET, "meets_target": agree >= AGREEMENT_TARGET,
+        }
+        n = f"{feats.shape[0]}x{feats.shape[1]}"
+        rows = [
+            row("mixture", f"sklearn score_samples ({n})", best["sklearn"], "s"),
+            row("mixture", f"TorchMixture score_samples ({self.device.type})", best["torch"], "s", ratio, "",
+                "ratio = time / sklearn time"),
+            row("mixture", "max |torch - sklearn| log-density", result["max_abs_diff"], "nats"),
+            row("mixture", "predict agreement", agree, "fraction", None,
+                f">= {AGREEMENT_TARGET} {'ok' if result['meets_target'] else 'MISSED'}"),
+        ]
+        return result, rows
+
+    # ---------------------------------------------------------------- 3. baselines
+    def layer_mixtures(self) -> dict[int, TorchMixture]:
+        """Mixtures of the other Jigsaw layers: the run's own where it has them, else fitted here
+        on the features of ``fit_n`` training images (only their evaluation cost is measured)."""
+        s = self.sizes
+        x = train_images(self.dm, s.fit_n, self.seed)
+        out = {}
+        for layer in range(1, len(self.models.cfg.model.jigsaw.hidden) + 1):
+            if layer == self.models.layer:
+                continue
+            arrays = self.models.layer_mixtures.get(layer)
+            if arrays is not None:
+                info: dict[str, Any] = {"source": "run"}
+            else:
+                feats = extract_features(self.models.features_fn(layer), x, self.device)
+                start = time.perf_counter()
+                arrays = fit_bench_mixture(feats, self.models.cfg.fe, self.seed, s.fit_max_iter)
+                info = {"source": f"fitted here on {len(feats)} training images", "max_iter": s.fit_max_iter,
+                        "fit_seconds": time.perf_counter() - start}
+            self.layer_mixture_info[f"layer{layer}"] = {**info, "C": arrays.n_components, "d": arrays.n_features}
+            out[layer] = TorchMixture(arrays).to(self.device)
+        return out
+
+    def baselines(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        s = self.sizes
+        x, what = eval_images(self.dm, s.baseline_images)
+        xr = x[: s.regret_images]
+        xd, xrd = x.to(self.device), xr.to(self.device)
+        idx, idxr = torch.arange(len(x)), torch.arange(len(xr))
+        common = dict(scheme=s.scheme, n_samples=s.baseline_samples, chunk_size=s.chunk_size)
+        vae = self.models.vae
+        layers = self.layer_mixtures()
+        extra = {f"fevae_l{k}": (self.models.features_fn(k), m) for k, m in layers.items()}
+
+        def iwae() -> torch.Tensor:
+            return iwae_score(xd, idx, vae=vae, n_samples=s.baseline_samples, chunk_size=s.chunk_size, seed=self.seed)
+
+        variants: dict[str, Callable[[], Any]] = {
+            "fevae": lambda: self._score(x, len(x), **common, **self._fe()),
+            "fevae+iwae": lambda: self._score(x, len(x), **common, **self._fe(), iwae=True),
+            "iwae": iwae,
+            "input_complexity": lambda: input_complexity_score(iwae(), to_uint8(xd)),
+            "png_code_length": lambda: compressed_bits(to_uint8(xd)),
+            "likelihood_regret": lambda: likelihood_regret_score(xrd, idxr, vae=vae, steps=s.regret_steps, lr=1e-4,
+                                                                 n_samples=s.regret_samples, seed=self.seed),
+            **{name: (lambda fn=fn, m=m: self._score(x, len(x), **common, features=fn, mixture=m))
+               for name, (fn, m) in extra.items()},
+            "fevae+layers": lambda: self._score(x, len(x), **common, **self._fe(), extra=extra),
+        }
+        n_of = {name: (len(xr) if name == "likelihood_regret" else len(x)) for name in variants}
+        for name, fn in variants.items():  # warm-up: each once, so no variant pays first-call costs
+            if name != "likelihood_regret":
+                fn()
+        likelihood_regret_score(xrd[:2], idxr[:2], vae=vae, steps=2, lr=1e-4, n_samples=s.regret_samples, seed=self.seed)
+        times = best_of(variants, s.repeats, self.device)
+        per_image = {name: min(t) / n_of[name] for name, t in times.items()}
+        ref = per_image["fevae"]
+        entries: dict[str, dict[str, Any]] = {}
+        for name in variants:
+            entries[name] = {"n_images": n_of[name], "seconds_all": times[name],
+                             "seconds_per_image": per_image[name], "ratio_to_fevae": per_image[name] / ref}
+        marginal = {"iwae_alongside": ("fevae+iwae", "iwae computed with p_FEVAE (iwae=True, same draws)"),
+                    "layers_alongside": ("fevae+layers", f"{', '.join(extra)} computed with p_FEVAE (extra=)")}
+        for name, (combined, note) in marginal.items():
+            extra_cost = per_image[combined] - ref
+            entries[name] = {"marginal_seconds_per_image": extra_cost, "ratio_to_fevae": extra_cost / ref, "what": note}
+        result = {
+            "images": what, "scheme": s.scheme, "n_samples": s.baseline_samples, "chunk_size": s.chunk_size,
+            "repeats": s.repeats, "regret": {"steps": s.regret_steps, "lr": 1e-4, "n_samples": s.regret_samples},
+            "layer_mixtures": dict(self.layer_mixture_info),
+            "reference": "fevae", "scores": entries,
+        }
+        notes = {"fevae": "reference: vae + fe + fevae", "input_complexity": "iwae + PNG code length",
+                 "png_code_length": "part of input_complexity", "iwae": "standalone",
+                 "likelihood_regret": f"{s.regret_steps} Adam steps, {s.regret_samples} eval samples"}
+        rows = [row("baselines", f"p_FEVAE ({s.scheme}, S={s.baseline_samples}) per image", ref * 1e3, "ms/img", 1.0, "",
+                    notes["fevae"])]
+        order = ["iwae", "iwae_alongside", "input_complexity", "png_code_length", "likelihood_regret", *extra, "layers_alongside"]
+        for name in order:
+            e = entries[name]
+            cost = e.get("seconds_per_image", e.get("marginal_seconds_per_image"))
+            label = name if "seconds_per_image" in e else f"{name} (marginal)"
+            rows.append(row("baselines", label, cost * 1e3, "ms/img", e["ratio_to_fevae"], "",
+                            notes.get(name, e.get("what", "standalone"))))
+        return result, rows
+
+    # ---------------------------------------------------------------- 4. peak memory
+    @staticmethod
+    def _worker_result(n_samples: int, proc: subprocess.Popen, cmd: list[str]) -> dict[str, Any]:
+        stdout, stderr = proc.communicate()
+        lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+        if proc.returncode != 0 or not lines:
+            tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise FevaeError(f"the peak-memory worker failed at S={n_samples} (exit {proc.returncode}): {tail}",
+                             f"run it alone to see why: {' '.join(cmd)}")
+        return json.loads(lines[-1][len(MARKER):])
+
+    def peak_memory(self, worker_args: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        s = self.sizes
+        x, what = eval_images(self.dm, s.memory_images)
+        per_s: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="fevae-bench-") as tmp:
+            np.save(Path(tmp) / "images.npy", x.numpy(), allow_pickle=False)
+            self.arrays.save(Path(tmp) / "mixture.npz")
+            commands = {n_samples: [
+                sys.executable, "-m", "benchmarks.memory", "--images", str(Path(tmp) / "images.npy"),
+                "--mixture", str(Path(tmp) / "mixture.npz"), "--n-samples", str(n_samples),
+                "--chunk-size", str(s.memory_chunk), "--batch-size", str(s.memory_batch), "--scheme", s.scheme,
+                "--seed", str(self.seed), "--device", self.device.type, "--threads", str(torch.get_num_threads()),
+                *worker_args] for n_samples in s.memory_samples}
+            running: dict[int, subprocess.Popen] = {}
+            try:
+                for n_samples, cmd in commands.items():
+                    log(f"peak memory: scoring {len(x)} images at S={n_samples} in a fresh process")
+                    running[n_samples] = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                                          stderr=subprocess.PIPE, text=True)
+                    if not s.memory_parallel:
+                        per_s[str(n_samples)] = self._worker_result(n_samples, running[n_samples], cmd)
+                for n_samples, proc in running.items():
+                    if str(n_samples) not in per_s:
+                        per_s[str(n_samples)] = self._worker_result(n_samples, proc, commands[n_samples])
+            finally:  # a failed or interrupted measurement leaves no worker behind
+                for proc in running.values():
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            per_s = {str(n): per_s[str(n)] for n in s.memory_samples}
+        key = "device_peak_above_baseline_mb" if self.device.type == "cuda" else "host_peak_above_baseline_mb"
+        lo, hi = str(min(s.memory_samples)), str(max(s.memory_samples))
+        ratio = per_s[hi][key] / per_s[lo][key] if per_s[lo][key] > 0 else None
+        result = {
+            "images": what, "n_images": len(x), "scheme": s.scheme, "chunk_size": s.memory_chunk,
+            "batch_size": s.memory_batch, "workers_in_parallel": s.memory_parallel, "measure": key,
+            "method": per_s[lo].get("host_method"), "per_S": per_s,
+            "ratio_peak_max_to_min_S": ratio, "S_ratio": int(hi) / int(lo), "target_ratio": MEMORY_TARGET,
+            "meets_target": ratio is not None and ratio <= MEMORY_TARGET,
+        }
+        rows = []
+        for n_samples, m in per_s.items():
+            rows.append(row("peak_memory", f"score {len(x)} img, S={n_samples}, chunk {s.memory_chunk}", m[key], "MB",
+                            m[key] / per_s[lo][key] if per_s[lo][key] > 0 else None,
+                            f"<= {MEMORY_TARGET}x {'ok' if result['meets_target'] else 'MISSED'}" if n_samples == hi else "",
+                            f"{m['seconds']:.1f} s, {m['images_per_s']:.0f} img/s; above the loaded baseline"))
+        return result, rows
+
+
+# ---------------------------------------------------------------------------- stages
+def stages_section(path: Path | None, explicit: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Stage wall times from ``path`` (``--timings``, or the run's own ``timings.json`` if it has one)."""
+    if path is None or (not explicit and not path.is_file()):
+        reason = f"{path} does not exist" if path else "no trained run and no --timings"
+        return ({"available": False, "reason": f"{reason}: stage times come from a finished run's timings.json"},
+                [row("stages", "(no timings.json: pass --run or --timings)", None, "")])
+    if not path.is_file():
+        raise FevaeError(f"{path} does not exist", "pass --timings PATH of a finished run's timings.json")
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FevaeError(f"cannot read {path}: {err}", "pass a timings.json written by `python -m fevae.train`") from err
+    result = {"available": True, **stage_times(timings, str(path))}
+    rows = [row("stages", name, sec, "s", None, "", f"{100 * result['fraction'][name]:.1f}% of the run")
+            for name, sec in result["seconds"].items()]
+    rows.append(row("stages", "total", result["total_seconds"], "s", None, "", result["format"]))
+    return result, rows
+
+
+# ---------------------------------------------------------------------------- table
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("section", "measurement", "value", "unit", "ratio", "target", "note")
+    body = [(r["section"], r["name"], _fmt(r["value"]), r["unit"], "-" if r["ratio"] is None else f"{r['ratio']:.3f}x",
+             r["target"] or "-", r["note"]) for r in rows]
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    align = ["<", "<", ">", "<", ">", "<", "<"]
+    fmt = lambda line: "  ".join(f"{str(c):{a}{w}}" for c, a, w in zip(line, align, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--run", type=Path, default=None,
+                   help="trained run folder (default: newest finished outputs/train/<experiment>/<time>/, else untrained models)")
+    p.add_argument("--untrained", action="store_true", help="use freshly initialised models even if a trained run exists")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment for the untrained models and the run search")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (Hydra syntax; repeatable), e.g. --override data.val_size=16")
+    p.add_argument("--timings", type=Path, default=None, help="timings.json for the stage times (default: the run's)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON result (default {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: the whole bench in well under a minute")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, i.e. OMP_NUM_THREADS or all cores)")
+    p.add_argument("--seed", type=int, default=None, help="noise/fit seed (default: the config's seed)")
+    p.add_argument("--memory-samples", type=int, nargs="+", default=None, metavar="S",
+                   help=f"S values of the peak-memory measurement (default {FULL.memory_samples}, quick {QUICK.memory_samples})")
+    p.add_argument("--memory-images", type=int, default=None, help=f"images scored per S (default {FULL.memory_images})")
+    return p.parse_args(argv)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    sizes = QUICK if args.quick else FULL
+    if args.memory_samples:
+        if len(set(args.memory_samples)) < 2 or min(args.memory_samples) < 1:
+            raise FevaeError(f"--memory-samples {args.memory_samples} needs two or more distinct S >= 1",
+                             "e.g. --memory-samples 10 30")
+        sizes = dataclasses.replace(sizes, memory_samples=tuple(sorted(set(args.memory_samples))))
+    if args.memory_images:
+        sizes = dataclasses.replace(sizes, memory_images=args.memory_images)
+    machine = machine_info(device)
+
+    run_dir = None
+    if args.run is not None and not args.untrained:
+        if not has_trained_models(args.run):
+            raise FevaeError(f"--run {args.run} is not a finished run "
+                             "(needs .hydra/config.yaml, checkpoints/{vae,jigsaw}, mixture.npz)",
+                             "pass a folder written by `python -m fevae.train`, or --untrained")
+        run_dir = args.run
+    elif not args.untrained:
+        run_dir = find_default_run(args.experiment)
+    log(f"models: {run_dir or f'untrained (+experiment={args.experiment})'}; device {device}, {torch.get_num_threads()} threads")
+    models = load_models(run_dir, experiment=args.experiment, overrides=args.override, seed=args.seed).to(device)
+    seed = int(models.cfg.seed if args.seed is None else args.seed)
+    dm = make_data(models.cfg)
+
+    sections: dict[str, Any] = {}
+    section_seconds: dict[str, float] = {}
+    if models.mixture is not None:
+        arrays = models.mixture
+        mixture_info = {"source": "the run's mixture.npz", **arrays.summary()}
+    else:
+        log(f"fitting the layer-{models.layer} mixture on {sizes.fit_n} training images (untrained Jigsaw)")
+        start = time.perf_counter()
+        feats = extract_features(models.features_fn(), train_images(dm, sizes.fit_n, seed), device)
+        arrays = fit_bench_mixture(feats, models.cfg.fe, seed, sizes.fit_max_iter)
+        mixture_info = {"source": f"fitted here on {len(feats)} training images", "fit_seconds": time.perf_counter() - start,
+                        **arrays.summary()}
+    b = Bench(models, dm, arrays, sizes, device, seed)
+    worker_args = ["--run", str(run_dir)] if run_dir else ["--experiment", args.experiment]
+    for override in args.override:
+        worker_args += ["--override", override]
+
+    rows: list[dict[str, Any]] = []
+    steps: list[tuple[str, Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]]]] = [
+        ("throughput", b.throughput),
+        ("mixture", b.mixture_vs_sklearn),
+        ("baselines", b.baselines),
+        ("peak_memory", lambda: b.peak_memory(worker_args)),
+        ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
+    ]
+    for name, step in steps:
+        log(f"{name} ...")
+        start = time.perf_counter()
+        sections[name], section_rows = step()
+        section_seconds[name] = time.perf_counter() - start
+        rows += section_rows
+        log(f"{name}: {section_seconds[name]:.1f} s")
+
+    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {
+        "machine": machine,
+        "models": {"source": models.source, "run_dir": str(run_dir) if run_dir else None, "experiment": models.cfg.experiment_name,
+                   "likelihood": models.cfg.model.vae.likelihood.name, "fe_layer": models.layer,
+                   "fe_pre_activation": models.pre_activation, "mixture": mixture_info, "overrides": args.override},
+        "settings": {"quick": args.quick, "seed": seed, **dataclasses.asdict(sizes)},
+        **sections,
+        "rows": rows,
+        "section_seconds": section_seconds,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        result = bench(args)
+        write_json_atomic(args.out, result)
+    except FevaeError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(FevaeError.exit_code)
+    m = result["machine"]
+    print(f"fevae bench: {m['cpu']} ({m['cpu_cores']} cores, {m['torch_threads']} torch threads), device {m['device']}, "
+          f"torch {m['torch']}, {m['date']}; models: {result['models']['source']}"
+          + (f" ({result['models']['run_dir']})" if result["models"]["run_dir"] else "")
+          + (" [quick]" if args.quick else ""))
+    print(format_table(result["rows"]))
+    print(f"wall time {result['wall_seconds']:.1f} s; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The benchmark of `make bench` (benchmarks/run.py) in --quick mode: untrained models, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fevae.errors import FevaeError
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the checkout, not of the installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import stage_times  # noqa: E402
+
+NEW_TIMINGS = {"train_vae": 300.0, "train_jigsaw": 200.0, "fit_mixture": 90.0, "score": 80.0, "write_outputs": 3.0}
+OLD_TIMINGS = {"train_vae": 1045.2, "train_jigsaw_and_fit_mixture": 123.3, "score": 88.4, "write_outputs": 2.8}
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
+    timings = tmp_path / "timings.json"
+    timings.write_text(json.dumps(NEW_TIMINGS))
+    out = tmp_path / "bench" / "bench.json"
+    env = {**os.environ, "FEVAE_DATA_DIR": str(synthetic_data_dir), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.run", "--quick", "--untrained", "--device", "cpu",
+           "--override", "data.val_size=16", "--timings", str(timings), "--out", str(out)]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "p_FEVAE" in result.stdout and "predict agreement" in result.stdout  # the table
+    bench = json.loads(out.read_text())
+
+    assert bench["machine"]["device"] == "cpu" and bench["machine"]["torch_threads"] == 1
+    assert bench["models"]["source"] == "untrained"
+
+    t = bench["throughput"]
+    assert positive(t["vae"]["images_per_s"]) and positive(t["fevae"]["images_per_s"])
+    assert positive(t["ratio_fevae_to_vae"])
+    assert t["ratio_fevae_to_vae"] == pytest.approx(t["fevae"]["seconds"] / t["vae"]["seconds"])
+
+    m = bench["mixture"]
+    assert all(positive(m[k]) for k in ("torch_seconds", "sklearn_seconds", "ratio_torch_to_sklearn"))
+    assert m["n_features"] == 2000 and m["max_abs_diff"] < 1e-6
+    assert m["predict_agreement"] >= 0.99
+
+    scores = bench["baselines"]["scores"]
+    expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_code_length", "likelihood_regret",
+                "fevae_l2", "fevae_l3", "fevae_l4", "layers_alongside"}
+    assert expected <= set(scores)
+    assert scores["fevae"]["ratio_to_fevae"] == pytest.approx(1.0)
+    for name, entry in scores.items():
+        if "seconds_per_image" in entry:
+            assert positive(entry["seconds_per_image"]) and positive(entry["ratio_to_fevae"]), name
+        else:  # marginal cost of a score computed alongside p_FEVAE: ~0, may come out negative by noise
+            assert math.isfinite(entry["marginal_seconds_per_image"]) and math.isfinite(entry["ratio_to_fevae"]), name
+
+    p = bench["peak_memory"]
+    assert len(p["per_S"]) >= 2
+    for s, entry in p["per_S"].items():
+        assert positive(entry[p["measure"]]) and entry["finite_fraction"] == 1.0, s
+    assert positive(p["ratio_peak_max_to_min_S"])
+
+    s = bench["stages"]
+    assert s["available"] and s["seconds"] == NEW_TIMINGS
+    assert s["total_seconds"] == pytest.approx(sum(NEW_TIMINGS.values()))
+    assert sum(s["fraction"].values()) == pytest.approx(1.0)
+
+    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "baselines", "peak_memory", "stages"}
+
+
+def test_stage_times_reads_old_and_new_timings():
+    new = stage_times(NEW_TIMINGS)
+    assert new["format"] == "new" and list(new["seconds"]) == list(NEW_TIMINGS)
+    old = stage_times(OLD_TIMINGS)
+    assert old["format"].startswith("old") and "train_jigsaw_and_fit_mixture" in old["seconds"]
+    assert old["fraction"]["train_vae"] == pytest.approx(1045.2 / sum(OLD_TIMINGS.values()))
+    for bad in ({}, {"train_vae": -1.0}, {"train_vae": float("nan")}, {"other": "x"}):
+        with pytest.raises(FevaeError):
+            stage_times(bad)
