@@ -366,5 +366,8 @@ def plot_detector_aurocs(metrics: Mapping[str, Any], out_base: str | Path, run_l
     ax.set_xlim(0.0, 1.0)
     ax.set_ylabel("")
     ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector (FashionMNIST test = in-distribution)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    sns_legend = ax.get_legend()
+    if sns_legend is not None:
+        sns_legend.remove()
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     return _save(fig, out_base)
