@@ -33,9 +33,10 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     mixtures = run.mixtures
     refit = any(o.lstrip("+~").startswith("fe.") for o in overrides)
     if refit or run.missing_layers():
-        why = "fe.* overridden" if refit else f"the run has no mixture for layers {run.missing_layers()}"
-        log.info("%s: fitting the feature mixtures", why)
-        mixtures = fit_feature_mixtures(run.jigsaw, data.train_set, cfg.fe, cfg.seed)
+        # fe.* overridden: refit every layer; otherwise keep the run's mixtures and fit the layers it lacks
+        layers, kept = (None, {}) if refit else (run.missing_layers(), mixtures)
+        log.info("%s: fitting the feature mixtures", "fe.* overridden" if refit else f"the run has no mixture for layers {layers}")
+        mixtures = {**kept, **fit_feature_mixtures(run.jigsaw, data.train_set, cfg.fe, cfg.seed, layers)}
         if is_rank_zero():
             save_mixtures(out_dir, mixtures, cfg.fe)
     loaders = {n: data.eval_dataloader(n) for n in data.eval_sets}

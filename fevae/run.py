@@ -6,20 +6,25 @@ Models are rebuilt from the run's own ``.hydra/config.yaml`` and their weights r
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fevae.callbacks.mixture import mixture_file, mixture_layers
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
 
+log = logging.getLogger(__name__)
+
 MIXTURE_FILE = "mixture.npz"
+#: scoring settings a newer fevae added that a finished run takes from today's defaults when it lacks them
+UPGRADABLE = ("eval", "fe.extra_layers")
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 
 
@@ -56,6 +61,10 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
     if not path.exists():
         raise FevaeError(f"{run_dir} has no {CONFIG_FILE}", "pass the folder of a `python -m fevae.train` run, not a sub-folder")
     cfg = OmegaConf.load(path)
+    if composed is not None:
+        added = fill_newer_settings(cfg, composed)
+        if added:
+            log.info("%s predates the settings %s: using today's defaults for them", run_dir, ", ".join(added))
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         key = key.split("@")[0].replace("/", ".")
@@ -64,6 +73,31 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
         else:
             OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True, force_add=True)
     return cfg
+
+
+def fill_newer_settings(cfg: DictConfig, defaults: DictConfig, keys: Iterable[str] = UPGRADABLE) -> list[str]:
+    """Add to ``cfg`` (in place) each of ``keys`` it lacks, recursively, from ``defaults``; the keys added.
+
+    A run made by an older fevae has no ``eval.detectors`` or ``fe.extra_layers``; re-scoring it
+    should still give today's detectors. Only scoring settings are filled (never what shaped the
+    trained weights or the stored mixture), and a value the run does have is never replaced.
+    """
+    absent = object()
+
+    def fill(key: str) -> list[str]:
+        default = OmegaConf.select(defaults, key, default=absent)
+        here = OmegaConf.select(cfg, key, default=absent)
+        if default is absent:
+            return []
+        if here is absent:
+            plain = OmegaConf.to_container(default, resolve=True) if isinstance(default, DictConfig | ListConfig) else default
+            OmegaConf.update(cfg, key, plain, merge=False, force_add=True)
+            return [key]
+        if isinstance(default, DictConfig) and isinstance(here, DictConfig):
+            return [k for sub in default for k in fill(f"{key}.{sub}")]
+        return []
+
+    return [k for key in keys for k in fill(key)]
 
 
 def model_weights(run_dir: Path, name: str) -> Path:

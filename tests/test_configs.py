@@ -6,6 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from fevae.utils.cli import CONFIG_DIR
 
@@ -58,3 +59,23 @@ def test_evaluate_and_score_configs_compose():
     assert make(["run_dir=x"], "evaluate").task_name == "evaluate"
     cfg = make(["run_dir=x", "input=y", "output=z"], "score")
     assert cfg.stream_name == "input" and cfg.eval.n_samples >= 1
+
+
+def test_an_older_runs_config_gets_only_the_newer_scoring_settings():
+    """fill_newer_settings adds eval.* keys and fe.extra_layers a run lacks (recursively), never
+    replaces a value the run has, and leaves alone what shaped the weights or the stored mixture."""
+    from fevae.run import fill_newer_settings
+
+    stored = OmegaConf.create({"eval": {"n_samples": 20, "regret": {"subset": 3}}, "fe": {"layer": 1}, "seed": 1})
+    today = OmegaConf.create({
+        "eval": {"n_samples": 5, "detectors": ["iwae"], "regret": {"subset": 500, "steps": 50}},
+        "fe": {"layer": 2, "extra_layers": [2, 3], "reg_covar": 1e-3},
+        "seed": 2, "budget": {"epochs": 9},
+    })
+    assert fill_newer_settings(stored, today) == ["eval.detectors", "eval.regret.steps", "fe.extra_layers"]
+    assert OmegaConf.to_container(stored) == {
+        "eval": {"n_samples": 20, "regret": {"subset": 3, "steps": 50}, "detectors": ["iwae"]},
+        "fe": {"layer": 1, "extra_layers": [2, 3]},
+        "seed": 1,
+    }
+    assert fill_newer_settings(stored, today) == []  # idempotent

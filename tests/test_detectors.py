@@ -100,3 +100,45 @@ def test_invalid_detector_settings_are_refused(change, message):
     validate_eval_config(ev)
     with pytest.raises(FevaeError, match=message):
         validate_eval_config({**ev, **change})
+
+
+def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tmp_path, caplog):
+    """A run whose config predates eval.detectors / eval.regret / fe.extra_layers (and that has only
+    mixture.npz): evaluate takes today's defaults for exactly those settings, keeps the run's own
+    layer-1 mixture (same p_FE as the run) and fits only the missing layers."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from pipeline import TINY, compose_cfg
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    for extra in old.glob("mixture_l*.npz"):
+        extra.unlink()
+    stored = OmegaConf.load(old / ".hydra" / "config.yaml")
+    for key in ("detectors", "regret"):
+        stored.eval.pop(key)
+    stored.fe.pop("extra_layers")
+    stored.eval.n_samples = 3  # a setting the run has: kept, not replaced by today's default
+    OmegaConf.save(stored, old / ".hydra" / "config.yaml")
+
+    out = tmp_path / "rescored"
+    composed = compose_cfg("evaluate", out, [f"run_dir={old}", *TINY])
+    with caplog.at_level("INFO"):
+        evaluate(old, [], out, composed=composed)
+    assert "predates the settings eval.detectors, eval.regret, fe.extra_layers" in caplog.text
+    assert "the run has no mixture for layers [2, 3, 4]" in caplog.text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+    assert {"fevae_l2", "fevae_l3", "fevae_l4"} <= set(metrics["ood"]["mnist"]["APO"])
+    assert sorted(p.name for p in out.glob("mixture*.npz")) == ["mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz"]
+    with np.load(old / "mixture.npz") as a, np.load(out / "mixture.npz") as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k])
+    # p_FE with the kept mixture and the same seed, but the run's own S=3 (not the profile's)
+    rescored = _scores(out)
+    n = len(rescored["log_p_fe_apo"])
+    assert len(rescored["iwae"]) == n and len(rescored["likelihood_regret"]) == min(n, composed.eval.regret.subset) != 5
+    evaluate(run_dir, ["eval.n_samples=3"], tmp_path / "same_s")
+    np.testing.assert_array_equal(_scores(tmp_path / "same_s")["log_p_fe_apo"], rescored["log_p_fe_apo"])

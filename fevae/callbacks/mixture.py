@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import lightning as L
 import numpy as np
@@ -101,9 +101,11 @@ def fit_feature_mixture(
     return mixture
 
 
-def fit_feature_mixtures(jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int) -> dict[int, MixtureArrays]:
-    """One mixture per layer of :func:`mixture_layers`: ``{layer: MixtureArrays}``."""
-    return {layer: fit_feature_mixture(jigsaw, train_set, fe, seed, layer) for layer in mixture_layers(fe)}
+def fit_feature_mixtures(
+    jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int, layers: Iterable[int] | None = None
+) -> dict[int, MixtureArrays]:
+    """One mixture per layer (default: every layer of :func:`mixture_layers`): ``{layer: MixtureArrays}``."""
+    return {layer: fit_feature_mixture(jigsaw, train_set, fe, seed, layer) for layer in (mixture_layers(fe) if layers is None else layers)}
 
 
 class MixtureCallback(L.Callback):
