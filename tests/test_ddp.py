@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch.distributed as dist
 
+from fevae.errors import FevaeError
 from fevae.train import train
+from fevae.utils.cli import user_errors
 from pipeline import save_run_config, train_cfg
-
-pytestmark = pytest.mark.slow
 
 
 def evaluate_cli(run_dir, out_dir, *extra):
@@ -22,6 +23,29 @@ def evaluate_cli(run_dir, out_dir, *extra):
     return result
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_entry_point_leaves_without_a_live_process_group(tmp_path, fails):
+    """A rank that exits with a live gloo group can abort at shutdown (SIGABRT) after its work is done."""
+    seen = {}
+
+    @user_errors
+    def task():
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+        seen["initialized"] = dist.is_initialized()
+        if fails:
+            raise FevaeError("bad input")
+        return 7
+
+    if fails:
+        with pytest.raises(SystemExit) as exit_info:
+            task()
+        assert exit_info.value.code == FevaeError.exit_code
+    else:
+        assert task() == 7
+    assert seen["initialized"] and not dist.is_initialized()
+
+
+@pytest.mark.slow
 def test_two_process_scores_equal_one_process_scores(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     cfg = train_cfg(run_dir, synthetic_data_dir, extra=["data.eval_subset=25", "eval.regret.subset=11", "eval.regret.batch_size=4"])  # 25, 11: odd

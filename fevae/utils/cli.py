@@ -26,13 +26,14 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     Anything else propagates with its traceback: that is a bug, not a user error. In a multirun
     sweep, any error of a job is written to ``<job dir>/error.txt`` and logged instead, and the job
     returns NaN, so the other jobs go on (Optuna marks the trial failed) and the sweep summary
-    shows the failed job as a row carrying its error.
+    shows the failed job as a row carrying its error. Under DDP, every rank leaves through
+    :func:`release_process_group`, whether the task finished or failed.
     """
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return task(*args, **kwargs)
+            return _releasing_process_group(task)(*args, **kwargs)
         except Exception as err:
             if not in_multirun():
                 raise
@@ -57,6 +58,32 @@ def _exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
             log.debug("user error", exc_info=True)
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(FevaeError.exit_code)
+
+    return wrapper
+
+
+def release_process_group() -> None:
+    """Destroy the default ``torch.distributed`` process group, if this process has one.
+
+    A process that exits with a live gloo group aborts at interpreter shutdown ("terminate called
+    without an active exception", SIGABRT) whenever gloo's worker threads still hold work; under
+    Lightning's DDP launcher rank 0 then kills every rank and the run fails after it had finished.
+    Lightning's teardown does not destroy the group, so each entry point does it on its way out.
+    Destroying is local (no collective), so a rank that is done never waits for the others.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _releasing_process_group(task: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        finally:
+            release_process_group()
 
     return wrapper
 
