@@ -33,7 +33,7 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return _releasing_process_group(task)(*args, **kwargs)
+            return task(*args, **kwargs)
         except Exception as err:
             if not in_multirun():
                 raise
@@ -45,6 +45,8 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
             log.exception("job failed: %s", message)
             write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "error.txt", message + "\n")
             return float("nan")  # a sweeper (Optuna) records a failed trial and goes on
+        finally:
+            release_process_group()
 
     return _exit_on_user_error(wrapper)
 
@@ -75,17 +77,6 @@ def release_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _releasing_process_group(task: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(task)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return task(*args, **kwargs)
-        finally:
-            release_process_group()
-
-    return wrapper
 
 
 def task_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
