@@ -1,4 +1,9 @@
-"""Reading user images for the score CLI: ``.npy`` arrays, folders of PNGs, IDX files."""
+"""Reading user images for the score CLI: ``.npy`` arrays, folders of PNGs (or one PNG), IDX files.
+
+The format is chosen by the file's content (magic bytes), so a file of another format (``.csv``,
+``.jpg``, ...) gets an "unsupported format" error instead of a misleading IDX one. 16-bit PNGs
+are scaled to [0,1] (value / 65535), never clipped.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,35 @@ from fevae.data.transforms import preprocess
 from fevae.errors import FevaeError
 
 SHAPE_HELP = "give [N,28,28] uint8 pixels (0-255) or floats in [0,1], a folder of 28x28 grayscale PNGs, or an IDX file"
+FORMAT_HELP = ("give a .npy array (np.save), a folder of 28x28 grayscale PNGs, a single .png, or an IDX file "
+               "(.gz or plain); convert other formats with numpy first, e.g. np.save('x.npy', images)")
+#: first bytes of each supported file format
+NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GZIP_MAGIC = b"\x1f\x8b"
+#: 16-bit PNG modes (Pillow), scaled by 65535 to [0,1]
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def input_format(path: Path) -> str:
+    """``png-folder``, ``npy``, ``png`` or ``idx``, from the content (the extension only names the problem)."""
+    if path.is_dir():
+        return "png-folder"
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as err:
+        raise FevaeError(f"input={path} cannot be read ({err.strerror or err})", "check the path and its permissions") from err
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(GZIP_MAGIC) or (len(head) >= 4 and head[:2] == b"\0\0" and head[3] in (1, 3)):
+        return "idx"
+    kind = f"a {path.suffix} file" if path.suffix else "a file"
+    if path.suffix.lower() == ".npy":
+        raise FevaeError(f"input={path} is not a readable .npy array (no .npy header)", FORMAT_HELP)
+    raise FevaeError(f"input={path} is {kind} of an unsupported format (not .npy, PNG or IDX)", FORMAT_HELP)
 
 
 def read_images(path: str | Path) -> np.ndarray:
@@ -19,13 +53,18 @@ def read_images(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise FevaeError(f"input={path} does not exist", SHAPE_HELP)
-    if path.is_dir():
+    kind = input_format(path)
+    if kind == "png-folder":
         images = _read_png_folder(path)
-    elif path.suffix == ".npy":
+    elif kind == "png":
+        images = _read_pngs([path])
+    elif kind == "npy":
         try:
             images = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
-            raise FevaeError(f"input={path} is not a readable .npy array ({err})", SHAPE_HELP) from err
+            raise FevaeError(f"input={path} is not a readable .npy array ({str(err).splitlines()[0]})", SHAPE_HELP) from err
+        if not isinstance(images, np.ndarray):
+            raise FevaeError(f"input={path} is not a single .npy array", SHAPE_HELP)
     else:
         images = read_idx(path)
     return validate_images(images, str(path))
@@ -53,22 +92,35 @@ def validate_images(images: np.ndarray, name: str) -> np.ndarray:
 
 
 def _read_png_folder(folder: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise FevaeError(f"input={folder} holds no .png files", SHAPE_HELP)
+    return _read_pngs(files)
+
+
+def _read_pngs(files: list[Path]) -> np.ndarray:
+    """8-bit grayscale PNGs as uint8; if any is 16-bit, all as float32 in [0,1] (16-bit ones / 65535)."""
+    from PIL import Image, UnidentifiedImageError
+
     images = []
     for file in files:
         try:
             with Image.open(file) as img:
-                if img.mode not in ("L", "1", "P", "I;16"):
+                if img.mode in WIDE_MODES:
+                    wide = np.asarray(img, dtype=np.float64)
+                    if wide.min() < 0 or wide.max() > 65535:
+                        raise FevaeError(f"{file} has pixel values outside 0..65535", "save it as 8- or 16-bit grayscale")
+                    images.append((wide / 65535.0).astype(np.float32))  # scaled, not clipped to 0..255
+                elif img.mode in ("L", "1", "P"):
+                    images.append(np.asarray(img.convert("L"), dtype=np.uint8))
+                else:
                     raise FevaeError(f"{file} is a {img.mode} image, not grayscale", "convert it to 8-bit grayscale (mode L)")
-                images.append(np.asarray(img.convert("L"), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError) as err:
-            raise FevaeError(f"{file} is not a readable PNG ({err})", SHAPE_HELP) from err
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise FevaeError(f"{file} is not a readable PNG ({type(err).__name__})", SHAPE_HELP) from err
         if images[-1].shape != (28, 28):
             raise FevaeError(f"{file} is {images[-1].shape[1]}x{images[-1].shape[0]} pixels, not 28x28", SHAPE_HELP)
+    if any(im.dtype != np.uint8 for im in images):
+        images = [im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im for im in images]
     return np.stack(images)
 
 

@@ -1,24 +1,37 @@
-"""A finished run folder as an object: its config, trained models and feature mixture.
+"""A run folder: who owns it while it trains (:func:`own_run_folder`), and, once finished, its
+config, trained models and feature mixture (:func:`load_run`).
 
-Models are rebuilt from the run's own ``.hydra/config.yaml`` and their weights read with
-``torch.load(weights_only=True)``; the mixture is read from plain arrays. Nothing is unpickled.
+Loading trusts nothing in the folder: ``.hydra/config.yaml`` is read as data (YAML, no code), every
+``_target_`` in it must be one of the allow-listed classes at its own key (:mod:`fevae.validation`),
+the models are built from those classes with validated values, their weights are read with
+``torch.load(weights_only=True)`` (any failure is one :class:`FevaeError`), and the mixture is read
+from plain arrays. Nothing is unpickled and nothing named by the folder is imported or called.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
-from hydra.utils import instantiate
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from fevae.callbacks.mixture import mixture_file, mixture_layers
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
+from fevae.utils.io import write_bytes_atomic
+from fevae.validation import build, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +73,12 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
         raise FevaeError(f"run_dir={run_dir} does not exist", "pass the folder of a `python -m fevae.train` run (see outputs/train/)")
     if not path.exists():
         raise FevaeError(f"{run_dir} has no {CONFIG_FILE}", "pass the folder of a `python -m fevae.train` run, not a sub-folder")
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as err:
+        raise FevaeError(f"{path} is not a readable YAML config ({type(err).__name__})", "use a run folder written by `python -m fevae.train`") from err
+    if not isinstance(cfg, DictConfig):
+        raise FevaeError(f"{path} holds a {type(cfg).__name__}, not a config mapping", "use a run folder written by `python -m fevae.train`")
     if composed is not None:
         added = fill_newer_settings(cfg, composed)
         if added:
@@ -118,13 +136,15 @@ def load_run(
     """Load the config (see :func:`run_config`), best VAE and Jigsaw weights and the mixture of a finished run."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides, composed)
+    # the folder's config is data: allow-listed targets only, every value checked (nothing built from it yet)
+    validate_config(cfg, source=str(run_dir / CONFIG_FILE), skip=())
     models = {}
     for name in ("vae", "jigsaw"):
         weights = model_weights(run_dir, name)
-        module = instantiate(cfg.model[name], _convert_="all")
+        module = build(f"model.{name}", cfg.model[name])
         try:
             module.load_state_dict(load_state_dict(weights, map_location=map_location))
-        except (RuntimeError, KeyError, OSError) as err:
+        except (RuntimeError, KeyError, OSError, TypeError, ValueError) as err:
             raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
         models[name] = module.eval()
     mixture_path = run_dir / MIXTURE_FILE
@@ -139,3 +159,188 @@ def load_run(
         if path.exists():
             mixtures[layer] = MixtureArrays.load(path)
     return TrainedRun(run_dir, cfg, models["vae"], models["jigsaw"], mixtures)
+
+
+# --------------------------------------------------------------------------- owning a run folder
+#: fevae's own files in a run folder: the lock, who holds it, the config the run was started with
+#: and a copy of the ``.hydra/`` files of that start
+STATE_DIR = ".fevae"
+#: settings that may differ when a run is resumed: where things are read from and written to, and
+#: what is shown while training; none of them changes a trained weight or a score
+RESUME_MAY_CHANGE = (
+    "resume", "paths", "cache", "optimized_metric",
+    "data.data_dir", "data.download", "data.download_dir", "data.num_workers", "data.pin_memory",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "budget.vae.trainer.log_every_n_steps", "budget.jigsaw.trainer.log_every_n_steps",
+)
+
+
+def launch_rank() -> int:
+    """Global rank of this process as its launcher set it (0 outside DDP/SLURM/torchrun)."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK"):
+        value = os.environ.get(var)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                continue
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder(state: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads((state / "owner.json").read_text())
+        return holder if isinstance(holder, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (since {holder.get('started')})"
+
+
+def _task_config(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        plain = OmegaConf.to_container(_task_config(cfg), resolve=True)
+    except OmegaConfBaseException:
+        plain = OmegaConf.to_container(_task_config(cfg), resolve=False)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+
+    walk(plain, "")
+    return out
+
+
+def config_differences(stored: DictConfig, requested: DictConfig, may_change: Iterable[str] = RESUME_MAY_CHANGE) -> list[str]:
+    """Dotted keys whose values differ between two configs (added or removed keys count), less ``may_change``."""
+    a, b = _flat(stored), _flat(requested)
+    missing = object()
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, missing) != b.get(k, missing))
+    return [k for k in keys if not any(k == m or k.startswith(m + ".") for m in may_change)]
+
+
+def _restore_hydra_files(run_dir: Path) -> None:
+    """Put back the ``.hydra/`` files of the run's own start (Hydra rewrote them for this refused call)."""
+    backup = run_dir / STATE_DIR / "hydra"
+    if backup.is_dir():
+        for file in backup.iterdir():
+            if file.is_file():
+                write_bytes_atomic(run_dir / ".hydra" / file.name, file.read_bytes())
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    return (run_dir / STATE_DIR / "config.yaml").is_file() or (run_dir / "checkpoints").is_dir()
+
+
+@contextlib.contextmanager
+def own_run_folder(run_dir: str | Path, cfg: DictConfig) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while it trains (train and resume).
+
+    * A second process that wants the folder gets one :class:`FevaeError` at once, naming the
+      holder's pid and host (``<run_dir>/.fevae/owner.json``). The lock is an OS file lock
+      (:class:`filelock.FileLock`, ``flock``), which the OS drops when its holder dies, so a lock
+      left by a killed run (its pid dead) is taken over, with a warning.
+    * A run folder that already holds a run is not trained into again unless ``resume=true``.
+    * ``resume=true`` compares the config the run was started with (``.fevae/config.yaml``) with
+      the requested one and refuses, naming the keys, when any setting outside
+      :data:`RESUME_MAY_CHANGE` differs: the folder's weights, mixtures, scores and report then always
+      describe one config.
+    * On refusal the ``.hydra/`` files Hydra already rewrote at startup are put back as the run had them.
+
+    Only the process that writes the run's files takes part: under DDP the non-zero ranks (env
+    ``RANK``/``LOCAL_RANK``/``SLURM_PROCID``) skip this, and each job of a multirun sweep owns its
+    own job folder.
+    """
+    from filelock import FileLock, Timeout
+
+    if launch_rank() != 0:
+        yield
+        return
+    run_dir = Path(run_dir)
+    state = run_dir / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(state / "lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        _restore_hydra_files(run_dir)
+        raise FevaeError(
+            f"run folder {run_dir} is in use by {_describe(_holder(state))}",
+            "wait for that run to finish, or train into another folder (hydra.run.dir=...)",
+        ) from None
+    try:
+        stale = _holder(state)
+        if stale is not None:
+            same_host = stale.get("host") == socket.gethostname()
+            log.warning("run folder %s: took over the lock of %s, which is gone%s", run_dir, _describe(stale),
+                        "" if not same_host or not _pid_alive(int(stale.get("pid", -1))) else " (pid reused)")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        write_bytes_atomic(state / "owner.json", json.dumps(holder).encode())
+        try:
+            _check_config(run_dir, cfg)
+        except FevaeError:
+            _restore_hydra_files(run_dir)
+            raise
+        yield
+    finally:
+        (state / "owner.json").unlink(missing_ok=True)
+        lock.release()
+
+
+def _check_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to mix two configs in one folder; record the config of a new run (see :func:`own_run_folder`)."""
+    state = run_dir / STATE_DIR
+    stored_path = state / "config.yaml"
+    resume = bool(cfg.get("resume", False))
+    if not resume and _holds_a_run(run_dir):
+        raise FevaeError(
+            f"run folder {run_dir} already holds a run",
+            f"continue it with resume=true (same settings), or train into a new folder (hydra.run.dir=...)",
+        )
+    if resume and stored_path.is_file():
+        try:
+            stored = OmegaConf.load(stored_path)
+        except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
+            raise FevaeError(f"{stored_path} is not readable ({type(err).__name__})", "train into a new folder") from err
+        differ = config_differences(stored, cfg)
+        if differ:
+            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            raise FevaeError(
+                f"resume=true with other settings than run {run_dir} was started with: {shown}",
+                "resume with the run's own settings (see its .fevae/config.yaml), or start a new run; "
+                "to re-score with other fe.*/eval.* settings use `python -m fevae.evaluate run_dir=...`",
+            )
+        return
+    if resume and _holds_a_run(run_dir):
+        log.warning("run folder %s predates config checks on resume: its settings cannot be compared with these", run_dir)
+    write_bytes_atomic(stored_path, OmegaConf.to_yaml(_task_config(cfg)).encode())
+    hydra_dir = run_dir / ".hydra"
+    if hydra_dir.is_dir():
+        backup = state / "hydra"
+        shutil.rmtree(backup, ignore_errors=True)
+        backup.mkdir()
+        for file in hydra_dir.iterdir():
+            if file.is_file():
+                shutil.copy2(file, backup / file.name)

@@ -1,7 +1,9 @@
 """`python -m fevae.score run_dir=DIR input=FILE output=OUT.csv`: score any images with a trained run.
 
 Input: ``.npy`` [N,28,28] uint8 pixels (0-255) or floats in [0,1], a folder of 28x28 grayscale
-PNGs (sorted by name), or an IDX file. The run's own preprocessing is applied (binarised for V1).
+PNGs (sorted by name; 16-bit ones scaled to [0,1]) or one PNG, or an IDX file; the format is read
+from the content (:mod:`fevae.inputs`). The run's own preprocessing is applied (binarised for V1).
+The output path is checked before any work.
 Output: a CSV with one row per image in input order: the columns in :data:`COLUMNS`, then
 ``log_p_fevae_l<k>_{pr,apo}`` (extra Jigsaw layers) and the detectors in :data:`OTHER_COLUMNS`
 (``likelihood_regret`` only for the first ``eval.regret.subset`` rows; later cells are empty).
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import hydra
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from fevae.errors import FevaeError
@@ -33,6 +36,7 @@ log = logging.getLogger("fevae.score")
 
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
 OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret"]
+USAGE = "usage: python -m fevae.score run_dir=RUN_FOLDER input=IMAGES(.npy|PNG folder|IDX) output=OUT.csv"
 
 def score_images(
     run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input", composed: DictConfig | None = None
@@ -50,10 +54,29 @@ def score_images(
     return run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
 
 
-def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
+def check_output_path(path: str | Path) -> Path:
+    """Refuse an output path the CSV cannot be written to, before any work is done."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise FevaeError(f"output={path}: folder {path.parent} does not exist", "create it or choose another output path")
+    fix = "choose another output path, e.g. output=scores.csv"
+    if str(path) in ("", "."):
+        raise FevaeError(f"output={str(path)!r} is not a file name", fix)
+    if path.is_dir():
+        raise FevaeError(f"output={path} is an existing folder, not a file", f"name a file inside it, e.g. output={path / 'scores.csv'}")
+    parent = path.parent
+    for folder in (parent, *parent.parents):  # the nearest existing ancestor must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise FevaeError(f"output={path}: {folder} is a file, not a folder", fix)
+            break
+    if not parent.exists():
+        raise FevaeError(f"output={path}: folder {parent} does not exist", "create it or choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FevaeError(f"output={path}: folder {parent} is not writable", fix)
+    return path
+
+
+def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
+    path = check_output_path(path)
     known = COLUMNS + OTHER_COLUMNS
     rest = sorted(c for c in scores if c not in known)
     columns = [c for c in COLUMNS if c in scores] + [c for c in rest if c.startswith("log_p_")]
@@ -69,6 +92,10 @@ def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    missing = [k for k in ("run_dir", "input", "output") if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise FevaeError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required", USAGE)
+    check_output_path(cfg.output)  # before any scoring
     scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name, composed=cfg)
     if not is_rank_zero():
         return

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import pickle
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -14,7 +16,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from fevae.cache import ModelCache
+from fevae.errors import FevaeError
 from fevae.utils.cli import in_multirun, is_rank_zero
+from fevae.validation import build, check_trainer_config
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +48,34 @@ class RngStateCallback(L.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint read with ``torch.load(weights_only=True)``: tensors and plain values only.
+
+    Whatever is wrong with the file (not a checkpoint, truncated, a pickle of other objects, a
+    saved list) is one :class:`FevaeError`; torch's own text is not repeated, since it suggests
+    ``weights_only=False``, which would run any code the file carries.
+    """
+    path = Path(path)
+    fix = "retrain the run (or restore the file from where it came); never load it with weights_only=False"
+    if not path.is_file():
+        raise FevaeError(f"checkpoint {path} does not exist or is not a file", fix)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise FevaeError(f"checkpoint {path} holds objects other than tensors and plain values, so it is not read", fix) from err
+    except Exception as err:  # zip/EOF/OS/runtime errors of a truncated or foreign file
+        raise FevaeError(f"checkpoint {path} is corrupt, truncated or not a torch checkpoint ({type(err).__name__})", fix) from err
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise FevaeError(f"checkpoint {path} is a {type(checkpoint).__name__} without a state_dict, not a Lightning checkpoint", fix)
+    bad = [k for k, v in checkpoint["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise FevaeError(f"checkpoint {path} has non-tensor weights ({bad[0]!r})", fix)
+    return checkpoint
+
+
 def load_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a Lightning checkpoint, loaded without unpickling arbitrary objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)["state_dict"]
+    return load_checkpoint(path, map_location)["state_dict"]
 
 
 def restore_best_weights(trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -87,7 +116,7 @@ def fit_model(
     it in the same process.
     """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module: L.LightningModule = instantiate(cfg.model[name], _convert_="all")
+    module: L.LightningModule = build(f"model.{name}", cfg.model[name])  # allow-listed class, checked values
     ckpt_dir = checkpoint_dir(run_dir, name)
     if not cache_enabled(cfg):
         return _fit(name, module, datamodule, cfg, run_dir, callbacks)
@@ -118,6 +147,7 @@ def _fit(
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     logger = TensorBoardLogger(save_dir=str(run_dir / "tensorboard"), name=name, version="", default_hp_metric=False)
+    check_trainer_config(cfg.trainer)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **cfg.budget[name].trainer,
@@ -128,6 +158,7 @@ def _fit(
     last_path = ckpt_dir / "last.ckpt"
     ckpt_path = last_path if cfg.resume and last_path.exists() else None
     if ckpt_path is not None:
+        load_checkpoint(ckpt_path)  # a corrupt last.ckpt is one error line, not Lightning's traceback
         log.info("%s: resuming from %s", name, ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     restore_best_weights(trainer, module)

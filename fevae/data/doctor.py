@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from fevae.data.discovery import DATASETS, FIX, search_data
-from fevae.data.idx import idx_bytes, read_images_and_labels
+from fevae.data.idx import FIX_CONTENT, check_labels, idx_bytes, read_images_and_labels
 from fevae.errors import FevaeError, require
 
 #: MD5 of the *uncompressed* IDX files as published (the .gz files differ between mirrors).
@@ -36,11 +36,11 @@ def _md5_note(key: str, images: np.ndarray, labels: np.ndarray) -> str:
 def check_split(key: str, images_path: os.PathLike[str] | str, labels_path: os.PathLike[str] | str) -> str:
     """Read one split and check its content; returns a summary, raises FevaeError if broken."""
     images, labels = read_images_and_labels(images_path, labels_path)
-    fix = "replace the file with an original copy (see `python -m fevae.data`)"
+    fix = FIX_CONTENT
     require(len(images) > 0, f"{images_path} holds no images", fix)
     lo, hi = int(images.min()), int(images.max())
     require(hi > 0, f"{images_path}: every pixel is 0", fix)
-    require(int(labels.max()) <= 9, f"{labels_path}: label {int(labels.max())} is outside 0..9", fix)
+    check_labels(labels, labels_path)  # also checked whenever the data is read for training
     classes = np.unique(labels)
     require(len(classes) == 10, f"{labels_path}: only classes {classes.tolist()} of 0..9 are present", fix)
     return (f"{len(images)} images {images.shape[1]}x{images.shape[2]}, pixels {lo}..{hi}, "

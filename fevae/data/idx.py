@@ -109,12 +109,26 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, gz: bool | None =
     return write_bytes_atomic(path, data)
 
 
+#: Class labels of MNIST and FashionMNIST.
+N_CLASSES = 10
+#: How to fix a split whose content is wrong (shared with the data doctor).
+FIX_CONTENT = "replace the file with an original copy (see `python -m fevae.data`)"
+
+
+def check_labels(labels: np.ndarray, labels_path: str | os.PathLike[str]) -> None:
+    """Every label is a class 0..9 (a label file with other values is broken, for training and the doctor)."""
+    if len(labels):
+        top = int(labels.max())
+        require(top < N_CLASSES, f"{labels_path}: label {top} is outside 0..{N_CLASSES - 1}", FIX_CONTENT)
+
+
 def read_images_and_labels(images_path: str | os.PathLike[str],
                            labels_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair of IDX files: images ``[N, 28, 28]`` and labels ``[N]`` of the same ``N``."""
+    """Read a pair of IDX files: images ``[N, 28, 28]`` and labels ``[N]`` (each 0..9) of the same ``N``."""
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     require(len(images) == len(labels),
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels",
             "use image and label files of the same split (train-* with train-*, t10k-* with t10k-*)")
+    check_labels(labels, labels_path)
     return images, labels

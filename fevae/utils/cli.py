@@ -20,14 +20,50 @@ log = logging.getLogger("fevae")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
+def as_user_error(err: BaseException) -> FevaeError | None:
+    """The :class:`FevaeError` ``err`` stands for, or ``None`` when it is not a user error.
+
+    A :class:`FevaeError` itself; Hydra's ``InstantiationException`` (or any exception) whose
+    chained cause is one (a constructor's check, run by ``hydra.utils.instantiate``); a missing
+    mandatory value (``run_dir=???``); an ``InstantiationException`` whose cause is a
+    ``ValueError``/``TypeError`` (Lightning's ``MisconfigurationException`` is one): the settings of
+    the instantiated object are wrong.
+    """
+    from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue
+
+    seen: set[int] = set()
+    chain: list[BaseException] = []
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        if isinstance(e, FevaeError):
+            return e
+    if isinstance(err, MissingMandatoryValue):
+        key = getattr(err, "full_key", None) or "a required setting"
+        return FevaeError(f"{key} is required but was not given", f"pass {key}=... on the command line")
+    if isinstance(err, InstantiationException):
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, TypeError)):
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            where = str(err).strip().splitlines()[0] if str(err).strip() else "building an object from the config"
+            return FevaeError(f"{where.rstrip(':')}: {first}", "fix the settings of that config group")
+    return None
+
+
 def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`FevaeError` raised by ``task`` into one line on stderr and exit status 2.
+    """Turn a user error raised by ``task`` (see :func:`as_user_error`) into one line on stderr and exit status 2.
 
     Anything else propagates with its traceback: that is a bug, not a user error. In a multirun
     sweep, any error of a job is written to ``<job dir>/error.txt`` and logged instead, and the job
-    returns NaN, so the other jobs go on (Optuna marks the trial failed) and the sweep summary
-    shows the failed job as a row carrying its error. Under DDP, every rank leaves through
-    :func:`release_process_group`, whether the task finished or failed.
+    returns the text ``"failed: <error>"``: Hydra's Optuna sweeper (1.3) cannot record a NaN
+    (``study.tell`` refuses it and the sweep dies), but records a value that is not a number as a
+    failed trial, logs it and goes on;
+    the sweep summary shows the failed job as a row carrying its error. Under DDP, every rank
+    leaves through :func:`release_process_group`, whether the task finished or failed.
     """
 
     @functools.wraps(task)
@@ -41,10 +77,12 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
 
             from fevae.metrics import write_text_atomic
 
-            message = f"{type(err).__name__}: {err}" if not isinstance(err, FevaeError) else str(err)
+            user = as_user_error(err)
+            message = str(user) if user is not None else f"{type(err).__name__}: {err}"
             log.exception("job failed: %s", message)
             write_text_atomic(Path(HydraConfig.get().runtime.output_dir) / "error.txt", message + "\n")
-            return float("nan")  # a sweeper (Optuna) records a failed trial and goes on
+            # not a number: Optuna records the trial as failed (logging this text) and goes on; it refuses NaN
+            return f"failed: {message}"
         finally:
             release_process_group()
 
@@ -56,12 +94,20 @@ def _exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except FevaeError as err:
+        except Exception as err:
+            user = as_user_error(err)
+            if user is None:
+                raise
             log.debug("user error", exc_info=True)
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: {one_line(str(user))}", file=sys.stderr, flush=True)
             sys.exit(FevaeError.exit_code)
 
     return wrapper
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded into spaces (an error is one line)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def release_process_group() -> None:

@@ -1,0 +1,259 @@
+"""One validation pass over a composed config, and the allow-list that builds objects from configs.
+
+:func:`validate_config` runs first in every task, before data is read or a model trained: it
+refuses every setting the constructors and fitting code would refuse later (it *calls* those
+checks: the models and the data module are built, which is cheap; the feature-mixture and
+evaluation checks are the same functions the fitting and scoring code use), plus the settings
+only Lightning or sklearn would notice after training (budgets, ``fe.reg_covar``, ``fe.max_iter``).
+
+Objects are built only from the classes of :data:`ALLOWED_TARGETS`, at the config keys listed
+there; a ``_target_`` anywhere else, or naming another class, is refused before anything is
+instantiated. A run folder's ``.hydra/config.yaml`` is data, never code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fevae.errors import FevaeError, require
+
+#: config key -> the ``_target_`` strings accepted there (every other ``_target_`` is refused)
+ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
+    "model.vae": ("fevae.models.vae.VAE", "fevae.models.VAE"),
+    "model.jigsaw": ("fevae.models.jigsaw.Jigsaw", "fevae.models.Jigsaw"),
+    "data": ("fevae.data.datamodule.FevaeDataModule", "fevae.data.FevaeDataModule"),
+    "trainer": ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer"),
+}
+#: likelihood names of conf/likelihood (the VAE builds them by name, not by ``_target_``)
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+#: plain values a model/data config may hold (after resolving interpolations)
+_PLAIN = (str, bool, numbers.Real, type(None))
+
+
+def _model_classes() -> dict[str, type]:
+    from fevae.data.datamodule import FevaeDataModule
+    from fevae.models.jigsaw import Jigsaw
+    from fevae.models.vae import VAE
+
+    return {"model.vae": VAE, "model.jigsaw": Jigsaw, "data": FevaeDataModule}
+
+
+def _plain(node: Any, key: str) -> Any:
+    """``node`` resolved to plain Python containers, or a one-line error naming ``key``."""
+    if isinstance(node, DictConfig | ListConfig):
+        try:
+            return OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            raise FevaeError(f"{key} cannot be resolved ({str(err).splitlines()[0]})", f"fix the value of {key}") from err
+    return node
+
+
+def find_targets(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, target)`` of every ``_target_`` in a plain container (``""`` is the root)."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            found.append((prefix, node["_target_"]))
+        for k, child in node.items():
+            if k != "_target_":
+                found += find_targets(child, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list | tuple):
+        for i, child in enumerate(node):
+            found += find_targets(child, f"{prefix}[{i}]")
+    return found
+
+
+def _containers(cfg: Any) -> list[Any]:
+    """``cfg`` as plain containers: unresolved, and resolved when it resolves (an interpolation can
+    bring a ``_target_`` in)."""
+    if not isinstance(cfg, DictConfig | ListConfig):
+        return [cfg]
+    out = [OmegaConf.to_container(cfg, resolve=False)]
+    try:
+        out.append(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException:
+        pass  # reported by the checks that need the values
+    return out
+
+
+def check_targets(cfg: DictConfig, source: str = "the config", skip: tuple[str, ...] = ("hydra",)) -> None:
+    """Refuse any ``_target_`` that is not an allowed class at an allowed key (nothing is instantiated).
+
+    ``skip``: top-level keys not looked at (Hydra's own ``hydra`` node of a composed config; a run
+    folder's config is checked with ``skip=()``).
+    """
+    for container in _containers(cfg):
+        for key, target in find_targets(container):
+            if key.split(".")[0].split("[")[0] in skip:
+                continue
+            allowed = ALLOWED_TARGETS.get(key)
+            if allowed is None or target not in allowed:
+                raise FevaeError(
+                    f"{source} sets {key or '(top level)'}._target_={target!r}, which fevae does not build",
+                    f"fevae builds only {', '.join(f'{k}: {v[0]}' for k, v in ALLOWED_TARGETS.items())}",
+                )
+
+
+def check_trainer_config(trainer: Any) -> None:
+    """The trainer config names Lightning's Trainer and nests no other ``_target_``."""
+    for container in _containers(trainer):
+        if not isinstance(container, Mapping):
+            raise FevaeError(f"trainer={container!r} is not a group of settings", "use trainer=default|cpu|gpu|ddp")
+        targets = find_targets(container)
+        target = container.get("_target_")
+        if target not in ALLOWED_TARGETS["trainer"]:
+            raise FevaeError(f"trainer._target_={target!r} is not Lightning's Trainer", "use trainer=default|cpu|gpu|ddp (lightning.pytorch.Trainer)")
+        nested = [k for k, _ in targets if k]
+        if nested:
+            raise FevaeError(f"trainer.{nested[0]} has a _target_, which fevae does not build", "give trainer.* plain values only")
+
+
+def build(key: str, node: Any, **extra: Any) -> Any:
+    """An instance of the allowed class at ``key`` (``model.vae``, ``model.jigsaw``, ``data``) from ``node``.
+
+    The ``_target_`` must be the allowed one, every other key a constructor argument with a plain
+    value; the constructor then validates the values (the checks the classes always run).
+    """
+    classes = _model_classes()
+    cls = classes[key]
+    if node is None:
+        raise FevaeError(f"{key} is missing from the config", "use a config composed by fevae (conf/)")
+    values = _plain(node, key)
+    if not isinstance(values, dict):
+        raise FevaeError(f"{key} is {type(values).__name__}, not a mapping", f"give {key} as a group of settings")
+    target = values.pop("_target_", None)
+    if target not in ALLOWED_TARGETS[key]:
+        raise FevaeError(f"{key}._target_={target!r} is not {ALLOWED_TARGETS[key][0]}", f"fevae builds only {ALLOWED_TARGETS[key][0]} for {key}")
+    for flag in [k for k in values if str(k).startswith("_") and str(k).endswith("_")]:
+        values.pop(flag)  # hydra flags (_convert_, _recursive_, ...): meaningless here
+    values.update(extra)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(str(k) for k in values if k not in params or k == "self")
+    if unknown:
+        raise FevaeError(f"{key} has unknown settings {unknown}", f"see {cls.__module__}.{cls.__name__} for the valid ones")
+    for name, value in values.items():
+        _require_plain(f"{key}.{name}", value)
+    if key == "model.vae":
+        lik = values.get("likelihood")
+        require(isinstance(lik, dict), f"model.vae.likelihood={lik!r} is not a group of settings", "use likelihood=gaussian|bernoulli|continuous_bernoulli")
+        require(lik.get("name") in LIKELIHOODS, f"model.vae.likelihood.name={lik.get('name')!r} is unknown", f"use one of {', '.join(LIKELIHOODS)}")
+    _check_types(key, values, params)
+    try:
+        return cls(**values)
+    except FevaeError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise FevaeError(f"{key} is invalid ({str(err).splitlines()[0]})", f"see {cls.__module__}.{cls.__name__}") from err
+
+
+def _require_plain(key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _require_plain(f"{key}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _require_plain(f"{key}[{i}]", v)
+    elif not isinstance(value, _PLAIN):
+        raise FevaeError(f"{key}={value!r} is not a plain value", "use numbers, strings, booleans, lists")
+
+
+def _check_types(key: str, values: dict[str, Any], params: Mapping[str, inspect.Parameter]) -> None:
+    """Numbers where the constructor's default is a number (booleans are not numbers)."""
+    for name, value in values.items():
+        default = params[name].default
+        if isinstance(default, bool) or default is None or default is inspect.Parameter.empty:
+            continue
+        if isinstance(default, numbers.Real):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if isinstance(default, int) and ok:
+                ok = float(value).is_integer()
+            require(ok, f"{key}.{name}={value!r} is not a{'n integer' if isinstance(default, int) else ' number'}",
+                    f"set {key}.{name} to a number like {default!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                values[name] = int(value)
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, f"{key}={value!r} is invalid", f"set {key} to an integer ≥ {minimum}")
+
+
+def _check_budget(cfg: DictConfig) -> None:
+    budget = cfg.get("budget")
+    require(isinstance(budget, DictConfig), "budget is missing", "pick a profile: profile=smoke|cpu|paper")
+    for name in ("vae", "jigsaw"):
+        part = budget.get(name)
+        require(isinstance(part, DictConfig), f"budget.{name} is missing", "pick a profile: profile=smoke|cpu|paper")
+        _positive_int(f"budget.{name}.batch_size", part.get("batch_size"))
+        trainer = _plain(part.get("trainer", {}), f"budget.{name}.trainer") or {}
+        require(isinstance(trainer, dict), f"budget.{name}.trainer is not a group of settings", "see conf/profile/")
+        for key, value in trainer.items():
+            full = f"budget.{name}.trainer.{key}"
+            _require_plain(full, value)
+            if key in ("max_epochs", "max_steps"):
+                ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)
+                require(ok, f"{full}={value!r} is invalid", f"set {full} to an integer ≥ 1 (or -1 for no limit)")
+            elif key in ("min_epochs", "min_steps", "num_sanity_val_steps"):
+                _positive_int(full, value, 0) if value is not None else None
+            elif key == "log_every_n_steps":
+                _positive_int(full, value, 1)
+            elif key.startswith("limit_") and key.endswith("_batches"):
+                ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
+                    isinstance(value, float) and 0.0 <= value <= 1.0)
+                require(ok, f"{full}={value!r} is invalid", f"set {full} to a number of batches ≥ 0 or a fraction in [0, 1]")
+            elif key == "val_check_interval":
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+                require(ok, f"{full}={value!r} is invalid", f"set {full} to a number > 0")
+
+
+def _check_fe_extra(fe: Mapping[str, Any]) -> None:
+    """The mixture settings sklearn would only refuse after the Jigsaw trained."""
+    reg = fe.get("reg_covar")
+    require(isinstance(reg, numbers.Real) and not isinstance(reg, bool) and reg >= 0 and reg == reg and reg != float("inf"),
+            f"fe.reg_covar={reg!r} is invalid", "set fe.reg_covar to a number ≥ 0 (default 1e-3; the paper's sklearn 1e-6)")
+    _positive_int("fe.max_iter", fe.get("max_iter"))
+    _positive_int("fe.n_init", fe.get("n_init"))
+    _positive_int("fe.feature_batch_size", fe.get("feature_batch_size"))
+    require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
+
+
+def validate_config(cfg: DictConfig, source: str = "the config", build_data: bool = True, skip: tuple[str, ...] = ("hydra",)) -> None:
+    """Refuse any invalid setting of a composed train/evaluate config (or a stored run's config).
+
+    Nothing is read from disk and nothing is trained; the models and the data module are built
+    (cheap) so that their constructors' checks run now rather than after minutes of work.
+    """
+    from fevae.callbacks.mixture import validate_fe_config
+    from fevae.evaluation import validate_eval_config
+
+    check_targets(cfg, source, skip)
+    seed = cfg.get("seed")
+    _positive_int("seed", seed, 0)
+    require(isinstance(cfg.get("resume", False), bool), f"resume={cfg.get('resume')!r} is invalid", "set resume=true or false")
+    require(cfg.get("trainer") is not None, "trainer is missing", "pick trainer=default|cpu|gpu|ddp")
+    check_trainer_config(cfg.trainer)
+    ev = _plain(cfg.get("eval"), "eval")
+    fe = _plain(cfg.get("fe"), "fe")
+    require(isinstance(ev, dict), "eval is missing", "use eval=default")
+    require(isinstance(fe, dict), "fe is missing", "use fe=default")
+    try:
+        validate_eval_config(ev)
+        validate_fe_config(fe)
+    except KeyError as err:
+        raise FevaeError(f"setting {err} is missing from {source}", "use a config composed by fevae (conf/)") from err
+    _check_fe_extra(fe)
+    _check_budget(cfg)
+    models = cfg.get("model")
+    require(isinstance(models, DictConfig), "model is missing", "use model=default")
+    build("model.vae", models.get("vae"))
+    jigsaw = build("model.jigsaw", models.get("jigsaw"))
+    for layer in {int(fe["layer"]), *(int(k) for k in fe.get("extra_layers") or [])}:
+        jigsaw.feature_dim(layer)  # the layer exists in this Jigsaw (model.jigsaw.hidden)
+    if build_data:
+        build("data", cfg.get("data"), batch_size=cfg.budget.vae.batch_size, eval_batch_size=ev["batch_size"])
