@@ -124,8 +124,9 @@ def load_models(run_dir: Path | None, *, experiment: str = DEFAULT_EXPERIMENT, o
 
 # ---------------------------------------------------------------------------- data
 def make_data(cfg: DictConfig):
-    """The run's data module with every eval image (``eval_subset=null``), set up."""
-    dm = instantiate(cfg.data, batch_size=int(cfg.eval.batch_size), eval_batch_size=int(cfg.eval.batch_size), eval_subset=None)
+    """The run's data module with every eval image in ``eval_sets`` (no validation part), set up."""
+    dm = instantiate(cfg.data, batch_size=int(cfg.eval.batch_size), eval_batch_size=int(cfg.eval.batch_size),
+                     eval_split={"val": 0, "test": None, "seed": 0})
     dm.setup()
     return dm
 

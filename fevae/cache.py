@@ -33,6 +33,8 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from fevae.utils.io import current_umask
+
 log = logging.getLogger(__name__)
 
 #: data settings that change the training images (not where they come from, nor the eval sets)
@@ -101,6 +103,7 @@ class CacheEntry:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.entry.name}.", dir=self.root))
         try:
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the entry from the group
             write(tmp)
             (tmp / "key.json").write_text(json.dumps({"name": self.name, "hash": self.hash, "key": key}, indent=2, default=str))
             shutil.rmtree(self.entry, ignore_errors=True)  # an incomplete folder left by hand
@@ -165,7 +168,8 @@ class SamplesCache(CacheEntry):
 
     def store(self, samples: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
         def write(tmp: Path) -> None:
-            for set_name, arrays in samples.items():
+            for set_name, arrays in samples.items():  # "val/<set>" lands in a val/ folder
+                (tmp / f"{set_name}.npz").parent.mkdir(parents=True, exist_ok=True)
                 np.savez(tmp / f"{set_name}.npz", **arrays)
             (tmp / "meta.json").write_text(json.dumps({**meta, "sets": list(samples)}, indent=2))
 

@@ -39,12 +39,14 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
         mixtures = {**kept, **fit_feature_mixtures(run.jigsaw, data.train_set, cfg.fe, cfg.seed, layers)}
         if is_rank_zero():
             save_mixtures(out_dir, mixtures, cfg.fe)
-    loaders = {n: data.eval_dataloader(n) for n in data.eval_sets}
+    loaders = data.eval_loaders()
     scoring = run_scoring(cfg, run.vae, run.jigsaw, {k: TorchMixture(m) for k, m in mixtures.items()}, loaders)
     if not is_rank_zero():
         return {"metrics": None, "out_dir": str(out_dir)}
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
-    metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs)
+    metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs,
+                            mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
+                            split=data.split_record())
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -24,7 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.baselines import compressed_bits, input_complexity_from_bits, likelihood_regret_score, to_uint8
 from fevae.cache import SamplesCache, weights_hash
+from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
+from fevae.metrics import MCSE_PREFIX
 from fevae.mixture import TorchMixture
 from fevae.scoring import ScoreAccumulator, sample_chunks
 from fevae.training import cache_enabled
@@ -40,14 +42,40 @@ SAMPLE_BATCH = 512
 
 
 def score_stream(set_name: str, scheme: str) -> int:
-    """Noise-stream id of a (set, scheme): stable across runs, set orders and process counts."""
-    return (zlib.crc32(set_name.encode()) % 65_536) * 2 + SCHEMES.index(scheme)
+    """Noise-stream id of a (set, scheme): stable across runs, set orders and process counts.
+
+    The validation part ``"val/<set>"`` of a set uses the set's own stream, so an image's noise
+    depends on (seed, set, scheme, its position in the whole set) only, not on the split.
+    """
+    return (zlib.crc32(split_part(set_name)[0].encode()) % 65_536) * 2 + SCHEMES.index(scheme)
+
+
+def samples_per_scheme(n_samples: int | Mapping[str, int], schemes: Sequence[str] = SCHEMES) -> dict[str, int]:
+    """``eval.n_samples`` as ``{scheme: S}``: one int for every scheme, or a mapping ``{PR: .., APO: ..}``."""
+    if isinstance(n_samples, Mapping):
+        missing = [s for s in schemes if s not in n_samples]
+        if missing:
+            raise FevaeError(f"eval.n_samples={dict(n_samples)} has no S for {missing}", "give every scheme of eval.schemes an S, e.g. eval.n_samples={PR:100,APO:20}")
+        return {s: n_samples[s] for s in schemes}
+    return {s: n_samples for s in schemes}
 
 
 def validate_eval_config(ev: Mapping[str, Any]) -> None:
-    for key in ("n_samples", "chunk_size", "batch_size"):
+    per_scheme = samples_per_scheme(ev["n_samples"], [s for s in ev["schemes"] if s in SCHEMES])
+    for scheme, s in per_scheme.items():
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise FevaeError(f"eval.n_samples={ev['n_samples']!r} is not a positive integer for {scheme}", "set eval.n_samples to an integer ≥ 1 (or {PR: S, APO: S})")
+    for key in ("chunk_size", "batch_size"):
         if not isinstance(ev[key], int) or ev[key] < 1:
             raise FevaeError(f"eval.{key}={ev[key]!r} is not a positive integer", f"set eval.{key} to an integer ≥ 1")
+    boot = ev.get("bootstrap") or {}
+    if boot:
+        ok = isinstance(boot.get("n_resamples"), int) and not isinstance(boot.get("n_resamples"), bool) and boot["n_resamples"] >= 0
+        if not ok:
+            raise FevaeError(f"eval.bootstrap.n_resamples={boot.get('n_resamples')!r} is invalid", "set it to an integer ≥ 0 (0 = no intervals; ≥ 1000 recommended)")
+        level = boot.get("level")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+            raise FevaeError(f"eval.bootstrap.level={level!r} is invalid", "set it to a probability in (0, 1), e.g. 0.95")
     bad = [s for s in ev["schemes"] if s not in SCHEMES]
     if bad or not ev["schemes"]:
         raise FevaeError(f"eval.schemes={list(ev['schemes'])} is not a non-empty subset of {list(SCHEMES)}", "use e.g. eval.schemes=[PR,APO]")
@@ -66,6 +94,44 @@ def validate_eval_config(ev: Mapping[str, Any]) -> None:
             raise FevaeError(f"eval.regret.lr={r.get('lr')!r} is invalid", "set eval.regret.lr to a number > 0 (e.g. 1e-4)")
 
 
+VAL_METRICS_KEY = "ood_val"
+METRIC_NAMES = ("auroc", "auprc", "fpr95")
+
+
+def selectable_metrics(cfg: DictConfig) -> list[str]:
+    """Every flattened validation metric (``ood_val/<set>/<scheme>/<score>/<metric>``) a run with ``cfg`` writes."""
+    from fevae.data.datamodule import EVAL_SETS
+    from fevae.metrics import IN_DISTRIBUTION
+
+    fe = cfg.fe
+    ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
+    blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
+    blocks += [("other", d) for d in (cfg.eval.get("detectors") or [])]
+    sets = [s for s in EVAL_SETS if s != IN_DISTRIBUTION]
+    return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRIC_NAMES]
+
+
+def check_optimized_metric(cfg: DictConfig) -> None:
+    """``optimized_metric`` selects, so it must name a validation metric this run will write (checked before training)."""
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return
+    known = selectable_metrics(cfg)
+    if str(key).startswith("ood/"):
+        raise FevaeError(f"optimized_metric={key} reads the test images; anything that selects must read validation",
+                         f"use optimized_metric={VAL_METRICS_KEY}/{str(key)[4:]}")
+    split = cfg.data.get("eval_split") or {}
+    if not split.get("val"):
+        raise FevaeError(f"optimized_metric={key} needs validation images but data.eval_split.val is {split.get('val')!r}",
+                         "set data.eval_split.val to a positive number (e.g. 1000), or optimized_metric=null")
+    if key not in known:
+        import difflib
+
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        raise FevaeError(f"optimized_metric={key} is not a metric this run writes",
+                         f"use e.g. {close[0] if close else known[0]} (keys: ood_val/<set>/<PR|APO|other>/<score>/<auroc|auprc|fpr95>)")
+
+
 def _flat(key: str) -> str:
     return key.replace("/", "__")
 
@@ -77,9 +143,11 @@ class Scorer(L.LightningModule):
     ``chunk_size`` at a time: ``log_p_vae``, ``log_p_fe`` and ``log_p_fevae`` (Eq. 4 inside the
     MC average), ``log_p_fevae_l<k>`` for each extra mixture layer, and the ``detectors``:
     ``iwae`` (importance weighted, the APO draws), ``input_complexity`` (iwae + PNG bits · ln 2)
-    and ``likelihood_regret`` (images with index < ``regret["subset"]`` only). The noise of
-    image i depends only on (seed, set, scheme, i), so the scores do not depend on batch size or
-    on the number of processes.
+    and ``likelihood_regret`` (the first ``regret["subset"]`` images of each loader only: index
+    below ``regret_limits[set]``). Every log-mean-exp score ``name`` also gets its per-image
+    Monte-Carlo standard error ``mcse__<name>`` (:func:`fevae.scoring.log_mean_exp_se`). The
+    noise of image i depends only on (seed, set, scheme, i), so the scores do not depend on batch
+    size or on the number of processes. ``n_samples`` is one S or ``{scheme: S}``.
 
     With ``keep_samples`` the step keeps the model-pass outputs instead (per-sample
     log-likelihoods, decoded features, IWAE weights, code lengths, regrets) and
@@ -95,13 +163,14 @@ class Scorer(L.LightningModule):
         set_names: Sequence[str],
         layer: int = 1,
         pre_activation: bool = False,
-        n_samples: int = 20,
+        n_samples: int | Mapping[str, int] = 20,
         chunk_size: int = 10,
         schemes: Sequence[str] = SCHEMES,
         seed: int = 0,
         detectors: Sequence[str] = (),
         regret: Mapping[str, Any] | None = None,
         keep_samples: bool = False,
+        regret_limits: Mapping[str, int] | None = None,
     ):
         super().__init__()
         self.vae, self.jigsaw = vae, jigsaw
@@ -112,9 +181,13 @@ class Scorer(L.LightningModule):
         self.fevae_names = {f"l{k}": "fevae" if k == layer else f"fevae_l{k}" for k in mixtures}
         self.set_names = list(set_names)
         self.layer, self.pre_activation = layer, pre_activation
-        self.n_samples, self.chunk_size, self.schemes, self.seed = n_samples, chunk_size, list(schemes), seed
+        self.schemes, self.chunk_size, self.seed = list(schemes), chunk_size, seed
+        #: scheme -> S
+        self.n_samples = samples_per_scheme(n_samples, self.schemes)
         self.detectors = list(detectors)
         self.regret = dict(regret or {}) if "likelihood_regret" in self.detectors else {}
+        #: set name -> likelihood regret scores the images with index below it (default: ``regret["subset"]``)
+        self.regret_limits = dict(regret_limits or {})
         self.keep_samples = keep_samples
         self.stopwatch = Stopwatch()
         self.n_images = self.n_regret = 0
@@ -137,7 +210,7 @@ class Scorer(L.LightningModule):
     def chunks(self, x: torch.Tensor, index: torch.Tensor, set_name: str, scheme: str):
         return sample_chunks(
             x, index, decode=self.vae.decode, log_likelihood=self.vae.log_likelihood, phi=self.vae.phi,
-            features=self.feature_fns(), encode=self.vae.encode, scheme=scheme, n_samples=self.n_samples,
+            features=self.feature_fns(), encode=self.vae.encode, scheme=scheme, n_samples=self.n_samples[scheme],
             chunk_size=self.chunk_size, seed=self.seed, stream=score_stream(set_name, scheme),
             log_weights=self.log_weights, stopwatch=self.stopwatch,
         )
@@ -150,12 +223,19 @@ class Scorer(L.LightningModule):
             acc = ScoreAccumulator(self.mixtures, lp_x, self.fe_names, self.fevae_names, stopwatch=self.stopwatch, prefix=f"{scheme}/")
             for chunk in chunks_of(scheme):
                 acc.update(chunk)
+            errors = acc.compute_se() if self.n_samples[scheme] > 1 else {}  # one sample has no error estimate
             for key, value in acc.compute().items():
-                out[key if key == "iwae" else f"log_p_{key}_{scheme.lower()}"] = value
+                name = key if key == "iwae" else f"log_p_{key}_{scheme.lower()}"
+                out[name] = value
+                if key in errors:
+                    out[MCSE_PREFIX + name] = errors[key]
         if "input_complexity" in self.detectors:
             out["input_complexity"] = input_complexity_from_bits(out["iwae"], bits)
+            if MCSE_PREFIX + "iwae" in out:
+                out[MCSE_PREFIX + "input_complexity"] = out[MCSE_PREFIX + "iwae"]  # the code length is exact
         if "iwae" not in self.detectors:
             out.pop("iwae", None)
+            out.pop(MCSE_PREFIX + "iwae", None)
         return out
 
     # ------------------------------------------------------------------ predict
@@ -184,8 +264,7 @@ class Scorer(L.LightningModule):
             else:
                 row.update(self.scores_of(f_x, lambda scheme: self.chunks(x, index, set_name, scheme), bits))
         self._outputs.setdefault(dataloader_idx, []).append(row)
-        subset = self.regret.get("subset", 0)
-        mask = index < subset
+        mask = index < (self.regret_limits.get(set_name, self.regret.get("subset", 0)) if self.regret else 0)
         if bool(mask.any()):
             xs, ids, step = x[mask], index[mask], self.regret["batch_size"]
             with self.stopwatch("regret"):
@@ -220,8 +299,8 @@ class Scorer(L.LightningModule):
                 f_x = {name: get(_flat(f"f_x/{name}")) for name in self.mixtures}
 
                 def chunks_of(scheme: str, get=get):
-                    stored = {key: get(_flat(f"{scheme}/{key}")).transpose(0, 1) for key in self._chunk_keys(scheme)}
-                    for s in range(0, self.n_samples, self.chunk_size):
+                    stored = {key: get(_flat(f"{scheme}/{key}")).transpose(0, 1)[: self.n_samples[scheme]] for key in self._chunk_keys(scheme)}
+                    for s in range(0, self.n_samples[scheme], self.chunk_size):
                         yield {key: value[s : s + self.chunk_size].contiguous() for key, value in stored.items()}
 
                 bits = get("png_bits") if "input_complexity" in self.detectors else None
@@ -269,7 +348,7 @@ def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def gather_by_index(module: L.LightningModule, local: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Gather per-sample tensors (batch dim first) of all ranks, drop duplicates (padded samplers)
-    and sort by index. Floating arrays come back float64 unless they are float32 features."""
+    and sort by index (eval loaders yield ascending indices, so this is their order). Floating arrays come back float64 unless they are float32 features."""
     world = module.trainer.world_size if module._trainer is not None else 1
     if world > 1:
         n_local = torch.tensor([len(local.get("index", []))], device=module.device)
@@ -285,9 +364,7 @@ def gather_by_index(module: L.LightningModule, local: dict[str, torch.Tensor]) -
     if not local:
         return {}
     index = local["index"].cpu().numpy()
-    unique, first = np.unique(index, return_index=True)
-    if unique.size and not np.array_equal(unique, np.arange(unique.size)):
-        log.warning("scored indices are not 0..N-1 (%d unique of max %d)", unique.size, unique.max())
+    unique, first = np.unique(index, return_index=True)  # ascending index = the loader's order
     out = {}
     for k, v in local.items():
         if k == "index":
@@ -307,6 +384,13 @@ class Scoring:
     costs: dict[str, Any] = field(default_factory=dict)
     #: whether the model pass came from :class:`fevae.cache.SamplesCache`
     reused_samples: bool = False
+    #: set -> score name -> per-image Monte-Carlo standard error (nats) of the log-mean-exp scores
+    mc_se: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for set_name, arrays in self.scores.items():  # the Scorer's mcse__<score> outputs move to mc_se
+            for key in [k for k in arrays if k.startswith(MCSE_PREFIX)]:
+                self.mc_se.setdefault(set_name, {})[key[len(MCSE_PREFIX):]] = arrays.pop(key)
 
 
 def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, loaders: Mapping[str, Any], layers: Sequence[int]) -> dict[str, Any]:
@@ -333,7 +417,43 @@ def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module,
 
 def _samples_bytes(cfg: DictConfig, loaders: Mapping[str, Any], jigsaw: torch.nn.Module, layers: Sequence[int]) -> int:
     per_sample = 8 + 8 + 4 * sum(jigsaw.feature_dim(k) for k in layers)
-    return sum(len(loader.dataset) for loader in loaders.values()) * len(cfg.eval.schemes) * cfg.eval.n_samples * per_sample
+    total_s = sum(samples_per_scheme(cfg.eval.n_samples, list(cfg.eval.schemes)).values())
+    return sum(len(loader.dataset) for loader in loaders.values()) * total_s * per_sample
+
+
+def regret_limits(loaders: Mapping[str, Any], subset: int) -> dict[str, int]:
+    """Per loader, the index below which likelihood regret scores: its first ``subset`` images
+    (loaders over a :class:`~torch.utils.data.TensorDataset` of ``(x, y, index)``; else ``subset``)."""
+    out = {}
+    for name, loader in loaders.items():
+        tensors = getattr(loader.dataset, "tensors", None)
+        if not subset or tensors is None:
+            out[name] = int(subset)
+            continue
+        index = np.sort(tensors[-1].numpy())
+        out[name] = int(index[min(subset, len(index)) - 1]) + 1 if len(index) else 0
+    return out
+
+
+def predict_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Lightning Trainer that runs the model pass: the run's trainer settings, no logging or checkpoints."""
+    from fevae.validation import check_trainer_config
+
+    check_trainer_config(cfg.trainer)  # Lightning's Trainer and plain values only: never another _target_
+    return instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False,
+                       inference_mode=False)
+
+
+def make_scorer(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, mixtures: Mapping[int, TorchMixture],
+                loaders: Mapping[str, Any], keep_samples: bool = False, n_samples: int | Mapping[str, int] | None = None) -> Scorer:
+    """A :class:`Scorer` with the run's eval settings (``n_samples`` overrides ``eval.n_samples``)."""
+    return Scorer(
+        vae.eval(), jigsaw.eval(), mixtures, list(loaders), layer=cfg.fe.layer, pre_activation=cfg.fe.pre_activation,
+        n_samples=cfg.eval.n_samples if n_samples is None else n_samples, chunk_size=cfg.eval.chunk_size,
+        schemes=list(cfg.eval.schemes), seed=cfg.seed, detectors=list(cfg.eval.get("detectors") or []),
+        regret=cfg.eval.get("regret"), keep_samples=keep_samples,
+        regret_limits=regret_limits(loaders, int((cfg.eval.get("regret") or {}).get("subset", 0) or 0)),
+    )
 
 
 def run_scoring(
@@ -353,9 +473,7 @@ def run_scoring(
     validate_eval_config(cfg.eval)
     if isinstance(mixtures, TorchMixture):
         mixtures = {int(cfg.fe.layer): mixtures}
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False, inference_mode=False
-    )
+    trainer = predict_trainer(cfg)
     cache = None
     if cache_enabled(cfg) and trainer.world_size == 1:
         size = _samples_bytes(cfg, loaders, jigsaw, list(mixtures))
@@ -366,11 +484,7 @@ def run_scoring(
             log.info("scoring: not caching the model pass (%.1f GB > cache.max_samples_gb)", size / 2**30)
 
     def scorer(keep: bool) -> Scorer:
-        return Scorer(
-            vae.eval(), jigsaw.eval(), mixtures, list(loaders), layer=cfg.fe.layer, pre_activation=cfg.fe.pre_activation,
-            n_samples=cfg.eval.n_samples, chunk_size=cfg.eval.chunk_size, schemes=list(cfg.eval.schemes), seed=cfg.seed,
-            detectors=list(cfg.eval.get("detectors") or []), regret=cfg.eval.get("regret"), keep_samples=keep,
-        )
+        return make_scorer(cfg, vae, jigsaw, mixtures, loaders, keep)
 
     if cache is None:
         module = scorer(keep=False)
@@ -389,7 +503,7 @@ def run_scoring(
                 meta = {"seconds": dict(module.stopwatch.seconds), "n_images": module.n_images, "n_regret": module.n_regret}
                 cache.store(samples, meta)
         mixture_clock = scorer(keep=False)  # times the mixture part of this job
-        mixture_clock.to(next(vae.parameters()).device)
+        mixture_clock.to(trainer.strategy.root_device)
         scores = mixture_clock.scores_from_samples(samples)
         seconds = {**meta["seconds"], **{k: v for k, v in mixture_clock.stopwatch.seconds.items() if "/mixture/" in k}}
         result = Scoring(scores, mixture_clock.costs(seconds, meta["n_images"], meta["n_regret"]), reused_samples=True)
@@ -414,7 +528,7 @@ def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) 
 
 def hparams_of(info: Mapping[str, Any]) -> dict[str, Any]:
     """The settings shown in TensorBoard's HParams view (scalars and strings only)."""
-    hp = {k: info.get(k) for k in ("experiment", "likelihood", "preprocess", "n_samples", "eval_subset", "profile", "seed")}
+    hp = {k: info.get(k) for k in ("experiment", "likelihood", "preprocess", "n_samples", "eval_split", "profile", "seed")}
     hp.update({f"fe.{k}": v for k, v in dict(info.get("fe") or {}).items() if k != "feature_batch_size"})
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hp.items()}
 
@@ -425,23 +539,41 @@ def write_outputs(
     info: dict[str, Any],
     examples: np.ndarray | None = None,
     costs: Mapping[str, Any] | None = None,
+    mc_se: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    bootstrap: Mapping[str, Any] | None = None,
+    split: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``scores/<set>.npz``, ``metrics.json``, ``figures/``, TensorBoard histograms, ``report.md``.
+    """Write ``scores/<set>.npz`` (test parts) and ``scores/val/<set>.npz`` (validation parts), each
+    with the scores' Monte-Carlo standard errors, ``metrics.json`` (with bootstrap intervals per
+    ``bootstrap`` = ``eval.bootstrap``), ``eval_split.json`` (``split``: which image of each set is
+    in which part, :meth:`~fevae.data.datamodule.FevaeDataModule.split_record`), ``figures/``,
+    TensorBoard histograms, ``report.md``.
 
+    ``scores`` is keyed by loader name (``"mnist"``, ``"val/mnist"``; :func:`fevae.data.datamodule.part_name`).
     Returns the metrics dict (the ``metrics.json`` contract).
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    from fevae.metrics import compute_metrics, save_scores, write_json_atomic
+    from fevae.bootstrap import Resampler
+    from fevae.metrics import compute_split_metrics, save_scores, write_json_atomic
     from fevae.plots import plot_all, plot_detector_aurocs
     from fevae.report import write_report
 
-    metrics = compute_metrics(scores)  # validates finiteness before anything is written
+    parts: dict[str, dict[str, dict[str, np.ndarray]]] = {"test": {}, "val": {}}
+    for key, set_scores in scores.items():
+        name, part = split_part(key)
+        parts[part][name] = set_scores
+    boot = dict(bootstrap or {})
+    resampler = Resampler(boot.get("n_resamples", 0), boot.get("level", 0.95), int(info.get("seed") or 0))
+    metrics = compute_split_metrics(parts["test"], parts["val"], resampler=resampler)  # validates finiteness before anything is written
     if costs:
         metrics["cost_s_per_image"] = dict(costs)
-    for set_name, set_scores in scores.items():
-        save_scores(out_dir / "scores" / f"{set_name}.npz", set_scores)
+    for key, set_scores in scores.items():
+        save_scores(out_dir / "scores" / f"{key}.npz", set_scores, (mc_se or {}).get(key))
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if split:
+        write_json_atomic(out_dir / "eval_split.json", split)
+    scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
     figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
     figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     writer = SummaryWriter(log_dir=str(out_dir / "tensorboard" / "eval"))
@@ -459,5 +591,6 @@ def write_outputs(
     finally:
         writer.close()
     info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}
-    write_report(out_dir, metrics, scores, info)
+    test_se = {k: v for k, v in (mc_se or {}).items() if split_part(k)[1] == "test"}
+    write_report(out_dir, metrics, scores, info, mc_se=test_se)
     return metrics

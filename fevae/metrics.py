@@ -12,15 +12,20 @@ Conventions
   detector (``iwae``, ``input_complexity``, ...). The *score id* is the name without the
   ``log_p_`` prefix and the scheme suffix (:func:`parse_score_name`).
 
-Public ``metrics.json`` schema (:func:`compute_metrics`)::
+Public ``metrics.json`` schema (:func:`compute_metrics`; runs add the ``*_val`` mirror of the
+validation parts, see :func:`compute_split_metrics`)::
 
     {"in_distribution": "fashionmnist",
-     "n": {"fashionmnist": 10000, "mnist": 10000, ...},
-     "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "fpr95": ..}, "fe": {..}, ..},
+     "n": {"fashionmnist": 2000, "mnist": 2000, ...},          # test parts
+     "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "fpr95": ..,
+                                       "auroc_ci": [lo, hi], "auprc_ci": [..], "fpr95_ci": [..]},
+                               "fe": {..}, ..},
                        "APO": {..},
                        "other": {"iwae": {..}}},          # only present when non-empty
              "mnist_saltpepper": {..}},
      "n_scored": {"likelihood_regret": {"fashionmnist": 500, ...}},  # only for subset scores
+     "n_val": {..}, "ood_val": {..}, "n_scored_val": {..},      # the same for the validation parts
+     "bootstrap": {"n_resamples": 1000, "level": 0.95, "seed": ..},   # how the *_ci were made
      "cost_s_per_image": {"PR": {"vae": .., ..}, "APO": {..}, "other": {..}}}  # added by runs
 
 A score array shorter than its set covers the set's *first* ``len`` examples.
@@ -37,6 +42,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from fevae.bootstrap import Resampler
 from fevae.errors import FevaeError
 from fevae.utils.io import atomic_open, write_bytes_atomic
 
@@ -46,6 +52,7 @@ __all__ = [
     "TPR_LEVEL",
     "ood_metrics",
     "compute_metrics",
+    "compute_split_metrics",
     "flatten_metrics",
     "parse_score_name",
     "index_scores",
@@ -64,6 +71,8 @@ IN_DISTRIBUTION = "fashionmnist"
 SCHEMES = ("PR", "APO", "other")
 #: TPR (fraction of ID test points accepted) at which the false-positive rate is reported.
 TPR_LEVEL = 0.95
+#: name prefix of a score's per-image Monte-Carlo standard error in a score file
+MCSE_PREFIX = "mcse__"
 
 _SUFFIXES = {"_pr": "PR", "_apo": "APO"}
 _PREFIX = "log_p_"
@@ -198,12 +207,14 @@ def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
 
 
 def compute_metrics(
-    scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION
+    scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION,
+    resampler: Resampler | None = None,
 ) -> dict[str, Any]:
     """Compute the public metrics dict (see module docstring) for every OOD set and score.
 
     Every set other than ``in_distribution`` is treated as OOD. A score is evaluated for an OOD
-    set when both the ID set and that OOD set have it. Values are plain Python floats/ints.
+    set when both the ID set and that OOD set have it. Values are plain Python floats/ints. With
+    a ``resampler`` (``n_resamples`` > 0) every metric gets its bootstrap interval ``<metric>_ci``.
     """
     if in_distribution not in scores:
         raise FevaeError(
@@ -228,12 +239,13 @@ def compute_metrics(
             block = {}
             for sid in order_score_ids(ids):
                 id_name, out_name = id_index[(scheme, sid)], out_index[(scheme, sid)]
+                s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
                 block[sid] = ood_metrics(
-                    scores[in_distribution][id_name],
-                    scores[ood_set][out_name],
-                    in_label=f"set {in_distribution!r} score {id_name!r}",
+                    s_in, s_out, in_label=f"set {in_distribution!r} score {id_name!r}",
                     out_label=f"set {ood_set!r} score {out_name!r}",
                 )
+                if resampler is not None and resampler.n_resamples > 0:
+                    block[sid].update(resampler.intervals(np.asarray(s_in, np.float64), np.asarray(s_out, np.float64), in_distribution, ood_set))
             if block or scheme != "other":
                 per_scheme[scheme] = block
         ood[ood_set] = per_scheme
@@ -246,6 +258,24 @@ def compute_metrics(
     if subsets:
         out["n_scored"] = subsets  # detectors scored on the first k examples of a set only
     return out
+
+
+def compute_split_metrics(
+    test: Mapping[str, Mapping[str, np.ndarray]], val: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    in_distribution: str = IN_DISTRIBUTION, resampler: Resampler | None = None,
+) -> dict[str, Any]:
+    """:func:`compute_metrics` of the test parts, plus ``n_val`` / ``ood_val`` / ``n_scored_val``
+    from the validation parts (same shape as ``n`` / ``ood`` / ``n_scored``) when ``val`` has sets."""
+    metrics = compute_metrics(test, in_distribution, resampler)
+    if val:
+        v = compute_metrics(val, in_distribution, resampler)
+        metrics["n_val"], metrics["ood_val"] = v["n"], v["ood"]
+        if "n_scored" in v:
+            metrics["n_scored_val"] = v["n_scored"]
+    if resampler is not None and resampler.n_resamples > 0:
+        metrics["bootstrap"] = {"n_resamples": resampler.n_resamples, "level": resampler.level, "seed": resampler.seed,
+                                "method": "stratified percentile bootstrap over images"}
+    return metrics
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -286,12 +316,15 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 # --------------------------------------------------------------------------------------------
 # Score files (one .npz per set, one array per score)
 # --------------------------------------------------------------------------------------------
-def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray]) -> Path:
-    """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically."""
+def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
+                mc_se: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically; each
+    ``mc_se[name]`` (a score's per-image Monte-Carlo standard error) as ``mcse__<name>``."""
     if not scores_for_one_set:
         raise FevaeError(f"no scores to save to {path}", "pass at least one score array")
     arrays = {}
-    for name, arr in scores_for_one_set.items():
+    both = {**scores_for_one_set, **{MCSE_PREFIX + k: v for k, v in dict(mc_se or {}).items()}}
+    for name, arr in both.items():
         if not name or "/" in name or name.startswith("."):
             raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
         arrays[name] = np.asarray(arr, dtype=np.float64)
@@ -301,8 +334,9 @@ def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray]) 
     return Path(path)
 
 
-def load_scores(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a score file written by :func:`save_scores` (no pickles)."""
+def load_scores(path: str | Path, mc_se: bool = False) -> dict[str, np.ndarray]:
+    """Load a score file written by :func:`save_scores` (no pickles): the scores, or with
+    ``mc_se=True`` only their Monte-Carlo standard errors (keyed by score name)."""
     path = Path(path)
     if not path.is_file():
         raise FevaeError(f"score file {path} does not exist", "run the scoring stage first")
@@ -314,9 +348,10 @@ def load_scores(path: str | Path) -> dict[str, np.ndarray]:
             f"score file {path} is corrupt or not a score file ({type(err).__name__}: {err})",
             "delete it and re-run the scoring stage",
         ) from err
+    errors = {k[len(MCSE_PREFIX):]: out.pop(k) for k in [k for k in out if k.startswith(MCSE_PREFIX)]}
     if not out:
         raise FevaeError(f"score file {path} contains no scores", "re-run the scoring stage")
-    return out
+    return errors if mc_se else out
 
 
 def load_all_scores(scores_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:

@@ -1,8 +1,11 @@
 """Markdown report of one run: settings, metrics tables, figures and the paper's claims.
 
-Each claim of Poklukar et al. that one run can check gets a verdict — **shown**, **not shown**
-or **not applicable** — with the numbers behind it. The decision rules and their thresholds are
-the module-level constants below and are repeated verbatim in the report text.
+Each claim of Poklukar et al. that one run can check gets a verdict — **shown**, **not shown**,
+**undecided** or **not applicable** — with the numbers behind it. The decision rules and their
+thresholds are the module-level constants below and are repeated verbatim in the report text.
+A rule's condition counts as met (or not) only when the 95% bootstrap interval of the number it
+tests lies entirely on one side of its threshold; an interval that straddles it makes the verdict
+**undecided**. Comparisons of two scores on the same images use paired resamples.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fevae.bootstrap import Resampler, weighted_std
 from fevae.metrics import (
     IN_DISTRIBUTION,
     SCHEMES,
@@ -27,6 +31,7 @@ __all__ = [
     "SHOWN",
     "NOT_SHOWN",
     "NOT_APPLICABLE",
+    "UNDECIDED",
     "C1_AUROC_BELOW",
     "C2_MIN_RELATIVE_SPREAD_DIFF",
     "C3_MIN_AUROC",
@@ -38,7 +43,7 @@ __all__ = [
     "write_report",
 ]
 
-SHOWN, NOT_SHOWN, NOT_APPLICABLE = "shown", "not shown", "not applicable"
+SHOWN, NOT_SHOWN, NOT_APPLICABLE, UNDECIDED = "shown", "not shown", "not applicable", "undecided"
 
 #: C1: Nalisnick effect iff AUROC(FashionMNIST vs MNIST, PR, p_VAE) is below this (chance).
 C1_AUROC_BELOW = 0.5
@@ -74,6 +79,49 @@ def _auroc(metrics: Mapping, ood_set: str, scheme: str, score: str) -> float | N
         return float(metrics["ood"][ood_set][scheme][score]["auroc"])
     except (KeyError, TypeError):
         return None
+
+
+def _auroc_ci(metrics: Mapping, ood_set: str, scheme: str, score: str) -> list[float] | None:
+    try:
+        return [float(v) for v in metrics["ood"][ood_set][scheme][score]["auroc_ci"]]
+    except (KeyError, TypeError):
+        return None
+
+
+def _resampler(metrics: Mapping) -> Resampler | None:
+    """The run's bootstrap settings (``metrics["bootstrap"]``), or None when it made no intervals."""
+    boot = metrics.get("bootstrap") or {}
+    if not boot.get("n_resamples"):
+        return None
+    return Resampler(boot["n_resamples"], boot.get("level", 0.95), boot.get("seed", 0))
+
+
+def _below(value: float, interval: list[float] | None, threshold: float) -> bool | None:
+    """``value < threshold`` decided by its interval: True/False when the interval lies on one side, else None."""
+    if interval is None:
+        return value < threshold
+    if interval[1] < threshold:
+        return True
+    if interval[0] >= threshold:
+        return False
+    return None
+
+
+def _above(value: float, interval: list[float] | None, threshold: float) -> bool | None:
+    """``value ≥ threshold`` decided by its interval (see :func:`_below`)."""
+    below = _below(value, interval, threshold)
+    return None if below is None else not below
+
+
+def _verdict(*conditions: bool | None) -> str:
+    """All conditions met → shown; any clearly unmet → not shown; otherwise undecided."""
+    if any(c is False for c in conditions):
+        return NOT_SHOWN
+    return SHOWN if all(c is True for c in conditions) else UNDECIDED
+
+
+def _ci_text(interval: list[float] | None, digits: int = 3) -> str:
+    return "" if interval is None else f" [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
 def _values(scores: Mapping, set_name: str, scheme: str, score: str) -> np.ndarray | None:
@@ -130,7 +178,9 @@ def _c1(metrics, scores, lik, id_set) -> Claim:
                      + (f" (for reference: {nums})" if auc is not None else ""), rule)
     if auc is None:
         return Claim("C1", text, NOT_APPLICABLE, _missing("mnist / PR / vae"), rule)
-    return Claim("C1", text, SHOWN if auc < C1_AUROC_BELOW else NOT_SHOWN, nums, rule)
+    ci = _auroc_ci(metrics, "mnist", "PR", "vae")
+    nums = nums.replace(f"AUROC = {_f3(auc)}", f"AUROC = {_f3(auc)}{_ci_text(ci)}", 1)
+    return Claim("C1", text, _verdict(_below(auc, ci, C1_AUROC_BELOW)), nums, rule)
 
 
 def _c2(metrics, scores, lik, id_set) -> Claim:
@@ -152,7 +202,17 @@ def _c2(metrics, scores, lik, id_set) -> Claim:
                 f"{_g(ratio)} ({wider} is wider); IQR PR = {_g(i_pr)}, IQR APO = {_g(i_apo)}")
     if lik not in ("bernoulli", "gaussian"):
         evidence += f" (likelihood {lik!r}: analogous to the paper's V1/V2)"
-    verdict = SHOWN if ratio - 1.0 >= C2_MIN_RELATIVE_SPREAD_DIFF else NOT_SHOWN
+    interval = None
+    resampler = _resampler(metrics)
+    if resampler is not None and len(pr) == len(apo):  # the same images under both schemes: paired resamples
+
+        def ratio_of(_, w):
+            a, b = weighted_std(pr, w), weighted_std(apo, w)
+            return np.maximum(a, b) / np.maximum(np.minimum(a, b), 1e-300)
+
+        interval = resampler.statistic(pr, ratio_of, id_set, "C2")
+        evidence += f"; ratio interval{_ci_text(interval)}"
+    verdict = _verdict(_above(ratio, interval, 1.0 + C2_MIN_RELATIVE_SPREAD_DIFF))
     return Claim("C2", text, verdict, evidence, rule)
 
 
@@ -172,10 +232,18 @@ def _c3(metrics, scores, lik, id_set) -> Claim:
                      + (f" (for reference: {nums})" if apo is not None else ""), rule)
     if apo is None or pr is None:
         return Claim("C3", text, NOT_APPLICABLE, _missing("mnist / PR+APO / fevae"), rule)
+    ci = _auroc_ci(metrics, "mnist", "APO", "fevae")
+    nums = nums.replace(f"AUROC APO = {_f3(apo)}", f"AUROC APO = {_f3(apo)}{_ci_text(ci)}", 1)
+    better = apo > pr
+    resampler = _resampler(metrics)
+    pair = {s: {"in": _values(scores, id_set, s, "fevae"), "out": _values(scores, "mnist", s, "fevae")} for s in ("APO", "PR")}
+    if resampler is not None and all(v is not None for p in pair.values() for v in p.values()):
+        diff = resampler.difference(pair["APO"], pair["PR"], id_set, "mnist")
+        nums += f"; APO − PR = {apo - pr:+.3f}{_ci_text(diff)} (paired)"
+        better = False if apo == pr else _above(apo - pr, diff, 0.0)
     if lik == "continuous_bernoulli":
         nums += " — analogous check: the paper only ran a Gaussian V2"
-    ok = apo >= C3_MIN_AUROC and apo > pr
-    return Claim("C3", text, SHOWN if ok else NOT_SHOWN, nums, rule)
+    return Claim("C3", text, _verdict(_above(apo, ci, C3_MIN_AUROC), better), nums, rule)
 
 
 def _c4(metrics, scores, lik, id_set) -> Claim:
@@ -192,11 +260,20 @@ def _c4(metrics, scores, lik, id_set) -> Claim:
     if auc is None or fe is None or va is None:
         return Claim("C4", text, NOT_APPLICABLE, _missing("mnist / PR / vae+fevae"), rule)
     s_fe, s_va = _std(fe), _std(va)
-    widens, no_sep = s_fe > s_va, auc < C4_MAX_AUROC
-    evidence = (f"std MNIST log p_FEVAE (PR) = {_g(s_fe)} vs log p_VAE (PR) = {_g(s_va)} "
-                f"(widens: {'yes' if widens else 'no'}); AUROC(mnist, PR, p_FEVAE) = {_f3(auc)} "
-                f"(does not separate: {'yes' if no_sep else 'no'})")
-    return Claim("C4", text, SHOWN if widens and no_sep else NOT_SHOWN, evidence, rule)
+    ci = _auroc_ci(metrics, "mnist", "PR", "fevae")
+    resampler = _resampler(metrics)
+    widens: bool | None = s_fe > s_va
+    diff = None
+    if resampler is not None and len(fe) == len(va):
+        diff = resampler.statistic(fe, lambda _, w: weighted_std(fe, w) - weighted_std(va, w), "mnist", "C4")
+        widens = _above(s_fe - s_va, diff, 0.0) if s_fe != s_va else None
+    no_sep = _below(auc, ci, C4_MAX_AUROC)
+    word = {True: "yes", False: "no", None: "undecided"}
+    evidence = (f"std MNIST log p_FEVAE (PR) = {_g(s_fe)} vs log p_VAE (PR) = {_g(s_va)}"
+                f"{'; difference interval' + _ci_text(diff, 4) if diff is not None else ''} "
+                f"(widens: {word[widens]}); AUROC(mnist, PR, p_FEVAE) = {_f3(auc)}{_ci_text(ci)} "
+                f"(does not separate: {word[no_sep]})")
+    return Claim("C4", text, _verdict(widens, no_sep), evidence, rule)
 
 
 def _c5(metrics, scores, lik, id_set) -> Claim:
@@ -215,9 +292,15 @@ def _c5(metrics, scores, lik, id_set) -> Claim:
                      f"likelihood is {lik!r}, the claim is about the Bernoulli V1{ref}", rule)
     if auc is None:
         return Claim("C5", text, NOT_APPLICABLE, _missing("mnist_saltpepper / PR / fevae"), rule)
-    inside = lo <= auc <= hi
-    return Claim("C5", text, SHOWN if inside else NOT_SHOWN,
-                 f"AUROC = {_f3(auc)} ({'inside' if inside else 'outside'} [{lo}, {hi}])", rule)
+    ci = _auroc_ci(metrics, "mnist_saltpepper", "PR", "fevae") or [auc, auc]
+    if lo <= ci[0] and ci[1] <= hi:
+        inside, where = True, "inside"
+    elif ci[1] < lo or ci[0] > hi:
+        inside, where = False, "outside"
+    else:
+        inside, where = None, "straddling the edge of"
+    return Claim("C5", text, _verdict(inside),
+                 f"AUROC = {_f3(auc)}{_ci_text(_auroc_ci(metrics, 'mnist_saltpepper', 'PR', 'fevae'))} ({where} [{lo}, {hi}])", rule)
 
 
 def evaluate_claims(
@@ -260,7 +343,8 @@ def _metrics_table(metrics: Mapping) -> list[str]:
                 auroc = f"{m['auroc']:.3f}"
                 if m["auroc"] < 0.5:
                     auroc = f"**{auroc}**↓"
-                cells.append(f"{auroc} / {m['auprc']:.3f} / {m['fpr95']:.3f}")
+                cells.append(" / ".join(f"{v}{_ci_text(m.get(k + '_ci'))}" for k, v in
+                                        (("auroc", auroc), ("auprc", f"{m['auprc']:.3f}"), ("fpr95", f"{m['fpr95']:.3f}"))))
             lines.append(f"| {ood_set} | {scheme} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -268,10 +352,57 @@ def _metrics_table(metrics: Mapping) -> list[str]:
         "in-distribution). AUROC 1 = perfect separation, 0.5 = chance; **bold↓** marks AUROC < 0.5, "
         "i.e. the OOD set is judged *more* likely than the in-distribution test set (Nalisnick "
         "effect). FPR95 = fraction of OOD images accepted at the threshold that accepts 95% of "
-        "the in-distribution test images (lower is better).",
+        "the in-distribution test images (lower is better). "
+        + (f"[lo, hi]: {metrics['bootstrap']['level']:.0%} interval of a stratified bootstrap over the "
+           f"images ({metrics['bootstrap']['n_resamples']} resamples)." if metrics.get("bootstrap") else ""),
         "",
     ]
     return lines
+
+
+def _validation_table(metrics: Mapping) -> list[str]:
+    """AUROC of every score on the validation parts next to the test parts (what selection may read)."""
+    val, test = metrics.get("ood_val") or {}, metrics.get("ood") or {}
+    if not val:
+        return []
+    sets = list(val)
+    lines = ["| detector | " + " | ".join(f"{s} val | {s} test" for s in sets) + " |",
+             "|---|" + "---:|---:|" * len(sets)]
+    from fevae.plots import detector_label
+
+    for scheme in SCHEMES:
+        for sid in order_score_ids({sid for per in val.values() for sid in per.get(scheme, {})}):
+            cells = []
+            for s in sets:
+                for block in (val, test):
+                    m = block.get(s, {}).get(scheme, {}).get(sid)
+                    cells.append(_f3(m["auroc"]) if m else "—")
+            lines.append(f"| {detector_label(sid, scheme)} | " + " | ".join(cells) + " |")
+    sizes = ", ".join(f"{k}: {v}" for k, v in (metrics.get("n_val") or {}).items())
+    return lines + ["", f"Validation parts ({sizes}) are disjoint from the test parts; anything that selects "
+                    "(optimized_metric, Optuna, a sweep's best row) reads them, reports show test.", ""]
+
+
+def _mc_error_table(mc_se: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    """Median per-image Monte-Carlo standard error (nats) per set × scheme × score."""
+    from fevae.metrics import parse_score_name, order_sets
+
+    if not mc_se:
+        return []
+    keys = sorted({parse_score_name(n) for per in mc_se.values() for n in per},
+                  key=lambda k: (SCHEMES.index(k[0]), order_score_ids([k[1], "vae", "fe", "fevae"]).index(k[1])))
+    sets = order_sets(mc_se)
+    lines = ["| score | " + " | ".join(sets) + " |", "|---|" + "---:|" * len(sets)]
+    for scheme, sid in keys:
+        cells = []
+        for s in sets:
+            name = index_scores(mc_se[s]).get((scheme, sid))
+            cells.append(_g(float(np.median(mc_se[s][name]))) if name is not None else "—")
+        lines.append(f"| {_score_title(sid)} ({scheme}) | " + " | ".join(cells) + " |")
+    return lines + ["", "Median over each test set of the per-image Monte-Carlo standard error of the log-mean-exp "
+                    "estimate (delta method from the S sample weights, in nats; `mcse__<score>` in "
+                    "scores/<set>.npz). An error comparable to the spread between sets means that score "
+                    "has not converged at this S.", ""]
 
 
 def _detector_table(metrics: Mapping) -> list[str]:
@@ -294,7 +425,7 @@ def _detector_table(metrics: Mapping) -> list[str]:
         cells = []
         for s in sets:
             auc = _auroc(metrics, s, scheme, sid)
-            cells.append(_f3(auc) if auc is not None else "—")
+            cells.append(_f3(auc) + _ci_text(_auroc_ci(metrics, s, scheme, sid)) if auc is not None else "—")
         cost = costs.get(scheme, {}).get(sid)
         label = detector_label(sid, scheme)
         if sid in subsets:
@@ -340,6 +471,7 @@ def render_report(
     metrics: Mapping[str, Any],
     scores: Mapping[str, Mapping[str, np.ndarray]],
     info: Mapping[str, Any],
+    mc_se: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> str:
     """The report as markdown text (see :func:`write_report`)."""
     experiment = info.get("experiment", "run")
@@ -361,11 +493,12 @@ def render_report(
         f"| preprocess | {_fmt_setting(info.get('preprocess'))} |",
         f"| samples per estimate (S) | {_fmt_setting(info.get('n_samples'))} |",
         f"| feature likelihood (FE) | {_fmt_setting(info.get('fe'))} |",
-        f"| evaluation subset | {_fmt_setting(info.get('eval_subset'))} |",
+        f"| evaluation split (validation / test images per set, split seed) | {_fmt_setting(info.get('eval_split'))} |",
         f"| profile | {_fmt_setting(info.get('profile'))} |",
         f"| in-distribution set | {id_set} |",
         "| examples scored | "
-        + (", ".join(f"{k}: {v}" for k, v in metrics.get("n", {}).items()) or "—") + " |",
+        + (", ".join(f"{k}: {v}" for k, v in metrics.get("n", {}).items()) or "—") + " (test); "
+        + (", ".join(f"{k}: {v}" for k, v in (metrics.get("n_val") or {}).items()) or "—") + " (validation) |",
         "",
     ]
     wall = info.get("wall_time_s")
@@ -374,10 +507,16 @@ def render_report(
         parts = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in wall.items())
         out += [f"**Cost:** {parts} (total {_fmt_seconds(total)} wall time).", ""]
 
-    out += ["## OOD detection metrics", ""]
+    out += ["## OOD detection metrics (test parts)", ""]
     out += _metrics_table(metrics)
     out += ["### All detectors (AUROC) and what they cost", ""]
     out += _detector_table(metrics)
+    if metrics.get("ood_val"):
+        out += ["### Validation vs test (AUROC)", ""]
+        out += _validation_table(metrics)
+    if mc_se:
+        out += ["### Monte-Carlo error of the estimates", ""]
+        out += _mc_error_table(mc_se)
 
     figures = [f for f in info.get("figures", []) or [] if str(f).lower().endswith(".png")]
     if figures:
@@ -396,8 +535,9 @@ def render_report(
     out += [
         "## Paper claims",
         "",
-        "Each claim is checked on this run only, with the rule stated; verdicts are "
-        "**shown**, **not shown** or **not applicable** (wrong likelihood for the claim, or the "
+        "Each claim is checked on this run's test parts only, with the rule stated; verdicts are "
+        "**shown**, **not shown**, **undecided** (the 95% bootstrap interval of a number the rule "
+        "tests straddles its threshold) or **not applicable** (wrong likelihood for the claim, or the "
         "scores it needs were not computed). A 'not shown' is a result, not an error.",
         "",
         "| claim | verdict |",
@@ -427,14 +567,16 @@ def write_report(
     metrics: Mapping[str, Any],
     scores: Mapping[str, Mapping[str, np.ndarray]],
     info: Mapping[str, Any],
+    mc_se: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Path:
     """Write ``<run_dir>/report.md`` atomically and return its path.
 
     ``info`` keys (all optional): ``experiment``, ``likelihood`` (bernoulli | gaussian |
     continuous_bernoulli), ``preprocess``, ``n_samples``, ``fe`` (dict: layer, n, C,
-    covariance_type), ``eval_subset``, ``profile``, ``wall_time_s`` (stage → seconds) and
-    ``figures`` (paths relative to ``run_dir``; the ``.png`` ones are embedded).
+    covariance_type), ``eval_split``, ``profile``, ``wall_time_s`` (stage → seconds) and
+    ``figures`` (paths relative to ``run_dir``; the ``.png`` ones are embedded). ``mc_se``: the
+    test sets' per-image Monte-Carlo standard errors (their medians are tabulated).
     """
     path = Path(run_dir) / "report.md"
-    return write_text_atomic(path, render_report(metrics, scores, info))
+    return write_text_atomic(path, render_report(metrics, scores, info, mc_se))
 

@@ -41,25 +41,52 @@ def log_mean_exp(x: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(x, dim) - math.log(x.shape[dim])
 
 
+def log_mean_exp_se(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Delta-method Monte-Carlo standard error (in nats) of :func:`log_mean_exp` over ``dim``.
+
+    With weights ``w_s = exp(x_s)``, ``L = log mean_s w_s`` and ``SE(L) ≈ sd(w) / (sqrt(S) mean(w))``
+    = ``sqrt((S r - 1) / (S - 1))`` with ``r = sum w² / (sum w)²`` (computed in log space); 0 when
+    all weights are equal, ``sqrt(S)``-ish when one weight dominates; NaN for ``S = 1``.
+    """
+    s = x.shape[dim]
+    log_r = torch.logsumexp(2 * x, dim) - 2 * torch.logsumexp(x, dim)
+    return _se_from_log_r(log_r, s)
+
+
+def _se_from_log_r(log_r: torch.Tensor, s: int) -> torch.Tensor:
+    if s < 2:
+        return torch.full_like(log_r, float("nan"))
+    return torch.sqrt(torch.clamp((s * torch.exp(log_r) - 1.0) / (s - 1), min=0.0))
+
+
 class RunningLogMeanExp:
     """Streaming :func:`log_mean_exp` over dim 0: ``update(chunk [s, ...])`` repeatedly, then
-    ``compute() -> [...]`` equals ``log_mean_exp(torch.cat(chunks), 0)`` (up to rounding)."""
+    ``compute() -> [...]`` equals ``log_mean_exp(torch.cat(chunks), 0)`` (up to rounding) and
+    ``compute_se()`` equals :func:`log_mean_exp_se` of the same samples."""
 
     def __init__(self) -> None:
         self._lse: torch.Tensor | None = None
+        self._lse2: torch.Tensor | None = None
         self.count = 0
 
     def update(self, chunk: torch.Tensor) -> None:
         if chunk.ndim < 1 or chunk.shape[0] == 0:
             raise ValueError("RunningLogMeanExp.update needs a non-empty chunk [s, ...]")
-        lse = torch.logsumexp(chunk, 0)
+        lse, lse2 = torch.logsumexp(chunk, 0), torch.logsumexp(2 * chunk, 0)
         self._lse = lse if self._lse is None else torch.logaddexp(self._lse, lse)
+        self._lse2 = lse2 if self._lse2 is None else torch.logaddexp(self._lse2, lse2)
         self.count += int(chunk.shape[0])
 
     def compute(self) -> torch.Tensor:
         if self._lse is None:
             raise ValueError("RunningLogMeanExp.compute called before any update")
         return self._lse - math.log(self.count)
+
+    def compute_se(self) -> torch.Tensor:
+        """Monte-Carlo standard error of :meth:`compute` (see :func:`log_mean_exp_se`)."""
+        if self._lse is None:
+            raise ValueError("RunningLogMeanExp.compute_se called before any update")
+        return _se_from_log_r(self._lse2 - 2 * self._lse, self.count)
 
 
 # ---------------------------------------------------------------------------- noise
@@ -290,6 +317,10 @@ class ScoreAccumulator:
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {k: v.compute() for k, v in self.acc.items()}
+
+    def compute_se(self) -> dict[str, torch.Tensor]:
+        """Per-item Monte-Carlo standard error of each key of :meth:`compute`."""
+        return {k: v.compute_se() for k, v in self.acc.items()}
 
 
 def score_batch(

@@ -19,11 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
-from fevae.evaluation import example_images, run_scoring, validate_eval_config, write_outputs
+from fevae.evaluation import check_optimized_metric, example_images, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
+from fevae.validation import validate_config
 
 log = logging.getLogger("fevae.train")
 
@@ -45,7 +46,7 @@ def report_info(cfg: DictConfig, timings: dict[str, float] | None = None) -> dic
         "preprocess": cfg.data.preprocess,
         "n_samples": cfg.eval.n_samples,
         "fe": OmegaConf.to_container(cfg.fe, resolve=True),
-        "eval_subset": cfg.data.eval_subset,
+        "eval_split": OmegaConf.to_container(cfg.data.eval_split, resolve=True) if cfg.data.get("eval_split") else cfg.data.get("eval_subset"),
         "profile": cfg.get("profile_name", "?"),
         "seed": cfg.seed,
         "wall_time_s": timings or {},
@@ -54,10 +55,12 @@ def report_info(cfg: DictConfig, timings: dict[str, float] | None = None) -> dic
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """The train task: returns ``{"metrics": ..., "run_dir": ...}``."""
+    validate_config(cfg)  # every setting, before any data is read or model trained (fevae/validation.py)
     run_dir = run_dir_of(cfg)
     timings: dict[str, float] = {}
     validate_eval_config(cfg.eval)
     validate_fe_config(cfg.fe)
+    check_optimized_metric(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     t0 = time.perf_counter()
@@ -83,13 +86,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     mixtures = {layer: TorchMixture(a) for layer, a in arrays.items()}
-    scoring = run_scoring(cfg, vae, jigsaw, mixtures, {name: vae_data.eval_dataloader(name) for name in vae_data.eval_sets})
+    scoring = run_scoring(cfg, vae, jigsaw, mixtures, vae_data.eval_loaders())
     timings["score"] = time.perf_counter() - t0
 
     if not is_rank_zero():
         return {"metrics": None, "run_dir": str(run_dir)}
     t0 = time.perf_counter()
-    metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs)
+    metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs,
+                            mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
+                            split=vae_data.split_record())
     timings["write_outputs"] = time.perf_counter() - t0
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
@@ -98,8 +103,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors
-def main(cfg: DictConfig) -> float | None:
-    result = train(cfg)
+def main(cfg: DictConfig) -> float | str | None:
+    from fevae.run import own_run_folder
+
+    validate_config(cfg)  # a bad setting is refused before the run folder is claimed
+    with own_run_folder(run_dir_of(cfg), cfg):  # one process per run folder; resume only with the same config
+        result = train(cfg)
     return flatten_metrics(result["metrics"]).get(cfg.optimized_metric) if result["metrics"] else None
 
 

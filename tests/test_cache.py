@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_hash_covers_what_determines_the_weights_and_nothing_else(tmp_path, synthetic_data_dir):
     base = train_cfg(tmp_path / "a", synthetic_data_dir)
-    same = train_cfg(tmp_path / "b", synthetic_data_dir, extra=["fe.C=3", "fe.n=16", "eval.n_samples=7", "data.eval_subset=8",
+    same = train_cfg(tmp_path / "b", synthetic_data_dir, extra=["fe.C=3", "fe.n=16", "eval.n_samples=7", "data.eval_split.test=8",
                                                                  "trainer.enable_progress_bar=true", "paths.data_dir=/elsewhere"])
     for name in ("vae", "jigsaw"):
         assert model_hash(base, name) == model_hash(same, name)

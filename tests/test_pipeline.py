@@ -18,6 +18,10 @@ pytestmark = pytest.mark.slow
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
 SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret"]
+#: every score but likelihood regret is a Monte-Carlo log-mean-exp with a stored standard error
+MCSE = [f"mcse__{k}" for k in SCORES if k != "likelihood_regret"]
+#: TINY's split of the 32 synthetic images of each eval set: 12 validation + the other 20 for test
+N_VAL, N_TEST = 12, 20
 
 
 def run_train(tmp_path: Path, data_dir: Path, name: str, experiment: str = "v2_gaussian", extra=None) -> Path:
@@ -41,20 +45,32 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["in_distribution"] == "fashionmnist"
     assert set(metrics["ood"]) == {"mnist", "mnist_saltpepper"}
-    for ood in metrics["ood"].values():
-        assert set(ood) >= {"PR", "APO"}
-        for scheme in ("PR", "APO"):
-            assert set(ood[scheme]) == set(IDS)
-        assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
-        for scheme in ("PR", "APO", "other"):
-            for m in ood[scheme].values():
-                assert set(m) == {"auroc", "auprc", "fpr95"} and all(0.0 <= v <= 1.0 for v in m.values())
+    assert metrics["n"] == {name: N_TEST for name in SETS} and metrics["n_val"] == {name: N_VAL for name in SETS}
+    assert metrics["bootstrap"]["n_resamples"] >= 1000
+    for block in ("ood", "ood_val"):  # ood_val mirrors ood (validation parts)
+        assert set(metrics[block]) == {"mnist", "mnist_saltpepper"}
+        for ood in metrics[block].values():
+            assert set(ood) >= {"PR", "APO"}
+            for scheme in ("PR", "APO"):
+                assert set(ood[scheme]) == set(IDS)
+            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+            for scheme in ("PR", "APO", "other"):
+                for m in ood[scheme].values():
+                    assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci"}
+                    for key in ("auroc", "auprc", "fpr95"):
+                        lo, hi = m[f"{key}_ci"]
+                        assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= m[key] <= 1.0
     assert metrics["n_scored"] == {"likelihood_regret": {name: 8 for name in SETS}}  # smoke: eval.regret.subset=8
+    assert metrics["n_scored_val"] == {"likelihood_regret": {name: 8 for name in SETS}}
     assert set(json.loads((run_dir / "timings.json").read_text())) == {"train_vae", "train_jigsaw", "fit_mixture", "score", "write_outputs"}
     for name in SETS:
-        with np.load(run_dir / "scores" / f"{name}.npz", allow_pickle=False) as z:
-            assert sorted(z.files) == sorted(SCORES)
-            assert all(z[k].shape == ((8,) if k == "likelihood_regret" else (32,)) and np.isfinite(z[k]).all() for k in SCORES)
+        for rel, n in ((f"{name}.npz", N_TEST), (f"val/{name}.npz", N_VAL)):
+            with np.load(run_dir / "scores" / rel, allow_pickle=False) as z:
+                assert sorted(z.files) == sorted(SCORES + MCSE)
+                assert all(z[k].shape == ((8,) if k == "likelihood_regret" else (n,)) and np.isfinite(z[k]).all() for k in z.files)
+                assert all((z[k] >= 0).all() for k in MCSE)
+    report = (run_dir / "report.md").read_text()
+    assert "Validation vs test" in report and "Monte-Carlo error" in report and "[" in report
 
 
 def test_same_seed_gives_identical_weights_and_scores(tmp_path, synthetic_data_dir):

@@ -1,4 +1,10 @@
-"""A Hydra callback that summarises a multirun sweep: summary.csv, summary.md and AUROC heatmaps."""
+"""A Hydra callback that summarises a multirun sweep: summary.csv, summary.md and AUROC heatmaps.
+
+What selects reads validation only: the best row is the job with the highest ``optimized_metric``
+(an ``ood_val/...`` key) and the heatmap shows validation AUROCs. Sweeps over ``seed`` are
+aggregated (``summary_seeds.csv``): per group of jobs that differ only in their seed, every
+metric's mean, standard deviation and 95% t-interval of the mean.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,13 @@ log = logging.getLogger(__name__)
 
 ERROR_FILE = "error.txt"
 HEATMAP_SCORE = "fevae"
+#: the metrics.json block that selection may read (validation parts)
+SELECT_PREFIX = "ood_val/"
+#: per-seed aggregation: mean, sd and this two-sided t-interval of the mean
+SEED_LEVEL = 0.95
+#: AUROC columns shown in summary.md's seed table
+HEADLINE = [f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "ood") for s in ("mnist", "mnist_saltpepper")
+            for sch in ("PR", "APO") for sid in ("vae", "fe", "fevae")]
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -43,7 +56,56 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep_dir: Path) -> list[Path]:
+def best_job(frame, optimized_metric: str | None) -> tuple[Any, str]:
+    """The row with the highest ``optimized_metric`` among finished jobs, and a sentence saying so.
+
+    Only a validation metric (``ood_val/...``) may select; any other key selects nothing.
+    """
+    if not optimized_metric:
+        return None, "No optimized_metric: no best job chosen."
+    if not str(optimized_metric).startswith(SELECT_PREFIX):
+        return None, f"optimized_metric={optimized_metric} is not a validation metric: no best job chosen (selection reads {SELECT_PREFIX}... only)."
+    if optimized_metric not in frame.columns or frame[optimized_metric].isna().all():
+        return None, f"No job reported {optimized_metric}: no best job chosen."
+    row = frame.loc[frame[optimized_metric].idxmax()]
+    test_key = "ood/" + optimized_metric[len(SELECT_PREFIX):]
+    test = f"; its test value {row[test_key]:.3f}" if test_key in frame.columns else ""
+    return row, (f"Best job by {optimized_metric} (validation): job {int(row['job'])} ({row['overrides']}), "
+                 f"{row[optimized_metric]:.3f}{test} (reported, not used to choose).")
+
+
+def aggregate_seeds(frame):
+    """Per group of finished jobs that differ only in ``seed``: n, mean, sd and t-interval of every metric.
+
+    Long format: one row per (group, metric). None when the sweep does not vary ``seed``.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    if "seed" not in frame.columns:
+        return None
+    done = frame[frame["error"] == ""]
+    override_keys = sorted({o.lstrip("+~").partition("=")[0] for row in done["overrides"] for o in row.split()} - {"seed"})
+    metrics = [c for c in done.columns if "/" in c and pd.api.types.is_numeric_dtype(done[c])] + ["wall_time_s"]
+    groups = done.groupby(override_keys, dropna=False) if override_keys else [((), done)]
+    rows = []
+    for key, sub in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        label = " ".join(f"{k}={v}" for k, v in zip(override_keys, key)) or "(all)"
+        for metric in metrics:
+            values = sub[metric].dropna().to_numpy(dtype=float)
+            n = len(values)
+            if not n:
+                continue
+            mean = float(values.mean())
+            sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+            half = float(stats.t.ppf(0.5 + SEED_LEVEL / 2, n - 1) * sd / n**0.5) if n > 1 else float("nan")
+            rows.append({"group": label, "seeds": " ".join(sorted(map(str, sub["seed"]))), "metric": metric, "n": n,
+                         "mean": mean, "sd": sd, "ci_lo": mean - half, "ci_hi": mean + half})
+    return pd.DataFrame(rows)
+
+
+def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[Path]:
     import pandas as pd
 
     rows = collect_jobs(sweep_dir)
@@ -54,12 +116,29 @@ def write_summary(sweep_dir: Path) -> list[Path]:
     with atomic_open(written[0], "w", newline="") as handle:
         frame.to_csv(handle, index=False)
     auroc_cols = [c for c in frame.columns if c.endswith("/auroc")]
-    shown = ["job", "overrides", *[c for c in auroc_cols if c.startswith("ood/mnist/")], "wall_time_s", "error"]
+    shown = ["job", "overrides", *[c for c in auroc_cols if c.startswith(("ood_val/mnist/", "ood/mnist/"))], "wall_time_s", "error"]
     lines = [f"# Sweep summary: {sweep_dir}", "", f"{len(frame)} jobs, {int((frame['error'] != '').sum())} failed. "
-             "AUROC on FashionMNIST (in-distribution) vs MNIST; every metric is in summary.csv.", ""]
+             "AUROC on FashionMNIST (in-distribution) vs MNIST, validation part (`val …`) and test part; "
+             "every metric is in summary.csv.", ""]
+    _, sentence = best_job(frame, optimized_metric)
+    lines += [sentence, ""]
     table = frame[[c for c in shown if c in frame.columns]].copy()
-    table.columns = [c.replace("ood/mnist/", "").replace("/auroc", "") for c in table.columns]
+    table.columns = [c.replace("ood_val/mnist/", "val ").replace("ood/mnist/", "").replace("/auroc", "") for c in table.columns]
     lines += [_markdown_table(table), ""]
+    seeds = aggregate_seeds(frame)
+    if seeds is not None and len(seeds):
+        path = sweep_dir / "summary_seeds.csv"
+        with atomic_open(path, "w", newline="") as handle:
+            seeds.to_csv(handle, index=False)
+        written.append(path)
+        lines += [f"## Over seeds (mean ± sd [{SEED_LEVEL:.0%} t-interval of the mean]; every metric in summary_seeds.csv)", ""]
+        head = seeds[seeds["metric"].isin(HEADLINE)]
+        if len(head):
+            head = head.assign(value=[f"{m:.3f} ± {s:.3f} [{lo:.3f}, {hi:.3f}]" if n > 1 else f"{m:.3f}"
+                                      for m, s, lo, hi, n in zip(head["mean"], head["sd"], head["ci_lo"], head["ci_hi"], head["n"])])
+            table = head.pivot_table(index="metric", columns="group", values="value", aggfunc="first").reindex(
+                [m for m in HEADLINE if m in set(head["metric"])])
+            lines += [_markdown_table(table.reset_index()), ""]
     heatmaps = plot_heatmaps(frame, sweep_dir)
     lines += [f"![{p.stem}]({p.name})" for p in heatmaps if p.suffix == ".png"]
     write_text_atomic(written[1], "\n".join(lines) + "\n")
@@ -79,7 +158,8 @@ def _markdown_table(frame) -> str:
 
 
 def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
-    """AUROC of log p_FEVAE (MNIST) over fe.n x fe.C, one panel per experiment and scheme."""
+    """Validation AUROC of log p_FEVAE (MNIST) over fe.n x fe.C, one panel per experiment and scheme
+    (what a reader picks a cell from, so it shows validation, never test)."""
     if not {"fe.n", "fe.C"} <= set(frame.columns):
         return []
     import matplotlib
@@ -90,17 +170,17 @@ def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
 
     group = "+experiment" if "+experiment" in frame.columns else ("experiment" if "experiment" in frame.columns else None)
     groups = sorted(frame[group].dropna().unique()) if group else [None]
-    schemes = [s for s in ("PR", "APO") if f"ood/mnist/{s}/{HEATMAP_SCORE}/auroc" in frame.columns]
+    schemes = [s for s in ("PR", "APO") if f"{SELECT_PREFIX}mnist/{s}/{HEATMAP_SCORE}/auroc" in frame.columns]
     if not schemes:
         return []
     fig, axes = plt.subplots(len(groups), len(schemes), figsize=(4.5 * len(schemes), 3.6 * len(groups)), squeeze=False)
     for i, g in enumerate(groups):
         sub = frame if g is None else frame[frame[group] == g]
         for j, scheme in enumerate(schemes):
-            col = f"ood/mnist/{scheme}/{HEATMAP_SCORE}/auroc"
+            col = f"{SELECT_PREFIX}mnist/{scheme}/{HEATMAP_SCORE}/auroc"
             grid = sub.assign(n=sub["fe.n"].astype(int), C=sub["fe.C"].astype(int)).pivot_table(index="n", columns="C", values=col, aggfunc="mean")
             sns.heatmap(grid, annot=True, fmt=".3f", vmin=0.5, vmax=1.0, cmap="viridis", ax=axes[i][j], cbar=j == len(schemes) - 1)
-            axes[i][j].set_title(f"{g or ''} {scheme}: AUROC log p_FEVAE (MNIST)".strip())
+            axes[i][j].set_title(f"{g or ''} {scheme}: validation AUROC log p_FEVAE (MNIST)".strip())
     fig.tight_layout()
     paths = []
     for suffix in (".png", ".pdf"):
@@ -118,6 +198,6 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        written = write_summary(sweep_dir)
+        written = write_summary(sweep_dir, config.get("optimized_metric"))
         if written:
             log.info("sweep summary: %s", ", ".join(str(p) for p in written))

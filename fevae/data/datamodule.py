@@ -3,12 +3,18 @@
 * ``train_set`` / ``val_set``: FashionMNIST train minus a seeded random hold-out of ``val_size``
   images (``torch.Generator().manual_seed(seed)``); ``train_subset`` keeps a seeded random
   ``train_subset`` of the remaining images. Items are ``(x, y)``.
-* ``eval_sets`` (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution),
+* Evaluation sets (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution),
   ``"mnist"`` (MNIST test) and ``"mnist_saltpepper"`` (MNIST test with
   :func:`~fevae.data.transforms.salt_and_pepper` applied to the raw pixels of the whole set, then
-  preprocessed). ``eval_subset=k`` keeps the *first* ``k`` images of each (deterministic, and the
-  same corrupted pixels as in a full run). Items are ``(x, y, index)`` with ``index`` the int64
-  position in that eval set, so predictions gathered under DDP can be de-duplicated.
+  preprocessed). Each is split by :func:`split_eval_indices` — a permutation seeded by
+  ``eval_split.seed`` (fixed, independent of the run's ``seed``, so every seed is tested on the
+  same images) — into a disjoint **validation** part (``eval_split.val`` images: anything that
+  *selects* reads these) and a **test** part (``eval_split.test`` images, null = all the rest:
+  what reports show). ``eval_sets`` holds the test parts, ``eval_val_sets`` the validation parts.
+  MNIST and salt-and-pepper MNIST share the split (a corrupted validation digit is never a test
+  digit). Items are ``(x, y, index)`` with ``index`` the int64 position of the image in the *whole*
+  eval set (ascending within a part), so the Monte-Carlo noise of an image does not depend on the
+  split and predictions gathered under DDP can be de-duplicated.
 
 ``x`` is float32 ``[1, 28, 28]``, ``y`` int64.
 """
@@ -16,6 +22,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,34 @@ from fevae.errors import FevaeError, require
 
 #: Names of the evaluation sets, in the order of :meth:`FevaeDataModule.predict_dataloader`.
 EVAL_SETS = ("fashionmnist", "mnist", "mnist_saltpepper")
+#: The two parts of every evaluation set: ``val`` selects, ``test`` reports.
+PARTS = ("val", "test")
+#: Loader/score-set name prefix of a validation part (``"val/mnist"``); test parts keep the bare name.
+VAL_PREFIX = "val/"
+
+
+def part_name(name: str, part: str) -> str:
+    """Loader / score-set name of ``part`` of eval set ``name``: ``"mnist"`` (test), ``"val/mnist"``."""
+    return name if part == "test" else VAL_PREFIX + name
+
+
+def split_part(key: str) -> tuple[str, str]:
+    """Inverse of :func:`part_name`: ``"val/mnist" -> ("mnist", "val")``, ``"mnist" -> ("mnist", "test")``."""
+    return (key[len(VAL_PREFIX):], "val") if key.startswith(VAL_PREFIX) else (key, "test")
+
+
+def split_eval_indices(n: int, val: int, test: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted positions ``(val, test)`` of an eval set of ``n`` images.
+
+    A permutation of ``range(n)`` from ``numpy.random.default_rng(seed)``: its first ``val``
+    entries are the validation part, the next ``test`` (``None``: all the rest) the test part.
+    """
+    require(val + (test or 0) <= n, f"data.eval_split asks for {val} validation + {test} test images "
+            f"but an evaluation set holds {n}", f"set data.eval_split.val + data.eval_split.test to at most {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    val_idx = perm[:val]
+    test_idx = perm[val:] if test is None else perm[val : val + test]
+    return np.sort(val_idx), np.sort(test_idx)
 
 
 def _require_int(key: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -48,9 +83,9 @@ class FevaeDataModule(lightning.LightningDataModule):
 
     def __init__(self, data_dir: str | None = None, preprocess: str = "scale", val_size: int = 5000,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0, seed: int = 0,
-                 train_subset: int | None = None, eval_subset: int | None = None,
+                 train_subset: int | None = None, eval_split: Mapping[str, Any] | None = None,
                  saltpepper_fraction: float = 0.2, download: bool = False, download_dir: str | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, eval_subset: int | None = None) -> None:
         super().__init__()
         require(preprocess in PREPROCESS_MODES, f"data.preprocess={preprocess!r} is invalid",
                 f"set data.preprocess to one of {', '.join(PREPROCESS_MODES)}")
@@ -61,6 +96,14 @@ class FevaeDataModule(lightning.LightningDataModule):
         _require_int("seed", seed, 0)
         _require_int("train_subset", train_subset, 1, optional=True)
         _require_int("eval_subset", eval_subset, 1, optional=True)
+        if eval_split is None:  # a run made before eval_split existed: its first eval_subset images were its test set
+            eval_split = {"val": 0, "test": eval_subset, "seed": None}
+        eval_split = dict(eval_split)
+        unknown = sorted(set(eval_split) - {"val", "test", "seed"})
+        require(not unknown, f"data.eval_split has unknown keys {unknown}", "use data.eval_split.{val,test,seed}")
+        _require_int("eval_split.val", eval_split.get("val", 0), 0)
+        _require_int("eval_split.test", eval_split.get("test"), 1, optional=True)
+        _require_int("eval_split.seed", eval_split.get("seed"), 0, optional=True)
         ok = (isinstance(saltpepper_fraction, numbers.Real) and not isinstance(saltpepper_fraction, bool)
               and 0.0 <= saltpepper_fraction <= 1.0)
         require(ok, f"data.saltpepper_fraction={saltpepper_fraction!r} is invalid",
@@ -72,12 +115,17 @@ class FevaeDataModule(lightning.LightningDataModule):
         self.preprocess_mode, self.val_size, self.seed = preprocess, int(val_size), int(seed)
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.pin_memory = int(num_workers), pin_memory
-        self.train_subset, self.eval_subset = train_subset, eval_subset
+        self.train_subset = train_subset
+        #: ``{"val": int, "test": int | None, "seed": int | None}``; seed None = the legacy split
+        #: (no validation part, the test part is the *first* ``test`` images)
+        self.eval_split = {"val": int(eval_split.get("val", 0)), "test": eval_split.get("test"), "seed": eval_split.get("seed")}
         self.saltpepper_fraction = float(saltpepper_fraction)
 
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
-        self.eval_sets: dict[str, Dataset] = {}
+        #: test parts (name -> dataset) and validation parts of the evaluation sets
+        self.eval_sets: dict[str, TensorDataset] = {}
+        self.eval_val_sets: dict[str, TensorDataset] = {}
         #: Positions in the FashionMNIST train file of the train / val images (sorted).
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
@@ -101,7 +149,20 @@ class FevaeDataModule(lightning.LightningDataModule):
         raw = {"fashionmnist": (fm_images, fm_labels), "mnist": (mn_images, mn_labels),
                "mnist_saltpepper": (noisy, mn_labels)}
         self._sources.update(fashionmnist=test, mnist=mnist, mnist_saltpepper=mnist)
-        self.eval_sets = {name: self._eval_set(name, *raw[name]) for name in EVAL_SETS}
+        for name in EVAL_SETS:
+            val_idx, test_idx = self.split_indices(len(raw[name][0]))
+            self.eval_sets[name] = self._eval_set(*raw[name], test_idx)
+            self.eval_val_sets[name] = self._eval_set(*raw[name], val_idx)
+
+    def split_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``(val, test)`` in an eval set of ``n`` images (:func:`split_eval_indices`)."""
+        split = self.eval_split
+        if split["seed"] is None:  # legacy: the first `test` images, no validation part
+            k = n if split["test"] is None else split["test"]
+            require(k <= n, f"data.eval_subset={k} exceeds the {n} images of an eval set",
+                    f"set it to at most {n}, or use data.eval_split")
+            return np.arange(0), np.arange(k)
+        return split_eval_indices(n, split["val"], split["test"], split["seed"])
 
     def _setup_train(self, images_path: Path, labels_path: Path) -> None:
         """Seeded hold-out of ``val_size`` images, then the optional seeded ``train_subset``."""
@@ -128,13 +189,17 @@ class FevaeDataModule(lightning.LightningDataModule):
         return TensorDataset(preprocess(images[sel], self.preprocess_mode),
                              torch.from_numpy(labels[sel].astype(np.int64)))
 
-    def _eval_set(self, name: str, images: np.ndarray, labels: np.ndarray) -> TensorDataset:
-        """Preprocessed ``(x, y, index)`` of the first ``eval_subset`` images (all when None)."""
-        k = len(images) if self.eval_subset is None else self.eval_subset
-        require(k <= len(images), f"data.eval_subset={k} exceeds the {len(images)} images of eval set {name}",
-                f"set data.eval_subset to at most {len(images)} or null")
-        return TensorDataset(preprocess(images[:k], self.preprocess_mode),
-                             torch.from_numpy(labels[:k].astype(np.int64)), torch.arange(k, dtype=torch.int64))
+    def _eval_set(self, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> TensorDataset:
+        """Preprocessed ``(x, y, index)`` of the images at positions ``idx`` (ascending)."""
+        return TensorDataset(preprocess(images[idx], self.preprocess_mode),
+                             torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
+
+    def split_record(self) -> dict[str, Any]:
+        """The split as data (``eval_split.json`` of a run): settings and each part's image positions."""
+        self.setup()
+        return {"settings": dict(self.eval_split),
+                **{part: {name: ds.tensors[2].tolist() for name, ds in sets.items()}
+                   for part, sets in (("val", self.eval_val_sets), ("test", self.eval_sets))}}
 
     # ------------------------------------------------------------ information
     @property
@@ -146,9 +211,10 @@ class FevaeDataModule(lightning.LightningDataModule):
     def describe(self) -> list[dict[str, Any]]:
         """One dict per split: ``split``, ``count``, ``shape`` (of one x), ``source``, ``labels``."""
         self.setup()
-        sets = {"train": self.train_set, "val": self.val_set, **self.eval_sets}
+        sets = {"train": self.train_set, "val": self.val_set, **self.eval_sets,
+                **{part_name(k, "val"): v for k, v in self.eval_val_sets.items() if len(v)}}
         return [{"split": name, "count": len(ds), "shape": tuple(ds.tensors[0].shape[1:]),
-                 "source": str(self._sources[name][0]), "labels": str(self._sources[name][1])}
+                 "source": str(self._sources[split_part(name)[0]][0]), "labels": str(self._sources[split_part(name)[0]][1])}
                 for name, ds in sets.items()]
 
     # ------------------------------------------------------------ dataloaders
@@ -167,13 +233,23 @@ class FevaeDataModule(lightning.LightningDataModule):
         self.setup()
         return self._loader(self.val_set, self.batch_size, shuffle=False)
 
-    def eval_dataloader(self, name: str) -> DataLoader:
-        """Batches of ``(x, y, index)`` of eval set ``name`` (see :data:`EVAL_SETS`), in order."""
+    def eval_dataloader(self, name: str, part: str = "test") -> DataLoader:
+        """Batches of ``(x, y, index)`` of ``part`` (val/test) of eval set ``name`` (:data:`EVAL_SETS`), in order."""
         self.setup()
-        if name not in self.eval_sets:
+        sets = {"test": self.eval_sets, "val": self.eval_val_sets}.get(part)
+        if sets is None:
+            raise FevaeError(f"unknown evaluation part {part!r}", f"use one of {', '.join(PARTS)}")
+        if name not in sets:
             raise FevaeError(f"unknown evaluation set {name!r}", f"use one of {', '.join(EVAL_SETS)}")
-        return self._loader(self.eval_sets[name], self.eval_batch_size, shuffle=False)
+        return self._loader(sets[name], self.eval_batch_size, shuffle=False)
+
+    def eval_loaders(self) -> dict[str, DataLoader]:
+        """Every non-empty part of every eval set, keyed by :func:`part_name`: test parts, then validation parts."""
+        self.setup()
+        return {part_name(name, part): self.eval_dataloader(name, part)
+                for part in ("test", "val") for name, ds in {"test": self.eval_sets, "val": self.eval_val_sets}[part].items()
+                if len(ds)}
 
     def predict_dataloader(self) -> list[DataLoader]:
-        """One eval loader per entry of :data:`EVAL_SETS`, in that order."""
-        return [self.eval_dataloader(name) for name in EVAL_SETS]
+        """One loader per part of each eval set, in :meth:`eval_loaders` order."""
+        return list(self.eval_loaders().values())
