@@ -262,3 +262,14 @@ def test_a_verdict_is_undecided_when_its_interval_straddles_the_threshold():
     assert _claims(0.48, [0.45, 0.52])["C1"].verdict == UNDECIDED
     assert _claims(0.55, [0.52, 0.58])["C1"].verdict == NOT_SHOWN
     assert "[0.450, 0.520]" in _claims(0.48, [0.45, 0.52])["C1"].evidence
+
+
+def test_the_band_claim_is_undecided_when_its_interval_crosses_an_edge():
+    def c5(auroc, ci):
+        metric = {"auroc": auroc, "auprc": 0.5, "fpr95": 0.5, "auroc_ci": ci}
+        metrics = {"in_distribution": "fashionmnist", "ood": {"mnist_saltpepper": {"PR": {"fevae": metric}}}}
+        return {c.id: c for c in evaluate_claims(metrics, {}, "bernoulli")}["C5"].verdict
+
+    assert c5(0.50, [0.45, 0.55]) == SHOWN
+    assert c5(0.64, [0.60, 0.68]) == UNDECIDED
+    assert c5(0.84, [0.82, 0.86]) == NOT_SHOWN
