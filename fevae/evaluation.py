@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.baselines import compressed_bits, input_complexity_from_bits, likelihood_regret_score, to_uint8
+from fevae.bootstrap import METRICS
 from fevae.cache import SamplesCache, weights_hash
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
@@ -95,7 +96,6 @@ def validate_eval_config(ev: Mapping[str, Any]) -> None:
 
 
 VAL_METRICS_KEY = "ood_val"
-METRIC_NAMES = ("auroc", "auprc", "fpr95")
 
 
 def selectable_metrics(cfg: DictConfig) -> list[str]:
@@ -108,7 +108,7 @@ def selectable_metrics(cfg: DictConfig) -> list[str]:
     blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
     blocks += [("other", d) for d in (cfg.eval.get("detectors") or [])]
     sets = [s for s in EVAL_SETS if s != IN_DISTRIBUTION]
-    return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRIC_NAMES]
+    return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRICS]
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
