@@ -401,8 +401,10 @@ def _mc_error_table(mc_se: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
         lines.append(f"| {_score_title(sid)} ({scheme}) | " + " | ".join(cells) + " |")
     return lines + ["", "Median over each test set of the per-image Monte-Carlo standard error of the log-mean-exp "
                     "estimate (delta method from the S sample weights, in nats; `mcse__<score>` in "
-                    "scores/<set>.npz). An error comparable to the spread between sets means that score "
-                    "has not converged at this S.", ""]
+                    "scores/<set>.npz). The estimate is at most about 1 nat: a value near 1 means one of the S "
+                    "samples carries almost all the weight, so the score is set by the best of S draws and "
+                    "has not converged (more samples keep moving it; the delta method cannot size that "
+                    "error). `python -m fevae.convergence run_dir=<run>` shows how the AUROC moves with S.", ""]
 
 
 def _detector_table(metrics: Mapping) -> list[str]:
