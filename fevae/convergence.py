@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fevae.bootstrap import Resampler
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
-from fevae.evaluation import SCHEMES, make_scorer, predict_trainer
+from fevae.evaluation import SCHEMES, Scoring, make_scorer, predict_trainer
 from fevae.metrics import compute_split_metrics, parse_score_name, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
@@ -54,12 +54,12 @@ def s_curve(cfg: DictConfig, vae, jigsaw, mixtures: dict[int, TorchMixture], loa
     rows = []
     for s in grid:
         scorer = make_scorer(cfg, vae, jigsaw, mixtures, loaders, n_samples=s).to(device)
-        scores = scorer.scores_from_samples(samples)
-        errors = {name: {k[len("mcse__"):]: v for k, v in arrays.items() if k.startswith("mcse__")} for name, arrays in scores.items()}
+        scored = Scoring(scorer.scores_from_samples(samples))  # moves the mcse__ outputs to .mc_se
+        errors = scored.mc_se
         parts: dict[str, dict] = {"test": {}, "val": {}}
-        for key, arrays in scores.items():
+        for key, arrays in scored.scores.items():
             name, part = split_part(key)
-            parts[part][name] = {k: v for k, v in arrays.items() if not k.startswith("mcse__")}
+            parts[part][name] = arrays
         metrics = compute_split_metrics(parts["test"], parts["val"], resampler=resampler)
         for part, block in (("test", metrics["ood"]), ("val", metrics.get("ood_val", {}))):
             for ood_set, per in block.items():
