@@ -1,5 +1,13 @@
 # fevae — every target is idempotent; `make help` lists them.
-PYTHON ?= python3
+# Everything is installed into a project virtual environment, .venv/ (made on first use by
+# BASE_PYTHON -m venv), never into the active Python. VENV_ARGS=--system-site-packages (default)
+# lets .venv reuse packages the system already has (a 5 GB torch), while pip installs anything
+# missing or too old into .venv only; VENV_ARGS= makes a fully isolated one (rm -rf .venv first).
+# PYTHON=python3 (any interpreter) skips the venv and installs into that interpreter instead.
+VENV ?= .venv
+VENV_ARGS ?= --system-site-packages
+BASE_PYTHON ?= python3
+PYTHON ?= $(VENV)/bin/python
 PIP ?= $(PYTHON) -m pip
 # Data folder: $FEVAE_DATA_DIR if set, else ../shared/data beside the checkout if present,
 # else none (then Debian's /usr/share/datasets/fashion-mnist and, with DOWNLOAD=1, torchvision).
@@ -12,21 +20,46 @@ ARGS ?=
 DATA_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-DATA_ARGS ?=
-STAMP := .make
+# Install stamps, one folder per interpreter (PYTHON=... installs anew into another one).
+STAMP := .make/$(subst /,_,$(PYTHON))
+# PYTHON as a command that works from any folder (a path is made absolute, a bare name is left to PATH).
+PYTHON_CMD := $(if $(findstring /,$(PYTHON)),$(abspath $(PYTHON)),$(PYTHON))
+# .venv is made only when PYTHON is its interpreter.
+VENV_DEP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data run run-v1 run-v2 run-v3 smoke test test-unit bench clean
+.PHONY: help venv install install-test data run run-v1 run-v2 run-v3 smoke test test-unit bench clean clean-venv
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXPERIMENT=$(EXPERIMENT) ARGS='train overrides' DATA_ARGS='doctor overrides' BENCH_ARGS='bench options' DATA_DIR=$(DATA_DIR) PYTHON=$(PYTHON)"
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: EXPERIMENT=$(EXPERIMENT) ARGS='train overrides' DATA_ARGS='doctor overrides' BENCH_ARGS='bench options' DATA_DIR=$(DATA_DIR)"
+	@echo "             PYTHON=$(PYTHON) VENV_ARGS='$(VENV_ARGS)' BASE_PYTHON=$(BASE_PYTHON) (see the top of the Makefile)"
 
-install: ## install fevae (editable, from this checkout) with its test and sweep tools
-	@if [ ! -f $(STAMP)/installed ] || [ pyproject.toml -nt $(STAMP)/installed ] || \
-	   ! (cd / && $(PYTHON) -c "import fevae, sys; sys.exit(not fevae.__file__.startswith('$(CURDIR)/'))") 2>/dev/null; then \
-	  echo "$(PIP) install -e '.[dev]'"; $(PIP) install -q -e ".[dev]" && mkdir -p $(STAMP) && touch $(STAMP)/installed; \
-	else echo "fevae is installed from $(CURDIR)"; fi
+$(VENV)/bin/python:
+	@echo "$(BASE_PYTHON) -m venv $(VENV_ARGS) $(VENV)"
+	@$(BASE_PYTHON) -m venv $(VENV_ARGS) $(VENV) || { rm -rf $(VENV); \
+	  echo "could not create $(VENV): install the venv module (Debian/Ubuntu: sudo apt-get install python3-venv)" >&2; exit 1; }
+
+venv: $(VENV_DEP) ## create the project virtual environment .venv/ (with VENV_ARGS)
+
+# $(1): the extra to install with the package ('' = none). Reinstalls when its stamp is missing or
+# older than pyproject.toml, or when PYTHON does not import fevae from this checkout.
+define install_fevae
+	@stamp=$(STAMP)/installed$(if $(1),-$(1)); \
+	if [ -f $$stamp ] && ! [ pyproject.toml -nt $$stamp ] && (cd / && $(PYTHON_CMD) -c \
+	   "import fevae, sys; sys.exit(not fevae.__file__.startswith('$(CURDIR)/'))") 2>/dev/null; then \
+	  echo "fevae$(if $(1),[$(1)]) is installed from $(CURDIR) into $(PYTHON)"; \
+	else \
+	  echo "$(PIP) install -e '.$(if $(1),[$(1)])'"; \
+	  $(PIP) install -q -e '.$(if $(1),[$(1)])' && mkdir -p $(STAMP) && touch $$stamp $(STAMP)/installed; \
+	fi
+endef
+
+install: $(VENV_DEP) ## install fevae alone (editable, from this checkout) into .venv (or PYTHON)
+	$(call install_fevae,)
+
+install-test: $(VENV_DEP) ## install fevae with its test extra (pytest and the sweep plugins)
+	$(call install_fevae,test)
 
 data: install ## find the data and check it (the data doctor)
 	$(PYTHON) -m fevae.data $(DATA_ARGS)
@@ -44,15 +77,18 @@ run-v3: ## run the continuous-Bernoulli VAE
 smoke: install ## a few batches of the whole pipeline (profile=smoke) into outputs/
 	$(PYTHON) -m fevae.train +experiment=$(EXPERIMENT) profile=smoke $(ARGS)
 
-test: install ## install and run the whole test suite (real-data tests need the data)
+test: install-test ## install and run the whole test suite (real-data tests need the data)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-unit: install ## only the fast unit tests (no training, no real data)
+test-unit: install-test ## only the fast unit tests (no training, no real data)
 	$(PYTHON) -m pytest -m "not slow and not realdata" $(PYTEST_ARGS)
 
 bench: install ## what scoring costs: table + outputs/bench/bench.json (~8 min on 2 CPU cores; BENCH_ARGS=--quick: ~30 s)
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
-clean: ## remove caches and build stamps (never outputs/)
-	rm -rf $(STAMP) .pytest_cache *.egg-info
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+clean: ## remove caches, build files and install stamps (never outputs/ nor .venv/)
+	rm -rf .make .pytest_cache *.egg-info build dist
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-venv: ## remove the project virtual environment .venv/ (the next make recreates it)
+	rm -rf $(VENV) .make

@@ -11,8 +11,12 @@ from typing import Any, Callable
 
 from fevae.errors import FevaeError
 
-#: Absolute path of the repository's Hydra config folder (the package is installed editable).
+#: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
+#: checkout (editable install, ``python -m fevae.train`` in the repository), else the copy of it that
+#: a wheel or ``pip install .`` installs as package data, ``fevae/conf`` (see pyproject.toml).
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+if not Path(CONFIG_DIR, "train.yaml").is_file():
+    CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 log = logging.getLogger("fevae")
 
