@@ -16,6 +16,7 @@ import csv
 import logging
 import os
 from pathlib import Path
+from typing import Iterable
 
 import hydra
 import lightning as L
@@ -28,7 +29,7 @@ from fevae.errors import FevaeError
 from fevae.evaluation import run_scoring
 from fevae.inputs import read_images, to_model_input
 from fevae.mixture import TorchMixture
-from fevae.run import load_run
+from fevae.run import TrainedRun, load_run
 from fevae.utils.io import atomic_open
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
 
@@ -44,6 +45,15 @@ def score_images(
     """Scores of every image in ``input_path`` (input order) under the run's models."""
     images = read_images(input_path)
     run = load_run(run_dir, overrides, composed)
+    return score_loaded(run, images, stream_name)
+
+
+def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input") -> dict[str, np.ndarray]:
+    """Scores of validated ``images`` (:func:`fevae.inputs.validate_images`) under a loaded run.
+
+    The one scoring path of the score CLI and of :meth:`fevae.api.Run.score`: seeds with the run's
+    seed, applies its preprocessing, scores in input order.
+    """
     L.seed_everything(run.cfg.seed, workers=True)
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
@@ -52,6 +62,16 @@ def score_images(
         log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
     mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
     return run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
+
+
+def output_columns(scores: Iterable[str]) -> list[str]:
+    """The order of the output columns (CSV and :meth:`fevae.api.Run.score`'s DataFrame): :data:`COLUMNS`,
+    the other ``log_p_*`` (extra layers) sorted, :data:`OTHER_COLUMNS`, then anything else sorted."""
+    names = list(scores)
+    known = COLUMNS + OTHER_COLUMNS
+    rest = sorted(c for c in names if c not in known)
+    columns = [c for c in COLUMNS if c in names] + [c for c in rest if c.startswith("log_p_")]
+    return columns + [c for c in OTHER_COLUMNS if c in names] + [c for c in rest if not c.startswith("log_p_")]
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -77,10 +97,7 @@ def check_output_path(path: str | Path) -> Path:
 
 def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     path = check_output_path(path)
-    known = COLUMNS + OTHER_COLUMNS
-    rest = sorted(c for c in scores if c not in known)
-    columns = [c for c in COLUMNS if c in scores] + [c for c in rest if c.startswith("log_p_")]
-    columns += [c for c in OTHER_COLUMNS if c in scores] + [c for c in rest if not c.startswith("log_p_")]
+    columns = output_columns(scores)
     n = max(len(v) for v in scores.values())
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)

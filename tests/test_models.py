@@ -97,6 +97,47 @@ def test_continuous_bernoulli_normaliser_stable_for_large_logits():
     assert torch.isfinite(got).all()
 
 
+def test_continuous_bernoulli_mean_is_the_distributions_mean():
+    """V3's decoded image is E[x | λ], torch's ContinuousBernoulli(probs=λ).mean, stably near λ = 1/2 and 0/1."""
+    lik = build_likelihood("continuous_bernoulli")
+    half = 0.5 + torch.tensor([-1e-4, -3e-5, -1e-6, -1e-9, 0.0, 1e-9, 1e-6, 3e-5, 1e-4], dtype=torch.float64)
+    edges = torch.tensor([1e-12, 1e-9, 1e-6, 1e-3, 1 - 1e-3, 1 - 1e-6, 1 - 1e-9], dtype=torch.float64)
+    lam = torch.cat([torch.linspace(1e-4, 1 - 1e-4, 10001, dtype=torch.float64), half, edges])
+    got = lik.mean(torch.logit(lam))
+    assert got.dtype == torch.float64 and torch.isfinite(got).all()
+    expected = ContinuousBernoulli(probs=lam, validate_args=False).mean
+    # torch's own closed form loses ~5e-12 to cancellation just outside its Taylor band (0.499, 0.501)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    near = (lam - 0.5).abs() <= 1e-4  # torch's Taylor series is exact to float64 there
+    torch.testing.assert_close(got[near], expected[near], rtol=0, atol=1e-15)
+    torch.testing.assert_close(lik.mean(torch.tensor(math.log(9.0), dtype=torch.float64)),  # λ = 0.9: mean 0.67, not 0.9
+                               torch.tensor(0.9 / 0.8 + 1 / (2 * math.atanh(-0.8)), dtype=torch.float64), rtol=0, atol=1e-15)
+    # float32 (what scoring runs in): within a few ulp of the float64 value, limits 0 and 1, never NaN
+    h32 = torch.cat([torch.linspace(-30, 30, 6001), torch.tensor([-1e30, -1e4, -100.0, -1e-30, 0.0, 1e-30, 100.0, 1e4, 1e30])])
+    got32 = lik.mean(h32)
+    assert got32.dtype == torch.float32 and not torch.isnan(got32).any()
+    torch.testing.assert_close(got32.double(), lik.mean(h32.double()), rtol=0, atol=3e-7)
+    assert ((got32 >= 0) & (got32 <= 1)).all()
+    torch.testing.assert_close(lik.mean(torch.tensor([-math.inf, math.inf])), torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "gaussian"])
+def test_mean_of_v1_v2_is_their_parameter_bit_for_bit(name):
+    lik = build_likelihood(name)
+    h = 5 * torch.randn(3, 2, 1, 28, 28)
+    assert torch.equal(lik.mean(h), lik.phi(h)) and torch.equal(lik.mean(h), torch.sigmoid(h))
+    vae = VAE({"name": name}, latent_dim=4)
+    assert torch.equal(vae.phi(h), torch.sigmoid(h))  # what the Jigsaw sees and image grids draw: unchanged
+
+
+def test_vae_feeds_the_jigsaw_the_continuous_bernoulli_mean():
+    vae = VAE({"name": "continuous_bernoulli"}, latent_dim=4)
+    h = 5 * torch.randn(3, 1, 28, 28)
+    assert torch.equal(vae.phi(h), vae.likelihood.mean(h))
+    # float64 reference: torch's float32 mean is off by up to 1e-2 near λ = 1/2 (cancellation) and at large |h| (clamping)
+    torch.testing.assert_close(vae.phi(h).double(), ContinuousBernoulli(logits=h.double()).mean, rtol=0, atol=1e-6)
+
+
 def test_gaussian_sigma_modes():
     n_params = {m: sum(p.numel() for p in GaussianLikelihood(m).parameters()) for m in ("scalar", "pixel", "fixed")}
     assert n_params == {"scalar": 1, "pixel": 28 * 28, "fixed": 0}

@@ -4,7 +4,11 @@ The decoder outputs pre-sigmoid logits ``h`` of shape ``[..., 1, 28, 28]``. A :c
 turns them into
 
 * ``phi(h)``: the decoded image-space parameter φ(z) = sigmoid(h) ∈ [0, 1] (Bernoulli probability,
-  Gaussian mean or continuous-Bernoulli λ). This is what the Jigsaw feature extractor sees.
+  Gaussian mean or continuous-Bernoulli λ).
+* ``mean(h)``: the distribution's mean E[x | h] ∈ [0, 1], the decoded *image*: what the Jigsaw
+  feature extractor sees and what image grids draw. It is φ itself for Bernoulli (p) and Gaussian
+  (μ); for the continuous Bernoulli it is not λ (λ = 0.9 has mean 0.67), see
+  :func:`continuous_bernoulli_mean`.
 * ``distribution(h)``: a ``torch.distributions`` object with the 3 pixel dims as event dims.
 * ``log_prob(x, h)``: log p(x | h) summed over the pixel dims, broadcasting ``x`` ``[B, 1, 28, 28]``
   against ``h`` ``[S, B, 1, 28, 28]`` to ``[S, B]``.
@@ -42,6 +46,10 @@ class Likelihood(nn.Module):
     def phi(self, h: Tensor) -> Tensor:
         """Decoded image-space parameter φ = sigmoid(h) ∈ [0, 1], same shape as ``h``."""
         return torch.sigmoid(h)
+
+    def mean(self, h: Tensor) -> Tensor:
+        """Mean E[x | h] of each pixel ∈ [0, 1], same shape as ``h``: the decoded image."""
+        return self.phi(h)
 
     def _pixel_distribution(self, h: Tensor) -> Distribution:
         """Per-pixel distribution with batch shape ``h.shape``."""
@@ -118,6 +126,33 @@ class GaussianLikelihood(Likelihood):
         return Normal(self.phi(h), self.sigma(), validate_args=False)
 
 
+#: Series of (E[x | h] − 1/2) / h = Σ_k B_2k h^(2k−2) / (2k)! (Bernoulli numbers B_2k), in powers of h²,
+#: highest first (Horner): −691/12!·2730, 1/47900160, −1/1209600, 1/30240, −1/720, 1/12
+_CB_MEAN_TAYLOR = (-691 / 1307674368000, 1 / 47900160, -1 / 1209600, 1 / 30240, -1 / 720, 1 / 12)
+
+
+def continuous_bernoulli_mean(h: Tensor) -> Tensor:
+    """Mean E[x | λ] of the continuous Bernoulli with λ = sigmoid(h), computed from the logits ``h``.
+
+    E[x | λ] = λ / (2λ − 1) + 1 / (2 artanh(1 − 2λ)), which is 0/0 at λ = 1/2. With λ = sigmoid(h)
+    (so 2λ − 1 = tanh(h/2) and artanh(1 − 2λ) = −h/2) it is 1 / (1 − e^−h) − 1/h: exact for any h
+    away from 0 (→ 1 − 1/h as h → +∞ and −1/h as h → −∞, never NaN, limits 0 and 1 at ∓∞). Near 0
+    both terms are ≈ 1/h and cancel, so for |h| below a band (1 in float32, 1/4 in float64, where
+    the cancellation error eps/|h| is ~1 ulp of the result) the series
+    1/2 + h/12 − h³/720 + h⁵/30240 − h⁷/1209600 + h⁹/47900160 − 691 h¹¹/1307674368000 is used, whose
+    truncation error is below 1e-11 (|h| < 1) and 1e-19 (|h| < 1/4).
+    """
+    band = 0.25 if h.dtype == torch.float64 else 1.0
+    small = h.abs() < band
+    h_safe = torch.where(small, torch.full_like(h, band), h)
+    exact = 1.0 / -torch.expm1(-h_safe) - 1.0 / h_safe
+    h2 = h * h
+    series = torch.full_like(h, _CB_MEAN_TAYLOR[0])
+    for c in _CB_MEAN_TAYLOR[1:]:
+        series = series * h2 + c
+    return torch.where(small, 0.5 + h * series, exact)
+
+
 class _LogitContinuousBernoulli(ContinuousBernoulli):
     """torch's continuous Bernoulli with the log-normaliser computed from the logits.
 
@@ -148,6 +183,10 @@ class ContinuousBernoulliLikelihood(Likelihood):
     normaliser directly from the logits instead (see :class:`_LogitContinuousBernoulli`), which
     agrees with torch wherever torch does not clamp.
     """
+
+    def mean(self, h: Tensor) -> Tensor:
+        """E[x | λ] (:func:`continuous_bernoulli_mean`), not λ: the decoded image fed to the Jigsaw."""
+        return continuous_bernoulli_mean(h)
 
     def _pixel_distribution(self, h: Tensor) -> Distribution:
         return _LogitContinuousBernoulli(logits=h, validate_args=False)

@@ -120,8 +120,10 @@ class VAE(L.LightningModule):
         return self.decoder(h).view(*lead, *IMAGE_SHAPE)
 
     def phi(self, h: Tensor) -> Tensor:
-        """Decoded image-space parameter φ(z) ∈ [0, 1] (what the feature extractor sees)."""
-        return self.likelihood.phi(h)
+        """The decoded image φ(z) ∈ [0, 1] that the feature extractor sees and image grids draw: the
+        likelihood's mean E[x | z] (the parameter sigmoid(h) for Bernoulli and Gaussian, not λ for
+        the continuous Bernoulli; see :meth:`fevae.models.likelihoods.Likelihood.mean`)."""
+        return self.likelihood.mean(h)
 
     def log_likelihood(self, x: Tensor, h: Tensor) -> Tensor:
         """log p(x | z) summed over pixels; ``x [B, ...]`` broadcasts against ``h [S, B, ...]``."""

@@ -1,0 +1,293 @@
+"""The Python API: score images with a finished run, train a run.
+
+.. code-block:: python
+
+    import fevae
+
+    run = fevae.load_run("outputs/train/v2_gaussian/<time>")   # models and mixtures loaded once
+    scores = run.score(images)          # pandas DataFrame, one row per image, the score CLI's columns
+    run.metrics, run.config, run.run_dir
+
+    run_dir = fevae.train_run(["+experiment=v2_gaussian", "profile=smoke"])   # -> Path of the run folder
+
+:func:`load_run` is :func:`fevae.run.load_run` (allow-listed ``_target_`` classes only,
+``weights_only`` weights, plain-array mixtures; nothing from the folder is imported or unpickled)
+wrapped in a :class:`Run`; :meth:`Run.score` goes through the score CLI's own code
+(:func:`fevae.inputs.validate_images`, :func:`fevae.score.score_loaded`,
+:func:`fevae.score.output_columns`), so it gives the CLI's numbers, columns and errors.
+
+:func:`train_run` runs ``python -m fevae.train`` in a child process (see its docstring for why).
+It is not called ``fevae.train``: that name is the module ``fevae/train.py`` (``python -m
+fevae.train``, ``from fevae.train import train``), and a function of the same name in the package
+would be replaced by the module as soon as anything imports it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fevae.errors import FevaeError
+from fevae.inputs import SHAPE_HELP, validate_images
+from fevae.run import CONFIG_FILE, TrainedRun, config_differences, run_config
+from fevae.run import load_run as load_trained_run
+from fevae.score import output_columns, score_loaded
+from fevae.utils.cli import CONFIG_DIR
+from fevae.validation import validate_config
+
+__all__ = ["Run", "load_run", "train_run", "train"]
+
+#: settings a :meth:`Run.score` call may override (the models and mixtures were loaded with the rest)
+SCORE_MAY_CHANGE = ("eval", "trainer")
+METRICS_FILE = "metrics.json"
+
+
+def compose_config(config_name: str, overrides: Iterable[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides`` as its CLI would, outside any Hydra app.
+
+    Hydra's global state (an app this is called from, a test's composed config) is left as it was.
+    A bad override is one :class:`FevaeError` (the CLI prints the same as a Hydra error).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    saved = GlobalHydra.instance().hydra
+    GlobalHydra.instance().hydra = None
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+    except (HydraException, OmegaConfBaseException) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FevaeError(f"overrides {overrides}: {first}", f"check them against conf/{config_name}.yaml and its config groups") from err
+    finally:
+        GlobalHydra.instance().hydra = saved
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=")[0].split("@")[0].replace("/", ".")
+
+
+def _scoring_overrides(overrides: Iterable[str]) -> list[str]:
+    overrides = [str(o) for o in overrides]
+    hydra_keys = [o for o in overrides if _key(o) == "hydra" or _key(o).startswith("hydra.")]
+    if hydra_keys:
+        raise FevaeError(f"overrides {hydra_keys} set Hydra's own settings, which scoring does not use", "leave them out")
+    return overrides
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    """Restore the global RNGs (and Lightning's seed variables) on exit: scoring seeds them with the run's seed."""
+    state = random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []  # scoring runs there (accelerator=auto)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """Lightning's per-Trainer notices ("Seed set to", "GPU available", tips) and its warning that
+    the scorer's ``predict_step`` returns nothing are noise for a library call: hidden while scoring."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*predict returned None.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def as_images(images: Any, name: str = "images") -> np.ndarray:
+    """A numpy array or torch tensor of images, checked as the score CLI checks a file's
+    (:func:`fevae.inputs.validate_images`): [N,28,28] (or [N,1,28,28]) uint8 pixels or floats in [0,1]."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if not isinstance(images, np.ndarray):
+        raise FevaeError(f"input={name} is a {type(images).__name__}, not a numpy array or torch tensor", SHAPE_HELP)
+    return validate_images(np.ascontiguousarray(images), name)
+
+
+def scores_frame(scores: dict[str, np.ndarray]):
+    """The scores as a DataFrame: one row per image, the score CLI's columns in its order
+    (:func:`fevae.score.output_columns`); a detector scored on the first k images only is NaN below."""
+    import pandas as pd
+
+    n = max(len(v) for v in scores.values())
+    columns = output_columns(scores)
+    data = {}
+    for column in columns:
+        values = np.full(n, np.nan, dtype=np.float64)
+        values[: len(scores[column])] = np.asarray(scores[column], dtype=np.float64)
+        data[column] = values
+    return pd.DataFrame(data, columns=columns)
+
+
+class Run:
+    """A finished run, loaded once: :meth:`score` images with it; its :attr:`metrics` and :attr:`config`.
+
+    Made by :func:`load_run`. ``trained`` is the :class:`fevae.run.TrainedRun` (config, VAE, Jigsaw,
+    mixtures) that every :meth:`score` call reuses.
+    """
+
+    def __init__(self, trained: TrainedRun, overrides: Iterable[str] = ()):
+        self.trained = trained
+        self.overrides = list(overrides)
+
+    def __repr__(self) -> str:
+        return f"fevae.Run({str(self.run_dir)!r})"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.trained.run_dir
+
+    @property
+    def config(self) -> DictConfig:
+        """The run's config (its ``.hydra/config.yaml`` with the load's overrides), a read-only copy."""
+        cfg = copy.deepcopy(self.trained.cfg)
+        OmegaConf.set_readonly(cfg, True)
+        return cfg
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The run's ``metrics.json``, parsed (read at each access)."""
+        path = self.run_dir / METRICS_FILE
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FevaeError(f"{self.run_dir} has no {METRICS_FILE}: the run stopped before scoring", "finish it with resume=true") from None
+        except (OSError, ValueError) as err:
+            raise FevaeError(f"{path} is not readable JSON ({type(err).__name__})", "re-score the run with `python -m fevae.evaluate`") from err
+
+    def score(self, images: Any, overrides: Iterable[str] = (), stream_name: str = "input"):
+        """Scores of ``images`` (numpy or torch, [N,28,28] uint8 0–255 or floats in [0,1]) as a pandas DataFrame.
+
+        One row per image in input order, the score CLI's columns in its order, and the same numbers
+        as ``python -m fevae.score run_dir=... input=<the images as .npy> [overrides]``
+        (``likelihood_regret`` is NaN past the first ``eval.regret.subset`` rows). ``overrides`` are
+        the CLI's scoring overrides (``eval.*``, ``trainer.*``, e.g. ``["eval.n_samples=50"]``) on
+        top of the load's; the models are not reloaded. Invalid images raise the CLI's
+        :class:`FevaeError`. The global RNG state is left as it was, and Lightning's notices are not shown.
+        """
+        x = as_images(images)
+        trained = self.trained
+        overrides = _scoring_overrides(overrides)
+        if overrides:
+            every = self.overrides + overrides
+            cfg = run_config(self.run_dir, every, compose_config("score", every))
+            validate_config(cfg, source=str(self.run_dir / CONFIG_FILE), skip=())
+            differ = config_differences(self.trained.cfg, cfg, may_change=SCORE_MAY_CHANGE)
+            if differ:
+                raise FevaeError(
+                    f"score(overrides=...) changes {', '.join(differ)}, which the loaded models and mixtures were made with",
+                    "override only eval.* and trainer.* here; pass other settings to load_run(run_dir, overrides=[...])",
+                )
+            trained = dataclasses.replace(self.trained, cfg=cfg)
+        with _rng_kept(), _lightning_quiet():
+            scores = score_loaded(trained, x, stream_name)
+        return scores_frame(scores)
+
+
+def load_run(run_dir: str | Path, overrides: Iterable[str] = (), map_location: str | torch.device = "cpu") -> Run:
+    """Load a finished run (``python -m fevae.train``'s folder) once, to score images with it.
+
+    ``overrides`` are the score CLI's (``eval.*``, ``trainer.*``), applied as it applies them: the
+    score config (``conf/score.yaml``) is composed with them, so group overrides and today's
+    defaults of scoring settings an older run lacks come from it. The folder is loaded by
+    :func:`fevae.run.load_run`: allow-listed classes, ``weights_only`` weights, no pickles.
+    """
+    overrides = _scoring_overrides(overrides)
+    trained = load_trained_run(run_dir, overrides, compose_config("score", overrides), map_location=map_location)
+    return Run(trained, overrides)
+
+
+def _hydra_quoted(value: str) -> str:
+    """``value`` as one quoted Hydra override value (a path with spaces, ``=``, commas...)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def train_run(overrides: Iterable[str] = (), quiet: bool = False) -> Path:
+    """Train one run, ``python -m fevae.train <overrides>``, and return its run folder (absolute).
+
+    Runs the CLI itself in a child process, so the folder is a CLI run's in every file (``.hydra/``
+    config, overrides and Hydra files, ``train.log`` from Hydra's logging, the ownership lock of
+    :func:`fevae.run.own_run_folder`, checkpoints, mixtures, scores, metrics, report) and stays so
+    when the CLI changes; ``trainer=ddp`` works (Lightning's DDP launcher re-runs the command line,
+    which inside this process would be the caller's script); and this process's logging, RNGs,
+    torch settings and Hydra state are left alone. The cost is one Python start-up (seconds).
+
+    The folder is ``hydra.run.dir`` as composed here from ``overrides`` (default
+    ``outputs/train/<experiment>/<time>``, relative to the working directory) and is passed to
+    the child, so the two cannot disagree on the time. The child's output is forwarded to
+    ``sys.stdout`` unless ``quiet`` (the run's ``train.log`` has it either way). A user error (bad
+    setting, missing data, folder in use) is the CLI's :class:`FevaeError`; a sweep (``-m``) is refused.
+    """
+    overrides = [str(o) for o in overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    if flags:
+        raise FevaeError(f"train_run trains one run; {flags} are command-line flags", "leave them out; sweep with `python -m fevae.train -m ...`")
+    cfg = compose_config("train", overrides, return_hydra_config=True)
+    run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))
+    args = [o for o in overrides if _key(o) != "hydra.run.dir"] + [f"hydra.run.dir={_hydra_quoted(str(run_dir))}"]
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])  # the child imports this very fevae
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    error = None
+    with subprocess.Popen([sys.executable, "-m", "fevae.train", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace", env=env) as child:
+        try:
+            for line in child.stdout:
+                tail.append(line)
+                if line.startswith("error: "):
+                    error = line[len("error: "):].strip()
+                if not quiet:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            code = child.wait()
+        except BaseException:  # interrupted (Ctrl-C): stop the training too
+            child.terminate()
+            child.wait()
+            raise
+    if code == FevaeError.exit_code and error:
+        raise FevaeError(error)
+    if code != 0:
+        raise RuntimeError(f"python -m fevae.train {' '.join(args)} failed (exit status {code}):\n{''.join(tail)}")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RuntimeError(f"python -m fevae.train finished but {run_dir / CONFIG_FILE} is missing")
+    return run_dir
+
+
+#: ``fevae.api.train(...)``: the same as :func:`train_run`
+train = train_run

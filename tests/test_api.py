@@ -1,0 +1,131 @@
+"""The Python API: ``fevae.load_run(dir).score(images)`` against the score CLI, and ``fevae.train_run``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fevae
+from fevae.api import compose_config
+from fevae.errors import FevaeError
+from fevae.score import score_images
+from helpers import make_data_dir
+from pipeline import TINY
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory) -> Path:
+    """One tiny V3 (continuous Bernoulli) run trained through the train API, shared by this module."""
+    root = tmp_path_factory.mktemp("api")
+    data_dir = make_data_dir(root / "data")
+    run_dir = fevae.train_run(["+experiment=v3_continuous_bernoulli", f"paths.data_dir={data_dir}", *TINY,
+                               f"hydra.run.dir={root / 'run'}"], quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(api_run) -> fevae.Run:
+    return fevae.load_run(api_run)
+
+
+def some_images(n: int = 10) -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+
+
+def test_train_api_gives_a_cli_run_folder(api_run, tmp_path):
+    assert api_run.is_absolute() and api_run.name == "run"
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log", "metrics.json", "mixture.npz",
+                 "checkpoints/vae/best.ckpt", "checkpoints/jigsaw/best.ckpt", ".fevae/config.yaml", "report.md"):
+        assert (api_run / name).is_file(), name
+    assert "+experiment=v3_continuous_bernoulli" in (api_run / ".hydra" / "overrides.yaml").read_text()
+    # a user error of the CLI child is its FevaeError; a bad override is refused before any child starts
+    again = [l for l in (api_run / ".hydra" / "overrides.yaml").read_text().splitlines() if l.startswith("- ")]
+    with pytest.raises(FevaeError, match="already holds a run"):
+        fevae.train_run([l[2:] for l in again] + [f"hydra.run.dir={api_run}"], quiet=True)
+    with pytest.raises(FevaeError, match="no_such_key"):
+        fevae.train_run(["no_such_key=1", f"hydra.run.dir={tmp_path / 'x'}"])
+    with pytest.raises(FevaeError, match="command-line flags"):
+        fevae.train_run(["-m", "seed=1,2"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_score_equals_the_score_clis_csv(api_run, loaded, tmp_path):
+    images = some_images()
+    np.save(tmp_path / "x.npy", images)
+    out = tmp_path / "scores.csv"
+    result = subprocess.run([sys.executable, "-m", "fevae.score", f"run_dir={api_run}", f"input={tmp_path / 'x.npy'}", f"output={out}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with out.open() as handle:
+        header, *rows = list(csv.reader(handle))
+    frame = loaded.score(images)
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == header and len(frame) == len(rows) == len(images)
+    assert "log_p_fevae_l2_apo" in header and header[-1] == "likelihood_regret"
+    for j, column in enumerate(header):
+        csv_values = np.array([float(r[j]) if r[j] != "" else math.nan for r in rows])
+        got = frame[column].to_numpy()
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, csv_values, err_msg=column)  # exact; NaN where the CSV cell is empty
+    assert frame["likelihood_regret"].isna().sum() == len(images) - loaded.config.eval.regret.subset > 0
+    assert loaded.score(images).equals(frame)  # the same numbers on every call
+
+
+def test_uint8_float_torch_and_channel_inputs_agree(loaded):
+    images = some_images(6)
+    state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    reference = loaded.score(images)
+    assert torch.equal(torch.get_rng_state(), state[0]) and np.array_equal(np.random.get_state()[1], state[1])  # RNGs untouched
+    for other in (images.astype(np.float32) / 255, torch.from_numpy(images), torch.from_numpy(images).float() / 255,
+                  images[:, None], images[::-1][::-1]):
+        pd.testing.assert_frame_equal(loaded.score(other), reference, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((3, 28, 27), np.uint8),
+        np.zeros((0, 28, 28), np.uint8),
+        np.zeros((2, 28, 28), np.int64),
+        np.full((2, 28, 28), 255.0, np.float32),
+        np.full((2, 28, 28), np.nan, np.float32),
+        np.full((2, 28, 28), -0.5, np.float64),
+    ],
+)
+def test_bad_images_raise_the_clis_error(api_run, loaded, tmp_path, array):
+    np.save(tmp_path / "bad.npy", array)
+    with pytest.raises(FevaeError) as cli_err:
+        score_images(api_run, tmp_path / "bad.npy")
+    with pytest.raises(FevaeError) as api_err:
+        loaded.score(array)
+    assert api_err.value.what == cli_err.value.what.replace(str(tmp_path / "bad.npy"), "images")
+    assert api_err.value.fix == cli_err.value.fix
+    with pytest.raises(FevaeError, match="not a numpy array or torch tensor"):
+        loaded.score(array.tolist())
+
+
+def test_metrics_config_and_scoring_overrides(api_run, loaded, tmp_path):
+    assert loaded.metrics == json.loads((api_run / "metrics.json").read_text())
+    assert loaded.run_dir == api_run and loaded.config.model.vae.likelihood.name == "continuous_bernoulli"
+    images = some_images(4)
+    np.save(tmp_path / "x.npy", images)
+    overrides = ["eval.n_samples=2"]
+    frame = loaded.score(images, overrides=overrides)
+    cli = score_images(api_run, tmp_path / "x.npy", overrides, composed=compose_config("score", overrides))
+    for column in frame.columns:
+        np.testing.assert_array_equal(frame[column].to_numpy()[: len(cli[column])], cli[column])
+    assert not frame.equals(loaded.score(images))
+    with pytest.raises(FevaeError, match="load_run"):  # the loaded models were made with these
+        loaded.score(images, overrides=["+model.vae.latent_dim=3"])
+    with pytest.raises(FevaeError, match="Hydra"):
+        loaded.score(images, overrides=["hydra.run.dir=x"])
