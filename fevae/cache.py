@@ -60,7 +60,7 @@ def model_key(cfg: DictConfig, name: str) -> dict[str, Any]:
     """The part of ``cfg`` (and of the code) that determines the trained weights of ``name``."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return {
+    key = {
         "model": OmegaConf.to_container(cfg.model[name], resolve=True),
         "data": {k: data.get(k) for k in DATA_KEYS},
         "budget": OmegaConf.to_container(cfg.budget[name], resolve=True),
@@ -68,6 +68,11 @@ def model_key(cfg: DictConfig, name: str) -> dict[str, Any]:
         "seed": cfg.seed,
         "code": code_hash(),
     }
+    node = cfg.get("callbacks")
+    callbacks = {k: v for k, v in (OmegaConf.to_container(node, resolve=True) if node else {}).items() if v is not None}
+    if callbacks:  # a callback can change the weights (early stopping); absent when there are none, so older keys still match
+        key["callbacks"] = callbacks
+    return key
 
 
 def model_hash(cfg: DictConfig, name: str) -> str:

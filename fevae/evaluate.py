@@ -21,6 +21,7 @@ from fevae.mixture import TorchMixture
 from fevae.run import load_run
 from fevae.train import make_datamodule, report_info
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
+from fevae.utils.log import log_config, route_lightning_logs
 
 log = logging.getLogger("fevae.evaluate")
 
@@ -28,6 +29,8 @@ log = logging.getLogger("fevae.evaluate")
 def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed: DictConfig | None = None) -> dict[str, Any]:
     run = load_run(run_dir, overrides, composed)
     cfg = run.cfg
+    if is_rank_zero():
+        log_config(cfg, out_dir)  # the run's config with this command's overrides: what is scored
     L.seed_everything(cfg.seed, workers=True)
     data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
     mixtures = run.mixtures
@@ -54,6 +57,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 @user_errors
 def main(cfg: DictConfig) -> None:
+    route_lightning_logs()
     evaluate(cfg.run_dir, task_overrides(exclude=("run_dir",)), Path(HydraConfig.get().runtime.output_dir), composed=cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,8 +31,12 @@ from fevae.errors import FevaeError
 from fevae.metrics import MCSE_PREFIX
 from fevae.mixture import TorchMixture
 from fevae.scoring import ScoreAccumulator, sample_chunks
-from fevae.training import cache_enabled
+from fevae.training import cache_enabled, progress_settings
+from fevae.utils.log import stage
 from fevae.utils.timing import Stopwatch
+
+# the model pass keeps its results on the module (predict_step returns nothing on purpose)
+warnings.filterwarnings("ignore", message=r".*predict returned None.*")
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +272,8 @@ class Scorer(L.LightningModule):
         mask = index < (self.regret_limits.get(set_name, self.regret.get("subset", 0)) if self.regret else 0)
         if bool(mask.any()):
             xs, ids, step = x[mask], index[mask], self.regret["batch_size"]
-            with self.stopwatch("regret"):
+            with self.stopwatch("regret"), stage(f"likelihood regret of {len(xs)} {set_name} images ({self.regret['steps']} encoder steps each)",
+                                                 logger=log):
                 values = [
                     likelihood_regret_score(
                         xs[i : i + step], ids[i : i + step], vae=self.vae, steps=self.regret["steps"], lr=float(self.regret["lr"]),
@@ -435,13 +441,17 @@ def regret_limits(loaders: Mapping[str, Any], subset: int) -> dict[str, int]:
     return out
 
 
-def predict_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Lightning Trainer that runs the model pass: the run's trainer settings, no logging or checkpoints."""
+def predict_trainer(cfg: DictConfig, sets: Sequence[str] = ()) -> L.Trainer:
+    """The Lightning Trainer that runs the model pass: the run's trainer settings, no experiment logger or
+    checkpoints; a progress bar on a terminal, else plain progress lines per set (``sets``: loader names)."""
+    from fevae.callbacks.progress import ProgressLog
     from fevae.validation import check_trainer_config
 
     check_trainer_config(cfg.trainer)  # Lightning's Trainer and plain values only: never another _target_
-    return instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False,
-                       inference_mode=False)
+    bar, plain = progress_settings(cfg.trainer)
+    progress = ProgressLog("scoring", plain=plain, every_s=float(cfg.get("progress_every_s", 30)), sets=sets)
+    return instantiate(cfg.trainer, logger=False, callbacks=[progress], enable_checkpointing=False, enable_model_summary=False,
+                       enable_progress_bar=bar, inference_mode=False)
 
 
 def make_scorer(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, mixtures: Mapping[int, TorchMixture],
@@ -473,7 +483,7 @@ def run_scoring(
     validate_eval_config(cfg.eval)
     if isinstance(mixtures, TorchMixture):
         mixtures = {int(cfg.fe.layer): mixtures}
-    trainer = predict_trainer(cfg)
+    trainer = predict_trainer(cfg, list(loaders))
     cache = None
     if cache_enabled(cfg) and trainer.world_size == 1:
         size = _samples_bytes(cfg, loaders, jigsaw, list(mixtures))
@@ -565,7 +575,8 @@ def write_outputs(
         parts[part][name] = set_scores
     boot = dict(bootstrap or {})
     resampler = Resampler(boot.get("n_resamples", 0), boot.get("level", 0.95), int(info.get("seed") or 0))
-    metrics = compute_split_metrics(parts["test"], parts["val"], resampler=resampler)  # validates finiteness before anything is written
+    with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
+        metrics = compute_split_metrics(parts["test"], parts["val"], resampler=resampler)  # validates finiteness before anything is written
     if costs:
         metrics["cost_s_per_image"] = dict(costs)
     for key, set_scores in scores.items():
@@ -574,8 +585,9 @@ def write_outputs(
     if split:
         write_json_atomic(out_dir / "eval_split.json", split)
     scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
-    figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
-    figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
+    with stage("figures", logger=log):
+        figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
+        figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     writer = SummaryWriter(log_dir=str(out_dir / "tensorboard" / "eval"))
     try:
         for set_name, set_scores in scores.items():

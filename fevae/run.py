@@ -39,6 +39,8 @@ MIXTURE_FILE = "mixture.npz"
 #: scoring settings a newer fevae added that a finished run takes from today's defaults when it lacks them
 UPGRADABLE = ("eval", "fe.extra_layers")
 CONFIG_FILE = Path(".hydra") / "config.yaml"
+#: config groups only a training builds (user-chosen ``_target_`` classes): dropped from a loaded run's config
+TRAINING_ONLY = ("callbacks", "logger")
 
 
 @dataclass
@@ -79,6 +81,8 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
         raise FevaeError(f"{path} is not a readable YAML config ({type(err).__name__})", "use a run folder written by `python -m fevae.train`") from err
     if not isinstance(cfg, DictConfig):
         raise FevaeError(f"{path} holds a {type(cfg).__name__}, not a config mapping", "use a run folder written by `python -m fevae.train`")
+    for key in TRAINING_ONLY:  # what only a training builds is never built from a folder's config
+        cfg.pop(key, None)
     if composed is not None:
         added = fill_newer_settings(cfg, composed)
         if added:
@@ -168,7 +172,7 @@ STATE_DIR = ".fevae"
 #: settings that may differ when a run is resumed: where things are read from and written to, and
 #: what is shown while training; none of them changes a trained weight or a score
 RESUME_MAY_CHANGE = (
-    "resume", "paths", "cache", "optimized_metric",
+    "resume", "paths", "cache", "optimized_metric", "logger", "progress_every_s",
     "data.data_dir", "data.download", "data.download_dir", "data.num_workers", "data.pin_memory",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "budget.vae.trainer.log_every_n_steps", "budget.jigsaw.trainer.log_every_n_steps",

@@ -8,7 +8,6 @@ One run = one folder (``hydra.run.dir``): ``.hydra/``, ``train.log``, ``checkpoi
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
+from fevae.utils.log import log_config, route_lightning_logs, stage
 from fevae.validation import validate_config
 
 log = logging.getLogger("fevae.train")
@@ -61,41 +61,40 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_eval_config(cfg.eval)
     validate_fe_config(cfg.fe)
     check_optimized_metric(cfg)
+    if is_rank_zero():
+        log_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    t0 = time.perf_counter()
-    vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
-    validate_fe_config(cfg.fe, len(vae_data.train_set))
-    vae = fit_model("vae", vae_data, cfg, run_dir)
-    timings["train_vae"] = time.perf_counter() - t0
+    with stage("train VAE", timings, "train_vae"):
+        vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
+        validate_fe_config(cfg.fe, len(vae_data.train_set))
+        vae = fit_model("vae", vae_data, cfg, run_dir)
 
-    t0 = time.perf_counter()
-    jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
-    mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
-    jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
+    with stage("train Jigsaw (and fit the feature mixtures at its end)", timings, "train_jigsaw"):
+        jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
+        mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
+        jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
+    timings["train_jigsaw"] -= mixture_cb.fit_seconds
     arrays = mixture_cb.mixtures
-    timings["train_jigsaw"] = time.perf_counter() - t0 - mixture_cb.fit_seconds
-    t0 = time.perf_counter()
+    timings["fit_mixture"] = mixture_cb.fit_seconds
     if arrays is None:  # no Jigsaw training happened (reused from the cache, or resumed after it had finished)
-        arrays = load_mixtures(run_dir, cfg.fe) if cfg.resume else None
-        if arrays is None:
-            arrays = fit_feature_mixtures(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed)
-            if is_rank_zero():
-                save_mixtures(run_dir, arrays, cfg.fe)
-    timings["fit_mixture"] = time.perf_counter() - t0 + mixture_cb.fit_seconds
+        with stage("feature mixtures", timings, "fit_mixture"):
+            arrays = load_mixtures(run_dir, cfg.fe) if cfg.resume else None
+            if arrays is None:
+                arrays = fit_feature_mixtures(jigsaw.eval(), jigsaw_data.train_set, cfg.fe, cfg.seed)
+                if is_rank_zero():
+                    save_mixtures(run_dir, arrays, cfg.fe)
 
-    t0 = time.perf_counter()
-    mixtures = {layer: TorchMixture(a) for layer, a in arrays.items()}
-    scoring = run_scoring(cfg, vae, jigsaw, mixtures, vae_data.eval_loaders())
-    timings["score"] = time.perf_counter() - t0
+    with stage("scoring", timings, "score"):
+        mixtures = {layer: TorchMixture(a) for layer, a in arrays.items()}
+        scoring = run_scoring(cfg, vae, jigsaw, mixtures, vae_data.eval_loaders())
 
     if not is_rank_zero():
         return {"metrics": None, "run_dir": str(run_dir)}
-    t0 = time.perf_counter()
-    metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs,
-                            mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
-                            split=vae_data.split_record())
-    timings["write_outputs"] = time.perf_counter() - t0
+    with stage("writing scores, metrics, figures and report", timings, "write_outputs"):
+        metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs,
+                                mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
+                                split=vae_data.split_record())
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
     return {"metrics": metrics, "run_dir": str(run_dir)}
@@ -106,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | str | None:
     from fevae.run import own_run_folder
 
+    route_lightning_logs()
     validate_config(cfg)  # a bad setting is refused before the run folder is claimed
     with own_run_folder(run_dir_of(cfg), cfg):  # one process per run folder; resume only with the same config
         result = train(cfg)

@@ -1,4 +1,4 @@
-"""Fitting one model through a Lightning Trainer: checkpoints, TensorBoard, resume, RNG state."""
+"""Fitting one model through a Lightning Trainer: checkpoints, loggers, extra callbacks, resume, RNG state."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from fevae.cache import ModelCache
+from fevae.callbacks.progress import ProgressLog
 from fevae.errors import FevaeError
 from fevae.utils.cli import in_multirun, is_rank_zero
+from fevae.utils.log import interactive
 from fevae.validation import build, check_trainer_config
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,51 @@ def restore_best_weights(trainer: L.Trainer, module: L.LightningModule) -> None:
         log.info("restored best weights from %s", best)
 
 
+def user_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The ``callbacks`` config group's callbacks, built anew for each training (after fevae's own)."""
+    out = []
+    for key, node in (cfg.get("callbacks") or {}).items():
+        if node is None:  # `callbacks.<name>=null` switches one off
+            continue
+        callback = instantiate(node)
+        if not isinstance(callback, L.Callback):
+            raise FevaeError(f"callbacks.{key} builds a {type(callback).__name__}, not a Lightning Callback",
+                             f"point callbacks.{key}._target_ at a lightning.pytorch.callbacks.Callback class")
+        out.append(callback)
+    return out
+
+
+def user_loggers(cfg: DictConfig, run_dir: Path, name: str) -> list[Logger]:
+    """The ``logger`` config group's experiment loggers for model ``name``.
+
+    A relative ``save_dir`` is taken inside the run folder, and a logger without a ``name`` gets the
+    model's (so ``logger=tensorboard`` writes ``<run>/tensorboard/<model>/``, as before).
+    """
+    out = []
+    for key, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        extra: dict[str, Any] = {}
+        save_dir = node.get("save_dir")
+        if save_dir is not None and not Path(str(save_dir)).is_absolute():
+            extra["save_dir"] = str(run_dir / str(save_dir))
+        if "name" not in node:
+            extra["name"] = name
+        logger = instantiate(node, **extra)
+        if not isinstance(logger, Logger):
+            raise FevaeError(f"logger.{key} builds a {type(logger).__name__}, not a Lightning Logger",
+                             f"point logger.{key}._target_ at a lightning.pytorch.loggers.Logger class, or use logger=tensorboard|csv|many")
+        out.append(logger)
+    return out
+
+
+def progress_settings(trainer_cfg: Any) -> tuple[bool, bool]:
+    """``(show a bar, write plain progress lines)``: a bar only where a terminal shows it
+    (``trainer.enable_progress_bar`` true and stderr a terminal), plain lines everywhere else."""
+    bar = bool(trainer_cfg.get("enable_progress_bar", True)) and interactive()
+    return bar, not bar
+
+
 def checkpoint_dir(run_dir: Path, name: str) -> Path:
     return run_dir / "checkpoints" / name
 
@@ -146,13 +193,16 @@ def _fit(
     # Two callbacks: Lightning 2.6's `save_last` only refreshes last.ckpt when the best improves.
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=MONITOR, mode="min", enable_version_counter=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    logger = TensorBoardLogger(save_dir=str(run_dir / "tensorboard"), name=name, version="", default_hp_metric=False)
     check_trainer_config(cfg.trainer)
+    bar, plain = progress_settings(cfg.trainer)
+    progress = ProgressLog(name, plain=plain, every_s=float(cfg.get("progress_every_s", 30)))
+    loggers = user_loggers(cfg, run_dir, name)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         **cfg.budget[name].trainer,
-        callbacks=[best, last, RngStateCallback(), *(callbacks or [])],
-        logger=logger,
+        callbacks=[best, last, RngStateCallback(), progress, *(callbacks or []), *user_callbacks(cfg)],
+        logger=loggers or False,
+        enable_progress_bar=bar,
         default_root_dir=str(run_dir),
     )
     last_path = ckpt_dir / "last.ckpt"

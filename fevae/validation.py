@@ -30,6 +30,13 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "data": ("fevae.data.datamodule.FevaeDataModule", "fevae.data.FevaeDataModule"),
     "trainer": ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer"),
 }
+#: config groups whose entries are the user's own Lightning callbacks / loggers (``<group>.<name>._target_``),
+#: built for training only (a loaded run folder's config has them removed: :data:`fevae.run.TRAINING_ONLY`)
+USER_GROUPS = ("callbacks", "logger")
+#: training-length settings a profile sets per model (``budget.<model>.trainer``, conf/profile/); the
+#: same key under ``trainer`` would be silently overridden there, so it is refused
+BUDGET_KEYS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
+               "val_check_interval", "check_val_every_n_epoch")
 #: likelihood names of conf/likelihood (the VAE builds them by name, not by ``_target_``)
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 #: plain values a model/data config may hold (after resolving interpolations)
@@ -112,6 +119,26 @@ def check_trainer_config(trainer: Any) -> None:
         nested = [k for k, _ in targets if k]
         if nested:
             raise FevaeError(f"trainer.{nested[0]} has a _target_, which fevae does not build", "give trainer.* plain values only")
+        for key in USER_GROUPS:
+            if key in container:
+                raise FevaeError(f"trainer.{key} is not read: fevae builds the trainers' {key} itself",
+                                 f"use the {key} config group ({key}=... or +{key}.<name>._target_=...; README: Running experiments)")
+
+
+def check_user_groups(cfg: DictConfig) -> None:
+    """Each entry of the ``callbacks`` and ``logger`` groups is ``<name>: {_target_: <class path>, ...}`` (or null)."""
+    for group in USER_GROUPS:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig):
+            raise FevaeError(f"{group}={node!r} is not a group of named entries", f"use {group}=<config> or +{group}.<name>._target_=<class>")
+        for name, entry in node.items():
+            if entry is None:
+                continue
+            target = entry.get("_target_") if isinstance(entry, DictConfig) else None
+            if not isinstance(target, str) or not target:
+                raise FevaeError(f"{group}.{name} has no _target_", f"give it one, e.g. +{group}.{name}._target_=<module.Class>, or set {group}.{name}=null")
 
 
 def build(key: str, node: Any, **extra: Any) -> Any:
@@ -187,6 +214,13 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
 def _check_budget(cfg: DictConfig) -> None:
     budget = cfg.get("budget")
     require(isinstance(budget, DictConfig), "budget is missing", "pick a profile: profile=smoke|cpu|paper")
+    shared = _plain(cfg.get("trainer"), "trainer") or {}
+    for key in BUDGET_KEYS:  # a trainer.* value a profile overrides per model would be silently ignored
+        models = [name for name in ("vae", "jigsaw") if key in (budget.get(name, {}).get("trainer") or {})]
+        if key in shared and models:
+            raise FevaeError(
+                f"trainer.{key} would be ignored: the profile sets budget.{models[0]}.trainer.{key} per model",
+                f"set budget.vae.trainer.{key}=... and/or budget.jigsaw.trainer.{key}=... instead (profiles: conf/profile/)")
     for name in ("vae", "jigsaw"):
         part = budget.get(name)
         require(isinstance(part, DictConfig), f"budget.{name} is missing", "pick a profile: profile=smoke|cpu|paper")
@@ -223,7 +257,7 @@ def _check_fe_extra(fe: Mapping[str, Any]) -> None:
     require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
 
 
-def validate_config(cfg: DictConfig, source: str = "the config", build_data: bool = True, skip: tuple[str, ...] = ("hydra",)) -> None:
+def validate_config(cfg: DictConfig, source: str = "the config", build_data: bool = True, skip: tuple[str, ...] = ("hydra", *USER_GROUPS)) -> None:
     """Refuse any invalid setting of a composed train/evaluate config (or a stored run's config).
 
     Nothing is read from disk and nothing is trained; the models and the data module are built
@@ -233,6 +267,7 @@ def validate_config(cfg: DictConfig, source: str = "the config", build_data: boo
     from fevae.evaluation import validate_eval_config
 
     check_targets(cfg, source, skip)
+    check_user_groups(cfg)
     seed = cfg.get("seed")
     _positive_int("seed", seed, 0)
     require(isinstance(cfg.get("resume", False), bool), f"resume={cfg.get('resume')!r} is invalid", "set resume=true or false")

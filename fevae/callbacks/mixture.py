@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays, fit_mixture
+from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +86,18 @@ def fit_feature_mixture(
     validate_fe_config(fe, len(train_set))
     layer = int(fe["layer"] if layer is None else layer)
     index = np.sort(np.random.default_rng(seed).choice(len(train_set), size=fe["n"], replace=False))
-    features = extract_features(jigsaw, Subset(train_set, index.tolist()), layer, fe["pre_activation"], fe["feature_batch_size"])
-    mixture = fit_mixture(
-        features,
-        n_components=fe["C"],
-        covariance_type=fe["covariance_type"],
-        max_iter=fe["max_iter"],
-        reg_covar=fe["reg_covar"],
-        n_init=fe["n_init"],
-        random_state=seed,
-    )
+    with stage(f"layer-{layer} Jigsaw features of {fe['n']} training images", logger=log):
+        features = extract_features(jigsaw, Subset(train_set, index.tolist()), layer, fe["pre_activation"], fe["feature_batch_size"])
+    with stage(f"fitting the layer-{layer} feature mixture (C={fe['C']}, {fe['covariance_type']} covariances)", logger=log):
+        mixture = fit_mixture(
+            features,
+            n_components=fe["C"],
+            covariance_type=fe["covariance_type"],
+            max_iter=fe["max_iter"],
+            reg_covar=fe["reg_covar"],
+            n_init=fe["n_init"],
+            random_state=seed,
+        )
     log.info("feature mixture (layer %d) fitted: %s", layer, mixture.summary())
     if not mixture.converged:
         log.warning("the layer-%d feature mixture did not converge in fe.max_iter=%d iterations; consider raising it", layer, fe["max_iter"])

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.metrics import flatten_metrics, write_text_atomic
 from fevae.utils.io import atomic_open
+from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        written = write_summary(sweep_dir, config.get("optimized_metric"))
+        with stage(f"sweep summary of {sweep_dir}", logger=log):
+            written = write_summary(sweep_dir, config.get("optimized_metric"))
         if written:
             log.info("sweep summary: %s", ", ".join(str(p) for p in written))
