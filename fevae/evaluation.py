@@ -104,15 +104,15 @@ VAL_METRICS_KEY = "ood_val"
 
 
 def selectable_metrics(cfg: DictConfig) -> list[str]:
-    """Every flattened validation metric (``ood_val/<set>/<scheme>/<score>/<metric>``) a run with ``cfg`` writes."""
-    from fevae.data.datamodule import EVAL_SETS
-    from fevae.metrics import IN_DISTRIBUTION
+    """Every flattened validation metric (``ood_val/<set>/<scheme>/<score>/<metric>``) a run with ``cfg``
+    writes; ``<set>`` runs over the run's OOD sets (``data.ood_sets``)."""
+    from fevae.data.evalsets import ood_set_names
 
     fe = cfg.fe
     ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
     blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
     blocks += [("other", d) for d in (cfg.eval.get("detectors") or [])]
-    sets = [s for s in EVAL_SETS if s != IN_DISTRIBUTION]
+    sets = ood_set_names(cfg.get("data"))
     return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRICS]
 
 
@@ -529,7 +529,8 @@ def run_scoring(
 
 
 def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) -> np.ndarray | None:
-    """The first ``k`` preprocessed images [k,28,28] of eval set ``name`` (for Fig. 2), if present."""
+    """The first ``k`` preprocessed images [k,28,28] of eval set ``name`` (for Fig. 2), or None when the
+    run has no such set (``data.ood_sets`` without it: Fig. 2 is then not drawn)."""
     if name not in getattr(datamodule, "eval_sets", {}):
         return None
     dataset = datamodule.eval_sets[name]

@@ -28,7 +28,10 @@ validation parts, see :func:`compute_split_metrics`)::
      "bootstrap": {"n_resamples": 1000, "level": 0.95, "seed": ..},   # how the *_ci were made
      "cost_s_per_image": {"PR": {"vae": .., ..}, "APO": {..}, "other": {..}}}  # added by runs
 
-A score array shorter than its set covers the set's *first* ``len`` examples.
+A score array shorter than its set covers the set's *first* ``len`` examples. The set names are
+the scores' (a run's: ``fashionmnist`` and the keys of ``data.ood_sets``), so ``ood.<set>`` /
+``ood_val.<set>`` hold one entry per configured OOD set; nothing here names a set except the
+display order (:func:`order_sets`) and the default in-distribution name.
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ _SET_LABELS = {
     "mnist_saltpepper": "MNIST + salt & pepper (OOD)",
 }
 _SET_COLORS = {"fashionmnist": "tab:blue", "mnist": "tab:orange", "mnist_saltpepper": "tab:red"}
+#: the OOD sets of the paper's Fig. 1 and Fig. 2
+PAPER_FIGURE_SETS = ("mnist", "mnist_saltpepper")
 _EXTRA_COLORS = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 _SCORE_TEX = {"vae": r"p_{\mathrm{VAE}}", "fe": r"p_{\mathrm{FE}}", "fevae": r"p_{\mathrm{FEVAE}}"}
 _SCHEME_SUFFIX = {"PR": "_pr", "APO": "_apo"}
@@ -183,6 +185,10 @@ def _draw_panels(axes, panels, score_id: str):
         series = [(_set_label(s), v, _set_color(s, i)) for i, (s, v) in enumerate(per_set)]
         title = f"{scheme}" if scheme != "other" else "score"
         title += " — " + "; ".join(aurocs)
+        if len(aurocs) > 2 or len(title) > 64:  # more OOD sets than the paper's two (data.ood_sets): wrap rather than run into the next panel
+            import textwrap
+
+            title = "\n".join(textwrap.wrap(title, 56))
         _hist_panel(ax, series, title, _score_label(score_id, scheme))
 
 
@@ -316,6 +322,9 @@ def plot_all(
     * ``fig2_saltpepper``   — Fig. 2, needs fashionmnist + mnist_saltpepper and ``log_p_fevae_pr``
     * ``hist_<score id>``   — every other score id (``fe``, ``fevae_l2``, ``iwae``, ...), ID vs
       all OOD sets, one panel per scheme present.
+    * ``hist_vae``, ``hist_fevae`` — the same for p_VAE and p_FEVAE, only when the run has OOD sets
+      that Fig. 1/2 do not show (any set but mnist and mnist_saltpepper, e.g. from ``data.ood_sets``),
+      so every OOD set appears in a histogram of every score.
 
     A figure whose sets/scores are absent is skipped silently.
     """
@@ -330,8 +339,10 @@ def plot_all(
     written += plot_fig2(scores, figures_dir / "fig2_saltpepper", examples,
                          title_prefix=run_label, in_distribution=in_distribution)
     score_ids = order_score_ids({sid for _, sid in index_scores(scores[in_distribution])})
+    paper_sets = {PAPER_FIGURE_SETS[0]} | ({PAPER_FIGURE_SETS[1]} if any(p.stem == "fig2_saltpepper" for p in written) else set())
+    others = [s for s in order_sets(scores) if s != in_distribution and s not in paper_sets]
     for sid in score_ids:
-        if sid in ("vae", "fevae"):
+        if sid in ("vae", "fevae") and not others:
             continue
         title = f"{run_label + ' — ' if run_label else ''}score '{sid}'"
         written += plot_hist(scores, sid, figures_dir / f"hist_{_safe(sid)}", title,

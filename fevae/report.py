@@ -498,6 +498,8 @@ def render_report(
         f"| evaluation split (validation / test images per set, split seed) | {_fmt_setting(info.get('eval_split'))} |",
         f"| profile | {_fmt_setting(info.get('profile'))} |",
         f"| in-distribution set | {id_set} |",
+        *([f"| OOD sets (`data.ood_sets`) | {'; '.join(f'{k}: {v}' for k, v in info['ood_sets'].items())} |"]
+          if isinstance(info.get("ood_sets"), Mapping) and info["ood_sets"] else []),
         "| examples scored | "
         + (", ".join(f"{k}: {v}" for k, v in metrics.get("n", {}).items()) or "—") + " (test); "
         + (", ".join(f"{k}: {v}" for k, v in (metrics.get("n_val") or {}).items()) or "—") + " (validation) |",
@@ -575,7 +577,8 @@ def write_report(
 
     ``info`` keys (all optional): ``experiment``, ``likelihood`` (bernoulli | gaussian |
     continuous_bernoulli), ``preprocess``, ``n_samples``, ``fe`` (dict: layer, n, C,
-    covariance_type), ``eval_split``, ``profile``, ``wall_time_s`` (stage → seconds) and
+    covariance_type), ``eval_split``, ``profile``, ``ood_sets`` (set → where its images come from,
+    :func:`fevae.data.evalsets.describe_ood_sets`), ``wall_time_s`` (stage → seconds) and
     ``figures`` (paths relative to ``run_dir``; the ``.png`` ones are embedded). ``mc_se``: the
     test sets' per-image Monte-Carlo standard errors (their medians are tabulated).
     """

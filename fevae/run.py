@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 
 MIXTURE_FILE = "mixture.npz"
 #: scoring settings a newer fevae added that a finished run takes from today's defaults when it lacks them
-UPGRADABLE = ("eval", "fe.extra_layers")
+UPGRADABLE = ("eval", "fe.extra_layers", "data.ood_sets")
+#: of those, the ones filled only when the run lacks them as a whole (a run's own choice of sets is
+#: never topped up with today's), unresolved, so their interpolations read the run's own values
+#: (``data.ood_sets.mnist_saltpepper``'s p is ``${data.saltpepper_fraction}``: the run's fraction)
+FILL_WHOLE = ("data.ood_sets",)
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 #: config groups only a training builds (user-chosen ``_target_`` classes): dropped from a loaded run's config
 TRAINING_ONLY = ("callbacks", "logger")
@@ -90,6 +94,12 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         key = key.split("@")[0].replace("/", ".")
+        if override.startswith("~"):  # a deletion (~data.ood_sets.mnist): drop the key from the run's config
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if isinstance(node, DictConfig) and leaf in node:
+                del node[leaf]
+            continue
         if composed is not None and OmegaConf.select(composed, key) is not None:
             OmegaConf.update(cfg, key, OmegaConf.select(composed, key), merge=False, force_add=True)
         else:
@@ -112,10 +122,10 @@ def fill_newer_settings(cfg: DictConfig, defaults: DictConfig, keys: Iterable[st
         if default is absent:
             return []
         if here is absent:
-            plain = OmegaConf.to_container(default, resolve=True) if isinstance(default, DictConfig | ListConfig) else default
+            plain = OmegaConf.to_container(default, resolve=key not in FILL_WHOLE) if isinstance(default, DictConfig | ListConfig) else default
             OmegaConf.update(cfg, key, plain, merge=False, force_add=True)
             return [key]
-        if isinstance(default, DictConfig) and isinstance(here, DictConfig):
+        if isinstance(default, DictConfig) and isinstance(here, DictConfig) and key not in FILL_WHOLE:
             return [k for sub in default for k in fill(f"{key}.{sub}")]
         return []
 

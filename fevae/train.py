@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
+from fevae.data.evalsets import check_ood_sources, describe_ood_sets
 from fevae.evaluation import check_optimized_metric, example_images, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
@@ -47,6 +48,7 @@ def report_info(cfg: DictConfig, timings: dict[str, float] | None = None) -> dic
         "n_samples": cfg.eval.n_samples,
         "fe": OmegaConf.to_container(cfg.fe, resolve=True),
         "eval_split": OmegaConf.to_container(cfg.data.eval_split, resolve=True) if cfg.data.get("eval_split") else cfg.data.get("eval_subset"),
+        "ood_sets": describe_ood_sets(cfg.data),
         "profile": cfg.get("profile_name", "?"),
         "seed": cfg.seed,
         "wall_time_s": timings or {},
@@ -107,6 +109,7 @@ def main(cfg: DictConfig) -> float | str | None:
 
     route_lightning_logs()
     validate_config(cfg)  # a bad setting is refused before the run folder is claimed
+    check_ood_sources(cfg.data)  # every OOD image file read and checked before the run folder is claimed
     with own_run_folder(run_dir_of(cfg), cfg):  # one process per run folder; resume only with the same config
         result = train(cfg)
     return flatten_metrics(result["metrics"]).get(cfg.optimized_metric) if result["metrics"] else None

@@ -29,9 +29,23 @@ HEATMAP_SCORE = "fevae"
 SELECT_PREFIX = "ood_val/"
 #: per-seed aggregation: mean, sd and this two-sided t-interval of the mean
 SEED_LEVEL = 0.95
-#: AUROC columns shown in summary.md's seed table
-HEADLINE = [f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "ood") for s in ("mnist", "mnist_saltpepper")
-            for sch in ("PR", "APO") for sid in ("vae", "fe", "fevae")]
+#: AUROC columns shown in summary.md's seed table, per OOD set (of the default sets: :data:`HEADLINE`)
+HEADLINE_BLOCKS = [(sch, sid) for sch in ("PR", "APO") for sid in ("vae", "fe", "fevae")]
+
+
+def headline(metric_names) -> list[str]:
+    """The seed table's AUROC rows for every OOD set among ``metric_names`` (flattened metrics.json keys):
+    validation then test, sets in :func:`fevae.metrics.order_sets` order (the sets follow ``data.ood_sets``)."""
+    from fevae.metrics import order_sets
+
+    names = set(metric_names)
+    sets = order_sets({m.split("/")[1] for m in names if m.startswith(("ood_val/", "ood/")) and m.count("/") == 4})
+    rows = [f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "ood") for s in sets for sch, sid in HEADLINE_BLOCKS]
+    return [m for m in rows if m in names]
+
+
+HEADLINE = headline(f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "ood") for s in ("mnist", "mnist_saltpepper")
+                    for sch, sid in HEADLINE_BLOCKS)
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -133,12 +147,13 @@ def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[
             seeds.to_csv(handle, index=False)
         written.append(path)
         lines += [f"## Over seeds (mean ± sd [{SEED_LEVEL:.0%} t-interval of the mean]; every metric in summary_seeds.csv)", ""]
-        head = seeds[seeds["metric"].isin(HEADLINE)]
+        rows = headline(seeds["metric"])
+        head = seeds[seeds["metric"].isin(rows)]
         if len(head):
             head = head.assign(value=[f"{m:.3f} ± {s:.3f} [{lo:.3f}, {hi:.3f}]" if n > 1 else f"{m:.3f}"
                                       for m, s, lo, hi, n in zip(head["mean"], head["sd"], head["ci_lo"], head["ci_hi"], head["n"])])
             table = head.pivot_table(index="metric", columns="group", values="value", aggfunc="first").reindex(
-                [m for m in HEADLINE if m in set(head["metric"])])
+                [m for m in rows if m in set(head["metric"])])
             lines += [_markdown_table(table.reset_index()), ""]
     heatmaps = plot_heatmaps(frame, sweep_dir)
     lines += [f"![{p.stem}]({p.name})" for p in heatmaps if p.suffix == ".png"]

@@ -1,26 +1,32 @@
-"""Lightning data module: FashionMNIST train/val and the three evaluation sets, held in memory.
+"""Lightning data module: FashionMNIST train/val and the evaluation sets, held in memory.
 
 * ``train_set`` / ``val_set``: FashionMNIST train minus a seeded random hold-out of ``val_size``
   images (``torch.Generator().manual_seed(seed)``); ``train_subset`` keeps a seeded random
   ``train_subset`` of the remaining images. Items are ``(x, y)``.
-* Evaluation sets (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution),
-  ``"mnist"`` (MNIST test) and ``"mnist_saltpepper"`` (MNIST test with
-  :func:`~fevae.data.transforms.salt_and_pepper` applied to the raw pixels of the whole set, then
-  preprocessed). Each is split by :func:`split_eval_indices` — a permutation seeded by
+* Evaluation sets (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution), then
+  the OOD sets of ``ood_sets`` (``data.ood_sets``, :mod:`fevae.data.evalsets`) in config order —
+  by default ``"mnist"`` (MNIST test) and ``"mnist_saltpepper"`` (MNIST test with salt-and-pepper
+  noise of ``saltpepper_fraction`` applied to the raw pixels of the whole set, then preprocessed).
+  An OOD set's images come from a built-in source (FashionMNIST test, MNIST test) or a file or
+  folder (``path``), go through its corruption chain (:mod:`fevae.data.corruptions`, seeded by
+  ``seed``) as a whole set, and are preprocessed like every set (uint8 pixels or [0,1] floats;
+  labels of a path source are -1). Each is split by :func:`split_eval_indices` — a permutation seeded by
   ``eval_split.seed`` (fixed, independent of the run's ``seed``, so every seed is tested on the
   same images) — into a disjoint **validation** part (``eval_split.val`` images: anything that
   *selects* reads these) and a **test** part (``eval_split.test`` images, null = all the rest:
   what reports show). ``eval_sets`` holds the test parts, ``eval_val_sets`` the validation parts.
-  MNIST and salt-and-pepper MNIST share the split (a corrupted validation digit is never a test
-  digit). Items are ``(x, y, index)`` with ``index`` the int64 position of the image in the *whole*
-  eval set (ascending within a part), so the Monte-Carlo noise of an image does not depend on the
-  split and predictions gathered under DDP can be de-duplicated.
+  Sets of the same size share the split (MNIST and salt-and-pepper MNIST: a corrupted validation
+  digit is never a test digit); an OOD set may have its own sizes (``ood_sets.<set>.eval_split``).
+  Items are ``(x, y, index)`` with ``index`` the int64 position of the image in the *whole* eval
+  set (ascending within a part), so the Monte-Carlo noise of an image does not depend on the split
+  and predictions gathered under DDP can be de-duplicated.
 
 ``x`` is float32 ``[1, 28, 28]``, ``y`` int64.
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,13 +37,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from fevae.data.corruptions import apply_corruptions
 from fevae.data.discovery import locate_data
+from fevae.data.evalsets import BUILTIN_OOD_SETS, ID_SET, SOURCES, OodSet, check_split_size, plain, read_path_source, resolve_ood_sets
 from fevae.data.idx import read_images_and_labels
-from fevae.data.transforms import PREPROCESS_MODES, preprocess, salt_and_pepper
+from fevae.data.transforms import PREPROCESS_MODES, preprocess
 from fevae.errors import FevaeError, require
 
-#: Names of the evaluation sets, in the order of :meth:`FevaeDataModule.predict_dataloader`.
-EVAL_SETS = ("fashionmnist", "mnist", "mnist_saltpepper")
+log = logging.getLogger(__name__)
+
+#: Names of the *default* evaluation sets (a run's own are ``FevaeDataModule.eval_set_names``:
+#: ``fashionmnist`` then the keys of ``data.ood_sets``), in the order of :meth:`FevaeDataModule.predict_dataloader`.
+EVAL_SETS = (ID_SET, *BUILTIN_OOD_SETS)
 #: The two parts of every evaluation set: ``val`` selects, ``test`` reports.
 PARTS = ("val", "test")
 #: Loader/score-set name prefix of a validation part (``"val/mnist"``); test parts keep the bare name.
@@ -85,7 +96,7 @@ class FevaeDataModule(lightning.LightningDataModule):
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0, seed: int = 0,
                  train_subset: int | None = None, eval_split: Mapping[str, Any] | None = None,
                  saltpepper_fraction: float = 0.2, download: bool = False, download_dir: str | None = None,
-                 pin_memory: bool = False, eval_subset: int | None = None) -> None:
+                 pin_memory: bool = False, eval_subset: int | None = None, ood_sets: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         require(preprocess in PREPROCESS_MODES, f"data.preprocess={preprocess!r} is invalid",
                 f"set data.preprocess to one of {', '.join(PREPROCESS_MODES)}")
@@ -110,6 +121,7 @@ class FevaeDataModule(lightning.LightningDataModule):
                 "set data.saltpepper_fraction to a probability in [0, 1], e.g. 0.2")
         for key, flag in (("download", download), ("pin_memory", pin_memory)):
             require(isinstance(flag, bool), f"data.{key}={flag!r} is invalid", f"set data.{key} to true or false")
+        ood_sets = plain(ood_sets)  # plain containers in the checkpoints' hyperparameters (read with weights_only)
         self.save_hyperparameters()
         self.data_dir, self.download, self.download_dir = data_dir, download, download_dir
         self.preprocess_mode, self.val_size, self.seed = preprocess, int(val_size), int(seed)
@@ -120,6 +132,8 @@ class FevaeDataModule(lightning.LightningDataModule):
         #: (no validation part, the test part is the *first* ``test`` images)
         self.eval_split = {"val": int(eval_split.get("val", 0)), "test": eval_split.get("test"), "seed": eval_split.get("seed")}
         self.saltpepper_fraction = float(saltpepper_fraction)
+        #: the checked ``data.ood_sets`` (None: the built-in mnist and mnist_saltpepper), in config order
+        self.ood_sets: dict[str, OodSet] = resolve_ood_sets(ood_sets, self.saltpepper_fraction)
 
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -129,7 +143,12 @@ class FevaeDataModule(lightning.LightningDataModule):
         #: Positions in the FashionMNIST train file of the train / val images (sorted).
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
-        self._sources: dict[str, tuple[Path, Path]] = {}
+        self._sources: dict[str, tuple[Path, Path | None]] = {}
+
+    @property
+    def eval_set_names(self) -> list[str]:
+        """``fashionmnist`` (in-distribution) then the OOD sets, in loader order."""
+        return [ID_SET, *self.ood_sets]
 
     # ------------------------------------------------------------------ setup
     def prepare_data(self) -> None:
@@ -141,22 +160,39 @@ class FevaeDataModule(lightning.LightningDataModule):
             return
         files = locate_data(self.data_dir, download=self.download, download_dir=self.download_dir)
         self._setup_train(*files["fashionmnist/train"])
-        test = files["fashionmnist/test"]
-        mnist = files["mnist/test"]
-        fm_images, fm_labels = read_images_and_labels(*test)
-        mn_images, mn_labels = read_images_and_labels(*mnist)
-        noisy = salt_and_pepper(mn_images, self.saltpepper_fraction, self.seed)
-        raw = {"fashionmnist": (fm_images, fm_labels), "mnist": (mn_images, mn_labels),
-               "mnist_saltpepper": (noisy, mn_labels)}
-        self._sources.update(fashionmnist=test, mnist=mnist, mnist_saltpepper=mnist)
-        for name in EVAL_SETS:
-            val_idx, test_idx = self.split_indices(len(raw[name][0]))
-            self.eval_sets[name] = self._eval_set(*raw[name], test_idx)
-            self.eval_val_sets[name] = self._eval_set(*raw[name], val_idx)
+        builtin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def split_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions ``(val, test)`` in an eval set of ``n`` images (:func:`split_eval_indices`)."""
-        split = self.eval_split
+        def source(name: str) -> tuple[np.ndarray, np.ndarray]:  # each built-in file is read once, when a set uses it
+            if name not in builtin:
+                builtin[name] = read_images_and_labels(*files[SOURCES[name][0]])
+            return builtin[name]
+
+        raw = {ID_SET: source(ID_SET)}
+        self._sources[ID_SET] = files[SOURCES[ID_SET][0]]
+        for name, spec in self.ood_sets.items():
+            if spec.source is not None:
+                images, labels = source(spec.source)
+                self._sources[name] = files[SOURCES[spec.source][0]]
+            else:
+                images = read_path_source(spec)
+                labels = np.full(len(images), -1, dtype=np.int64)
+                self._sources[name] = (Path(spec.path), None)
+            raw[name] = (apply_corruptions(images, spec.corruptions, self.seed), labels)
+        if any(spec.path is not None or name not in BUILTIN_OOD_SETS for name, spec in self.ood_sets.items()):
+            log.info("evaluation sets: %s", "; ".join(
+                f"{name}: {spec.describe()} ({len(raw[name][0])} images)" for name, spec in self.ood_sets.items()))
+        for name, (images, labels) in raw.items():
+            spec = self.ood_sets.get(name)
+            val_idx, test_idx = self.split_indices(len(images), spec)
+            self.eval_sets[name] = self._eval_set(images, labels, test_idx)
+            self.eval_val_sets[name] = self._eval_set(images, labels, val_idx)
+
+    def split_indices(self, n: int, spec: OodSet | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``(val, test)`` in an eval set of ``n`` images (:func:`split_eval_indices`), with
+        the sizes of ``spec.eval_split`` when the OOD set ``spec`` has its own."""
+        split = {**self.eval_split, **(spec.eval_split if spec is not None and spec.eval_split else {})}
+        if spec is not None and (spec.path is not None or spec.eval_split):  # a user's set: name it, and the fix
+            check_split_size(spec.name, n, split["val"] if split["seed"] is not None else 0, split["test"], spec.describe())
         if split["seed"] is None:  # legacy: the first `test` images, no validation part
             k = n if split["test"] is None else split["test"]
             require(k <= n, f"data.eval_subset={k} exceeds the {n} images of an eval set",
@@ -190,16 +226,24 @@ class FevaeDataModule(lightning.LightningDataModule):
                              torch.from_numpy(labels[sel].astype(np.int64)))
 
     def _eval_set(self, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> TensorDataset:
-        """Preprocessed ``(x, y, index)`` of the images at positions ``idx`` (ascending)."""
-        return TensorDataset(preprocess(images[idx], self.preprocess_mode),
+        """Preprocessed ``(x, y, index)`` of the images (uint8 pixels or [0,1] floats) at positions ``idx`` (ascending)."""
+        from fevae.inputs import to_model_input
+
+        return TensorDataset(to_model_input(images[idx], self.preprocess_mode),
                              torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
     def split_record(self) -> dict[str, Any]:
-        """The split as data (``eval_split.json`` of a run): settings and each part's image positions."""
+        """The split as data (``eval_split.json`` of a run): settings, each part's image positions, and
+        (``sets``) where each OOD set's images came from; an OOD set with its own sizes adds ``per_set``."""
         self.setup()
-        return {"settings": dict(self.eval_split),
-                **{part: {name: ds.tensors[2].tolist() for name, ds in sets.items()}
-                   for part, sets in (("val", self.eval_val_sets), ("test", self.eval_sets))}}
+        record = {"settings": dict(self.eval_split),
+                  **{part: {name: ds.tensors[2].tolist() for name, ds in sets.items()}
+                     for part, sets in (("val", self.eval_val_sets), ("test", self.eval_sets))},
+                  "sets": {name: spec.describe() for name, spec in self.ood_sets.items()}}
+        own = {name: spec.eval_split for name, spec in self.ood_sets.items() if spec.eval_split}
+        if own:
+            record["per_set"] = own
+        return record
 
     # ------------------------------------------------------------ information
     @property
@@ -214,7 +258,8 @@ class FevaeDataModule(lightning.LightningDataModule):
         sets = {"train": self.train_set, "val": self.val_set, **self.eval_sets,
                 **{part_name(k, "val"): v for k, v in self.eval_val_sets.items() if len(v)}}
         return [{"split": name, "count": len(ds), "shape": tuple(ds.tensors[0].shape[1:]),
-                 "source": str(self._sources[split_part(name)[0]][0]), "labels": str(self._sources[split_part(name)[0]][1])}
+                 "source": str(self._sources[split_part(name)[0]][0]),
+                 "labels": str(self._sources[split_part(name)[0]][1] or "none (path source)")}
                 for name, ds in sets.items()]
 
     # ------------------------------------------------------------ dataloaders
@@ -234,13 +279,13 @@ class FevaeDataModule(lightning.LightningDataModule):
         return self._loader(self.val_set, self.batch_size, shuffle=False)
 
     def eval_dataloader(self, name: str, part: str = "test") -> DataLoader:
-        """Batches of ``(x, y, index)`` of ``part`` (val/test) of eval set ``name`` (:data:`EVAL_SETS`), in order."""
+        """Batches of ``(x, y, index)`` of ``part`` (val/test) of eval set ``name`` (:attr:`eval_set_names`), in order."""
         self.setup()
         sets = {"test": self.eval_sets, "val": self.eval_val_sets}.get(part)
         if sets is None:
             raise FevaeError(f"unknown evaluation part {part!r}", f"use one of {', '.join(PARTS)}")
         if name not in sets:
-            raise FevaeError(f"unknown evaluation set {name!r}", f"use one of {', '.join(EVAL_SETS)}")
+            raise FevaeError(f"unknown evaluation set {name!r}", f"use one of {', '.join(sets)}")
         return self._loader(sets[name], self.eval_batch_size, shuffle=False)
 
     def eval_loaders(self) -> dict[str, DataLoader]:

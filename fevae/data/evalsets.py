@@ -1,0 +1,218 @@
+"""The out-of-distribution evaluation sets of a run, from ``data.ood_sets`` (conf/data/fashion_mnist.yaml).
+
+``data.ood_sets`` maps a set name to where its images come from and what is done to them::
+
+    ood_sets:
+      mnist: {source: mnist}                                   # MNIST test
+      mnist_saltpepper:                                        # MNIST test, salt-and-pepper noise
+        source: mnist
+        corruptions: [{name: salt_and_pepper, p: ${data.saltpepper_fraction}}]
+      mine: {path: my_images.npy}                              # your own images (added by you)
+      fmnist_hflip: {source: fashionmnist, corruptions: [hflip]}   # mirrored in-distribution test images
+
+Each entry has exactly one of
+
+* ``source``: a built-in image set, :data:`SOURCES` (``fashionmnist`` = the FashionMNIST *test*
+  images, i.e. the in-distribution test set; ``mnist`` = MNIST test), or
+* ``path``: a ``.npy`` / ``.npz`` array, a folder of 28×28 grayscale PNGs, a single PNG or an IDX
+  file, read and validated as the score CLI reads its input (:func:`fevae.inputs.read_images`;
+  no pickles),
+
+and optionally ``corruptions`` (a chain of :mod:`fevae.data.corruptions`, applied to the whole set
+in order, seeded by the run's seed) and ``eval_split: {val, test}`` (this set's own validation /
+test sizes; default ``data.eval_split``'s; the split seed is always ``data.eval_split.seed``).
+``null`` (``data.ood_sets.mnist=null``) or deleting the key (``~data.ood_sets.mnist``) removes a
+set; ``data.ood_sets=null`` means the built-in sets (what a run made before ``data.ood_sets``
+existed had). The in-distribution set is always ``fashionmnist`` (FashionMNIST test); it is not
+an entry.
+
+Everything here except :func:`read_path_source` / :func:`check_ood_sources` is pure config
+checking: no file is read.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fevae.data.corruptions import check_corruptions, describe_chain
+from fevae.errors import FevaeError
+
+__all__ = ["ID_SET", "SOURCES", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names", "describe_ood_sets",
+           "read_path_source", "check_ood_sources", "check_split_size"]
+
+#: name of the in-distribution evaluation set (FashionMNIST test)
+ID_SET = "fashionmnist"
+#: built-in image sources -> (the data discovery's file key, what it is)
+SOURCES = {"fashionmnist": ("fashionmnist/test", "FashionMNIST test"), "mnist": ("mnist/test", "MNIST test")}
+#: the OOD sets of the default config (and of a run made before data.ood_sets existed)
+BUILTIN_OOD_SETS = ("mnist", "mnist_saltpepper")
+#: a set name: also a file name (scores/<set>.npz) and a metrics key (ood/<set>/...)
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+KEYS = ("source", "path", "corruptions", "eval_split")
+EXAMPLE = "+data.ood_sets.my_set.path=images.npy or +data.ood_sets.my_set.source=mnist"
+
+
+@dataclass(frozen=True)
+class OodSet:
+    """One checked entry of ``data.ood_sets``."""
+
+    name: str
+    #: a key of :data:`SOURCES`, or None for a path source
+    source: str | None = None
+    #: the file or folder of a path source (as configured: relative to the working folder)
+    path: str | None = None
+    #: the checked corruption chain ``((name, {param: value}), ...)``
+    corruptions: tuple[tuple[str, dict[str, float]], ...] = ()
+    #: this set's own ``{"val": int, "test": int | None}``, or None for ``data.eval_split``'s sizes
+    eval_split: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"data.ood_sets.{self.name}"
+
+    def describe(self) -> str:
+        """``MNIST test + salt_and_pepper(p=0.2)``, ``images.npy + hflip``."""
+        base = SOURCES[self.source][1] if self.source else str(self.path)
+        return base + (f" + {describe_chain(self.corruptions)}" if self.corruptions else "")
+
+
+def default_ood_sets(saltpepper_fraction: float = 0.2) -> dict[str, dict[str, Any]]:
+    """The built-in entries: MNIST test, and MNIST test with salt-and-pepper noise of ``saltpepper_fraction``."""
+    return {"mnist": {"source": "mnist"},
+            "mnist_saltpepper": {"source": "mnist", "corruptions": [{"name": "salt_and_pepper", "p": saltpepper_fraction}]}}
+
+
+def plain(node: Any, key: str = "data.ood_sets") -> Any:
+    """``node`` as plain dicts/lists (a Hydra DictConfig resolved), or one error naming ``key``."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(node, DictConfig | ListConfig):
+        try:
+            return OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            raise FevaeError(f"{key} cannot be resolved ({str(err).splitlines()[0]})", f"fix the value of {key}") from err
+    return node
+
+
+def _split_sizes(value: Any, key: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise FevaeError(f"{key}={value!r} is not a mapping", f"use {key}.val=<int> and {key}.test=<int or null>")
+    unknown = sorted(str(k) for k in value if k not in ("val", "test"))
+    if unknown:
+        raise FevaeError(f"{key} has unknown keys {unknown}", f"use {key}.val and {key}.test (the split seed is data.eval_split.seed)")
+    val, test = value.get("val", 0), value.get("test")
+
+    def is_int(v: Any, low: int) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+    if not is_int(val, 0):
+        raise FevaeError(f"{key}.val={val!r} is invalid", f"set {key}.val to an integer ≥ 0")
+    if test is not None and not is_int(test, 1):
+        raise FevaeError(f"{key}.test={test!r} is invalid", f"set {key}.test to an integer ≥ 1, or null (all the rest)")
+    return {"val": int(val), "test": None if test is None else int(test)}
+
+
+def _entry(name: Any, entry: Any) -> OodSet:
+    key = f"data.ood_sets.{name}"
+    if not isinstance(name, str) or not NAME.match(name):
+        raise FevaeError(f"data.ood_sets has an invalid set name {name!r}",
+                         "name sets with letters, digits, '_', '.', '-' (starting with a letter or digit), e.g. my_set")
+    if name == ID_SET:
+        raise FevaeError(f"{key}: {ID_SET!r} is the in-distribution set's name",
+                         f"give the OOD set another name (a corrupted copy of it: +data.ood_sets.{ID_SET}_flip.source={ID_SET} ...)")
+    if not isinstance(entry, Mapping):
+        raise FevaeError(f"{key}={entry!r} is not a mapping with a source or a path",
+                         f"use +{key}.path=<file or folder> or +{key}.source=<{'|'.join(SOURCES)}>")
+    unknown = sorted(str(k) for k in entry if k not in KEYS)
+    if unknown:
+        raise FevaeError(f"{key} has unknown keys {unknown}", f"use {', '.join(KEYS)}")
+    source, path = entry.get("source"), entry.get("path")
+    if (source is None) == (path is None):
+        raise FevaeError(f"{key} has {'both a source and a path' if source is not None else 'neither a source nor a path'}",
+                         f"give exactly one: {key}.path=<file or folder> or {key}.source=<{'|'.join(SOURCES)}>")
+    if source is not None and source not in SOURCES:
+        raise FevaeError(f"{key}.source={source!r} is not a built-in set",
+                         f"use one of {', '.join(SOURCES)} ({', '.join(f'{k} = {v[1]}' for k, v in SOURCES.items())}), "
+                         f"or {key}.path=<file or folder> for your own images")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise FevaeError(f"{key}.path={path!r} is not a path", f"set {key}.path to a .npy/.npz file, a folder of PNGs, a PNG or an IDX file")
+    chain = check_corruptions(entry.get("corruptions"), f"{key}.corruptions")
+    return OodSet(name, source, path, tuple((n, dict(p)) for n, p in chain),
+                  _split_sizes(entry.get("eval_split"), f"{key}.eval_split"))
+
+
+def resolve_ood_sets(ood_sets: Any = None, saltpepper_fraction: float = 0.2) -> dict[str, OodSet]:
+    """``data.ood_sets`` checked, in config order, without the removed (null) entries; one
+    :class:`FevaeError` for anything wrong. ``None`` gives the built-in sets. Reads nothing."""
+    ood_sets = plain(ood_sets, "data.ood_sets")
+    if ood_sets is None:
+        ood_sets = default_ood_sets(saltpepper_fraction)
+    if not isinstance(ood_sets, Mapping):
+        raise FevaeError(f"data.ood_sets={ood_sets!r} is not a mapping of set names",
+                         f"add sets with {EXAMPLE}; remove one with data.ood_sets.<name>=null")
+    out = {str(name): _entry(name, entry) for name, entry in ood_sets.items() if entry is not None}
+    if not out:
+        raise FevaeError("data.ood_sets has no set left: there is nothing to tell the in-distribution set from",
+                         f"keep at least one OOD set ({EXAMPLE})")
+    return out
+
+
+def ood_set_names(data_cfg: Any) -> list[str]:
+    """The OOD set names a run with data config ``data_cfg`` scores, in order (reads nothing)."""
+    data = plain(data_cfg, "data") or {}
+    return list(resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2)))
+
+
+def describe_ood_sets(data_cfg: Any) -> dict[str, str]:
+    """``{set: "MNIST test + salt_and_pepper(p=0.2)"}`` for a data config (report.md's settings; reads nothing)."""
+    data = plain(data_cfg, "data") or {}
+    return {name: spec.describe() for name, spec in resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2)).items()}
+
+
+def read_path_source(spec: OodSet) -> np.ndarray:
+    """The images of a path source: uint8 ``[N, 28, 28]`` or float32 in [0, 1], validated (one error line)."""
+    from fevae.inputs import read_images
+
+    return read_images(Path(spec.path).expanduser(), key=f"{spec.key}.path")
+
+
+def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: str) -> None:
+    """A set of ``n`` images must hold ``val`` validation and ``test`` (None: ≥ 1) test images."""
+    need = val + (test if test is not None else 1)
+    if n >= need:
+        return
+    key = f"data.ood_sets.{spec_name}"
+    asked = f"{val} validation + {test if test is not None else 'at least 1'} test images"
+    if spec_name == ID_SET:
+        raise FevaeError(f"data.eval_split asks for {asked} but the evaluation set {ID_SET} ({what}) holds {n}",
+                         f"set data.eval_split.val + data.eval_split.test to at most {n}")
+    share = val / (val + test) if test else 1 / 3
+    v = max(0, min(n - 1, int(n * share)))
+    raise FevaeError(
+        f"{key} ({what}) holds {n} images, fewer than the {asked} of its split",
+        f"give this set its own sizes, e.g. +{key}.eval_split.val={v} +{key}.eval_split.test={n - v} "
+        "(or lower data.eval_split.val/test, which changes every set)")
+
+
+def check_ood_sources(data_cfg: Any) -> None:
+    """Read and validate every path source of ``data_cfg`` (a ``data`` config node) and check that each
+    is large enough for its split: one :class:`FevaeError` naming the set, before any training."""
+    data = plain(data_cfg, "data") or {}
+    sets = resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2))
+    split = data.get("eval_split") or {"val": 0, "test": data.get("eval_subset")}
+    for spec in sets.values():
+        if spec.path is None:
+            continue
+        n = len(read_path_source(spec))
+        sizes = spec.eval_split or split
+        check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path)
