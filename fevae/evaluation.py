@@ -2,8 +2,8 @@
 
 The math lives in :mod:`fevae.scoring`; this module batches it through ``Trainer.predict``
 (any accelerator, DDP included), gathers the per-sample scores of every rank by dataset index,
-and writes ``scores/<set>.npz``, ``metrics.json``, ``figures/``, TensorBoard histograms and
-``report.md``.
+and writes ``scores/<set>.npz``, ``metrics.json``, ``figures/``, the TensorBoard dashboards
+(:mod:`fevae.dashboard`) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from fevae.baselines import compressed_bits, input_complexity_from_bits, likelihood_regret_score, to_uint8
 from fevae.bootstrap import METRICS
 from fevae.cache import SamplesCache, weights_hash
+from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
 from fevae.metrics import MCSE_PREFIX
@@ -537,13 +538,6 @@ def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) 
     return torch.stack([dataset[i][0][0] for i in range(min(k, len(dataset)))]).numpy()
 
 
-def hparams_of(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings shown in TensorBoard's HParams view (scalars and strings only)."""
-    hp = {k: info.get(k) for k in ("experiment", "likelihood", "preprocess", "n_samples", "eval_split", "profile", "seed")}
-    hp.update({f"fe.{k}": v for k, v in dict(info.get("fe") or {}).items() if k != "feature_batch_size"})
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hp.items()}
-
-
 def write_outputs(
     out_dir: Path,
     scores: dict[str, dict[str, np.ndarray]],
@@ -558,14 +552,14 @@ def write_outputs(
     with the scores' Monte-Carlo standard errors, ``metrics.json`` (with bootstrap intervals per
     ``bootstrap`` = ``eval.bootstrap``), ``eval_split.json`` (``split``: which image of each set is
     in which part, :meth:`~fevae.data.datamodule.FevaeDataModule.split_record`), ``figures/``,
-    TensorBoard histograms, ``report.md``.
+    the TensorBoard dashboards (:func:`fevae.dashboard.write_dashboard`: histograms of the test parts,
+    every set in one chart; the figures, a text summary and the HParams session), ``report.md``.
 
     ``scores`` is keyed by loader name (``"mnist"``, ``"val/mnist"``; :func:`fevae.data.datamodule.part_name`).
     Returns the metrics dict (the ``metrics.json`` contract).
     """
-    from torch.utils.tensorboard import SummaryWriter
-
     from fevae.bootstrap import Resampler
+    from fevae.dashboard import write_dashboard
     from fevae.metrics import compute_split_metrics, save_scores, write_json_atomic
     from fevae.plots import plot_all, plot_detector_aurocs
     from fevae.report import write_report
@@ -589,20 +583,8 @@ def write_outputs(
     with stage("figures", logger=log):
         figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
         figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
-    writer = SummaryWriter(log_dir=str(out_dir / "tensorboard" / "eval"))
-    try:
-        for set_name, set_scores in scores.items():
-            for score_name, values in set_scores.items():
-                writer.add_histogram(f"{set_name}/{score_name}", values, global_step=0)
-        from fevae.metrics import flatten_metrics
-
-        flat = flatten_metrics(metrics)
-        for key, value in flat.items():
-            writer.add_scalar(key, value, global_step=0)
-        # the HParams view: one row per run/sweep job, its settings next to its AUROCs
-        writer.add_hparams(hparams_of(info), {f"hparams/{k}": v for k, v in flat.items() if k.endswith("/auroc")}, run_name=".")
-    finally:
-        writer.close()
+    with stage("TensorBoard dashboards", logger=log):
+        write_dashboard(out_dir, scores, metrics, info, figures)
     info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}
     test_se = {k: v for k, v in (mc_se or {}).items() if split_part(k)[1] == "test"}
     write_report(out_dir, metrics, scores, info, mc_se=test_se)

@@ -145,10 +145,3 @@ class MixtureCallback(L.Callback):
         if not trainer.is_global_zero:
             return
         save_mixtures(self.out_dir, self.mixtures, self.fe)
-        if trainer.logger is not None:
-            for layer, mixture in self.mixtures.items():
-                prefix = "mixture" if layer == int(self.fe["layer"]) else f"mixture_l{layer}"
-                trainer.logger.log_metrics(
-                    {f"{prefix}/{k}": float(v) for k, v in mixture.summary().items() if isinstance(v, (int, float, bool))},
-                    step=trainer.global_step,
-                )

@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""Check a run's TensorBoard dashboards as a user sees them: in a real (headless) browser.
+
+    python scripts/tensorboard_check.py RUN_DIR [--out outputs/tensorboard_check] [--tag APO/log_p_fevae]
+
+Starts ``tensorboard --logdir RUN_DIR`` on a free port, then
+
+1. asks TensorBoard's HTTP API what it serves: the ``eval`` run has every evaluation set as a step
+   of ``--tag`` (one chart), each ``eval/<set>`` run has the same tag with the same bins, the
+   ``summary`` run has the figures as images (``--figure``), the text summary and the HParams
+   session (the run's overrides and its validation and test AUROCs; ``--sessions N``: a sweep folder's
+   N jobs, one row each), and no scalar chart but the training curves and the HParams metrics
+   (which sort after them);
+2. opens the Histograms, Images, Text, Scalars and HParams pages in headless Chromium (Debian's
+   ``chromium``, driven over the DevTools protocol with the standard library only) and asserts
+   what is drawn: the ``--tag`` chart of the ``eval`` run with one histogram per set and its title
+   naming the sets, the figure's image, the text summary's tables, the training curves first on
+   the Scalars page;
+3. saves a screenshot of each page under ``--out`` (``histograms.png``, ``images.png``,
+   ``text.png``, ``scalars.png``, ``hparams.png``) and ``check.json`` (what was found), and stops TensorBoard and
+   the browser.
+
+Exit status 0 when every check passes, 1 otherwise (each failed check is printed), 2 when
+chromium or TensorBoard cannot be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+#: the pages checked: (name, URL fragment)
+PAGES = (("histograms", "#histograms"), ("images", "#images"), ("text", "#text"), ("scalars", "#scalars"), ("hparams", "#hparams"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, data: dict | None = None, timeout: float = 30):
+    body = None if data is None else json.dumps(data).encode()
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    if data is not None:
+        headers["X-TensorBoard-Feature-Flags"] = "{}"
+    req = urllib.request.Request(url, data=body, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def wait_for(predicate, timeout: float, every: float = 0.5, what: str = ""):
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # not up yet
+            last_error = e
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+@contextmanager
+def process(cmd: list[str], log: Path):
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ------------------------------------------------------------------ a minimal DevTools-protocol client
+class DevTools:
+    """Just enough of a WebSocket client (RFC 6455, text frames) to drive one Chromium page."""
+
+    def __init__(self, ws_url: str, timeout: float = 60):
+        u = urllib.parse.urlparse(ws_url)
+        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection during the handshake")
+            head += chunk
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise ConnectionError(f"DevTools refused the WebSocket: {head[:200]!r}")
+        self.next_id = 0
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("DevTools closed the connection")
+            buf += chunk
+        return buf
+
+    def _send(self, text: str) -> None:
+        payload = text.encode()
+        header = bytes([0x81])
+        n = len(payload)
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        mask = os.urandom(4)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _recv(self) -> str:
+        message = b""
+        while True:
+            b0, b1 = self._recv_exact(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._recv_exact(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._recv_exact(8))[0]
+            mask = self._recv_exact(4) if b1 & 0x80 else None
+            data = self._recv_exact(n)
+            if mask:
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            opcode = b0 & 0x0F
+            if opcode == 8:
+                raise ConnectionError("DevTools closed the connection")
+            if opcode in (9, 10):  # ping / pong: not part of a message
+                continue
+            message += data
+            if b0 & 0x80:
+                return message.decode()
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self._send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self._recv())
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> None:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+#: JavaScript: every element of the page, shadow roots included (TensorBoard's dashboards are web components)
+DEEP = """
+const deep = (root = document, out = []) => {
+  for (const el of root.querySelectorAll('*')) { out.push(el); if (el.shadowRoot) deep(el.shadowRoot, out); }
+  return out;
+};
+const text = (el) => { let t = el.textContent || ''; if (el.shadowRoot) for (const c of el.shadowRoot.children) t += ' ' + text(c); return t; };
+"""
+
+JS_HISTOGRAMS = "(() => {" + DEEP + """
+return deep().filter(e => e.tagName === 'TF-HISTOGRAM-LOADER').map(e => {
+  const vz = deep(e.shadowRoot || e).find(x => x.tagName === 'VZ-HISTOGRAM-TIMESERIES');
+  const series = vz ? deep(vz.shadowRoot || vz).filter(x => x.tagName.toLowerCase() === 'path' && (x.getAttribute('d') || '').length > 20 &&
+                                                          (x.closest('g.histogram') || /histogram/.test(x.parentNode.getAttribute('class') || ''))).length : 0;
+  return {run: e.run, tag: e.tag, title: (e.tagMetadata || {}).displayName || '', text: text(e).replace(/\\s+/g, ' ').trim().slice(0, 400),
+          series: series, vz: !!vz};
+});
+})()
+"""
+
+JS_IMAGES = "(() => {" + DEEP + """
+return deep().filter(e => e.tagName === 'TF-IMAGE-LOADER').map(e => {
+  const img = deep(e.shadowRoot || e).find(x => x.tagName === 'IMG');
+  return {run: e.run, tag: e.tag, loaded: !!(img && img.complete && img.naturalWidth > 0), width: img ? img.naturalWidth : 0};
+});
+})()
+"""
+
+JS_TEXT = "(() => {" + DEEP + """
+return deep().filter(e => e.tagName === 'TF-TEXT-LOADER').map(e => ({run: e.run, tag: e.tag,
+  tables: deep(e.shadowRoot || e).filter(x => x.tagName === 'TABLE').length,
+  headings: deep(e.shadowRoot || e).filter(x => /^H[1-4]$/.test(x.tagName)).map(x => x.textContent.trim())}));
+})()
+"""
+
+JS_SCALARS = "(() => {" + DEEP + """
+const dash = deep().find(e => e.tagName === 'TF-SCALAR-DASHBOARD');  // other dashboards stay in the page, hidden
+if (!dash) return null;
+const inside = deep(dash.shadowRoot || dash);
+return {groups: inside.filter(e => e.tagName === 'TF-CATEGORY-PAGINATED-VIEW')
+                      .map(e => (e.category && e.category.name) || '').filter(n => n),
+        cards: inside.filter(e => e.tagName === 'TF-SCALAR-CARD').map(e => e.tag)};
+})()
+"""
+
+
+def curves_first(groups: list[str], points: dict[str, int]) -> bool:
+    """True when every group of training curves (``epoch``, ``train``, ``val``, or any group whose every tag has
+    more than one point) comes before every group of one-point charts. ``points``: tag -> most points in a run."""
+    def is_curve(group: str) -> bool:
+        tags = [t for t in points if t.split("/", 1)[0] == group]
+        return group in ("epoch", "train", "val") or bool(tags) and all(points[t] > 1 for t in tags)
+
+    kinds = [is_curve(g) for g in groups]
+    return bool(kinds) and kinds[0] and all(kinds[i] or not any(kinds[i:]) for i in range(len(kinds)))
+
+
+def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chromium: str,
+          tag_filter: str = "", size: tuple[int, int] = (1400, 1000), sessions: int = 1,
+          pages: tuple[str, ...] = tuple(name for name, _ in PAGES)) -> tuple[list[str], dict]:
+    failures: list[str] = []
+    found: dict = {}
+
+    def expect(ok: bool, message: str) -> None:
+        print(("ok    " if ok else "FAIL  ") + message, flush=True)
+        if not ok:
+            failures.append(message)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    tb_cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port),
+              "--load_fast", "false", "--reload_interval", "0"]
+    with process(tb_cmd, out / "tensorboard.log") as tb:
+        wait_for(lambda: tb.poll() is None and http_json(f"{base}/data/runs") is not None, timeout, what="TensorBoard to answer")
+        # ---- 1. what TensorBoard serves
+        hist_tags = wait_for(lambda: (lambda t: t if any(tag in v for v in t.values()) else None)(
+            http_json(f"{base}/data/plugin/histograms/tags")), timeout, what=f"histogram tag {tag}")
+        runs = http_json(f"{base}/data/runs")
+        found["runs"] = runs
+        eval_run = next((r for r in runs if r == "eval" or r.endswith("/eval")), None)
+        expect(eval_run is not None, f"an eval run among {runs}")
+        if eval_run is None:
+            return failures, found
+        prefix = eval_run[: -len("eval")]
+        set_runs = sorted(r for r in runs if r.startswith(eval_run + "/"))
+        sets = [r[len(eval_run) + 1:] for r in set_runs]
+        found["sets"] = sets
+        expect(len(sets) >= 2, f"one eval/<set> run per evaluation set: {sets}")
+        events = http_json(f"{base}/data/plugin/histograms/histograms?" + urllib.parse.urlencode({"run": eval_run, "tag": tag}))
+        expect(len(events) == len(sets), f"{eval_run} {tag}: one step per set ({len(events)} steps, {len(sets)} sets)")
+        meta = hist_tags[eval_run][tag]
+        found["title"] = meta.get("displayName")
+        expect(all(s in meta.get("displayName", "") for s in sets), f"the chart's title names every set: {meta.get('displayName')!r}")
+        edges = {tuple(tuple(b[:2]) for b in events[0][2])} if events else set()
+        for r in set_runs:
+            expect(tag in hist_tags.get(r, {}), f"{r} has {tag}")
+            ev = http_json(f"{base}/data/plugin/histograms/histograms?" + urllib.parse.urlencode({"run": r, "tag": tag}))
+            edges.add(tuple(tuple(b[:2]) for b in ev[0][2]))
+        expect(len(edges) == 1, f"{tag}: the same bins in every set's chart ({len(edges)} distinct binnings)")
+        summary_run = prefix + "summary"
+        images = http_json(f"{base}/data/plugin/images/tags")
+        expect(f"figures/{figure}" in images.get(summary_run, {}), f"{summary_run} has the image figures/{figure}")
+        text = http_json(f"{base}/data/plugin/text/tags")
+        expect("summary/overview/text_summary" in text.get(summary_run, []), f"{summary_run} has the text summary")
+        scalars = http_json(f"{base}/data/plugin/scalars/tags")
+        metric_like = sorted(t for r, tags in scalars.items() for t in tags
+                             if not r.endswith(("/vae", "/jigsaw")) and r not in ("vae", "jigsaw") and not t.startswith("z_final/"))
+        expect(not metric_like, f"no scalar chart but the training curves and z_final/ (HParams): {metric_like[:5]}")
+        points: dict[str, int] = {}
+        for r, tags in scalars.items():
+            for t in tags:
+                n = len(http_json(f"{base}/data/plugin/scalars/scalars?" + urllib.parse.urlencode({"run": r, "tag": t})))
+                points[t] = max(points.get(t, 0), n)
+        found["scalar_points"] = points
+        experiment = http_json(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
+        hparams = {h["name"] for h in experiment.get("hparamInfos", [])}
+        metrics = {m["name"]["tag"] for m in experiment.get("metricInfos", [])}
+        found["hparams"], found["hparams_metrics"] = sorted(hparams), sorted(metrics)
+        expect("overrides" in hparams, f"HParams lists the overrides ({len(hparams)} columns)")
+        expect(any("/ood_val/" in m for m in metrics) and any("/ood/" in m for m in metrics),
+               f"HParams metrics: validation and test AUROCs ({len(metrics)})")
+
+        groups = http_json(f"{base}/data/plugin/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 1000, "colParams": [],
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}).get("sessionGroups", [])
+        found["hparams_sessions"] = {g["name"]: g["hparams"].get("overrides") for g in groups}
+        complete = [g for g in groups if "overrides" in g["hparams"]
+                    and any("/ood_val/" in m["name"]["tag"] for m in g.get("metricValues", []))
+                    and any("/ood/" in m["name"]["tag"] for m in g.get("metricValues", []))]
+        expect(len(complete) == len(groups) >= max(1, sessions),
+               f"HParams table: {len(groups)} row(s) (expected {max(1, sessions)}), {len(complete)} with overrides and "
+               f"validation and test AUROCs: {found['hparams_sessions']}")
+
+        # ---- 2. what the browser draws
+        dt_port = free_port()
+        with tempfile.TemporaryDirectory() as profile:
+            browser_cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                           f"--remote-debugging-port={dt_port}", "--remote-allow-origins=*", "about:blank"]
+            with process(browser_cmd, out / "chromium.log"):
+                targets = wait_for(lambda: [t for t in http_json(f"http://127.0.0.1:{dt_port}/json/list") if t.get("type") == "page"],
+                                   timeout, what="chromium's DevTools")
+                dev = DevTools(targets[0]["webSocketDebuggerUrl"], timeout=timeout)
+                try:
+                    dev.call("Page.enable")
+                    dev.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+                    for name, fragment in PAGES:
+                        if name not in pages:
+                            continue
+                        if name == "histograms" and tag_filter:
+                            fragment += "&tagFilter=" + urllib.parse.quote(tag_filter, safe="")
+                        dev.call("Page.navigate", url=f"{base}/{fragment}")
+                        if name == "histograms":
+                            def drawn():
+                                cards = dev.evaluate(JS_HISTOGRAMS) or []
+                                card = next((c for c in cards if c["run"] == eval_run and c["tag"] == tag), None)
+                                return (cards, card) if card and card["series"] >= len(sets) else None
+                            try:
+                                cards, card = wait_for(drawn, timeout, every=1.0, what=f"the {eval_run} {tag} chart")
+                            except TimeoutError as e:
+                                cards, card = dev.evaluate(JS_HISTOGRAMS) or [], None
+                                print(f"       {e}")
+                            found["histogram_cards"] = cards
+                            expect(card is not None, f"Histograms page: the {tag} chart of run {eval_run} shows "
+                                                     f"{card['series'] if card else 0} histograms, one per set ({len(sets)})")
+                            expect(card is not None and all(s in card["title"] for s in sets),
+                                   f"Histograms page: that chart's title names {sets}")
+                            per_set = {c["run"] for c in cards if c["tag"] == tag and c["run"] in set_runs and c["series"] >= 1}
+                            expect(per_set == set(set_runs), f"Histograms page: {tag} of every eval/<set> run ({sorted(per_set)})")
+                        elif name == "images":
+                            def shown():
+                                imgs = dev.evaluate(JS_IMAGES) or []
+                                return imgs if any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs) else None
+                            try:
+                                imgs = wait_for(shown, timeout, every=1.0, what=f"the image figures/{figure}")
+                            except TimeoutError:
+                                imgs = dev.evaluate(JS_IMAGES) or []
+                            found["image_cards"] = imgs
+                            expect(any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs),
+                                   f"Images page: figures/{figure} is displayed")
+                        elif name == "text":
+                            def rendered():
+                                cards = dev.evaluate(JS_TEXT) or []
+                                card = next((c for c in cards if c["tag"] == "summary/overview/text_summary" and c["run"] == summary_run), None)
+                                return card if card and card["tables"] else None
+                            try:
+                                card = wait_for(rendered, timeout, every=1.0, what="the text summary")
+                            except TimeoutError:
+                                card = None
+                            found["text_tables"] = card["tables"] if card else 0
+                            found["text_headings"] = card["headings"] if card else []
+                            expect(card is not None and any("OOD detection metrics" in h for h in card["headings"]),
+                                   f"Text page: the summary with its tables ({found['text_tables']} tables)")
+                        elif name == "scalars":
+                            try:
+                                page = wait_for(lambda: (lambda v: v if v and v["groups"] and v["cards"] else None)(
+                                    dev.evaluate(JS_SCALARS)), timeout, every=1.0, what="the scalar charts")
+                            except TimeoutError:
+                                page = {"groups": [], "cards": []}
+                            cats = page["groups"]
+                            found["scalar_groups"], found["first_scalar_charts"] = cats, page["cards"][:8]
+                            if any(g in ("epoch", "train", "val") for g in cats):
+                                expect(curves_first(cats, points), f"Scalars page opens on the training curves, one-point "
+                                                                   f"charts after them: groups {cats}")
+                            else:
+                                print(f"skip  Scalars page: no training curves in this logdir (groups {cats})")
+                            expect(not cats or cats[-1] == "z_final", f"Scalars page: the HParams metrics (z_final) come last: {cats}")
+                        else:
+                            time.sleep(3)
+                        time.sleep(1)
+                        dev.screenshot(out / f"{name}.png")
+                        print(f"      screenshot {out / (name + '.png')}", flush=True)
+                finally:
+                    dev.close()
+    return failures, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a run folder (or any folder whose tensorboard/ runs to show)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/tensorboard_check"), help="where screenshots and check.json go")
+    parser.add_argument("--tag", default="APO/log_p_fevae", help="the histogram that must show every set in one chart")
+    parser.add_argument("--figure", default="fig1b_log_p_fevae", help="the figure the Images page must show")
+    parser.add_argument("--filter", default="", help="a tag regex typed into the Histograms page's filter (screenshots)")
+    parser.add_argument("--sessions", type=int, default=1, help="rows the HParams table must list (a sweep: its jobs)")
+    parser.add_argument("--pages", default=",".join(name for name, _ in PAGES), help="the pages opened in the browser")
+    parser.add_argument("--size", default="1400x1000", help="browser window WIDTHxHEIGHT")
+    parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for each thing")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "chromium")
+    args = parser.parse_args(argv)
+    if not shutil.which(args.chromium):
+        print(f"error: {args.chromium} not found (Debian: apt-get install chromium)", file=sys.stderr)
+        return 2
+    if not (args.run_dir / "tensorboard").is_dir() and not list(args.run_dir.glob("**/tensorboard")):
+        print(f"error: no tensorboard/ folder under {args.run_dir}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        size = tuple(int(x) for x in args.size.lower().split("x"))
+        failures, found = check(args.run_dir, args.out, args.tag, args.figure, args.timeout, args.chromium, args.filter, size, args.sessions,
+                                tuple(args.pages.split(",")))
+    except (TimeoutError, ConnectionError, OSError) as e:
+        print(f"error: {e} (logs in {args.out})", file=sys.stderr)
+        return 2
+    (args.out / "check.json").write_text(json.dumps({"failures": failures, **found}, indent=1, default=str) + "\n")
+    print(f"{'all checks passed' if not failures else f'{len(failures)} check(s) failed'}; screenshots in {args.out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
