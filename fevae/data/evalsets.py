@@ -91,15 +91,9 @@ def default_ood_sets(saltpepper_fraction: float = 0.2) -> dict[str, dict[str, An
 
 def plain(node: Any, key: str = "data.ood_sets") -> Any:
     """``node`` as plain dicts/lists (a Hydra DictConfig resolved), or one error naming ``key``."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from fevae.validation import _plain
 
-    if isinstance(node, DictConfig | ListConfig):
-        try:
-            return OmegaConf.to_container(node, resolve=True)
-        except OmegaConfBaseException as err:
-            raise FevaeError(f"{key} cannot be resolved ({str(err).splitlines()[0]})", f"fix the value of {key}") from err
-    return node
+    return _plain(node, key)
 
 
 def _split_sizes(value: Any, key: str) -> dict[str, Any] | None:
