@@ -47,7 +47,7 @@ from fevae.inputs import SHAPE_HELP, validate_images
 from fevae.run import CONFIG_FILE, TrainedRun, config_differences, run_config
 from fevae.run import load_run as load_trained_run
 from fevae.score import output_columns, score_loaded
-from fevae.utils.cli import CONFIG_DIR
+from fevae.utils.cli import CONFIG_DIR, override_key
 from fevae.validation import validate_config
 
 __all__ = ["Run", "load_run", "train_run", "train"]
@@ -81,13 +81,9 @@ def compose_config(config_name: str, overrides: Iterable[str] = (), return_hydra
         GlobalHydra.instance().hydra = saved
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=")[0].split("@")[0].replace("/", ".")
-
-
 def _scoring_overrides(overrides: Iterable[str]) -> list[str]:
     overrides = [str(o) for o in overrides]
-    hydra_keys = [o for o in overrides if _key(o) == "hydra" or _key(o).startswith("hydra.")]
+    hydra_keys = [o for o in overrides if override_key(o) == "hydra" or override_key(o).startswith("hydra.")]
     if hydra_keys:
         raise FevaeError(f"overrides {hydra_keys} set Hydra's own settings, which scoring does not use", "leave them out")
     return overrides
@@ -259,7 +255,7 @@ def train_run(overrides: Iterable[str] = (), quiet: bool = False) -> Path:
         raise FevaeError(f"train_run trains one run; {flags} are command-line flags", "leave them out; sweep with `python -m fevae.train -m ...`")
     cfg = compose_config("train", overrides, return_hydra_config=True)
     run_dir = Path(os.path.abspath(str(cfg.hydra.run.dir)))
-    args = [o for o in overrides if _key(o) != "hydra.run.dir"] + [f"hydra.run.dir={_hydra_quoted(str(run_dir))}"]
+    args = [o for o in overrides if override_key(o) != "hydra.run.dir"] + [f"hydra.run.dir={_hydra_quoted(str(run_dir))}"]
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parents[1])  # the child imports this very fevae
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])

@@ -30,6 +30,7 @@ from fevae.callbacks.mixture import mixture_file, mixture_layers
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
+from fevae.utils.cli import override_key
 from fevae.utils.io import write_bytes_atomic
 from fevae.validation import build, validate_config
 
@@ -92,8 +93,7 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
         if added:
             log.info("%s predates the settings %s: using today's defaults for them", run_dir, ", ".join(added))
     for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        key = key.split("@")[0].replace("/", ".")
+        key, value = override_key(override), override.partition("=")[2]
         if override.startswith("~"):  # a deletion (~data.ood_sets.mnist): drop the key from the run's config
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent) if parent else cfg

@@ -129,6 +129,12 @@ def release_process_group() -> None:
         dist.destroy_process_group()
 
 
+def override_key(override: str) -> str:
+    """The dotted config key a command-line override sets: ``+data.ood_sets.mine.path=X`` ->
+    ``data.ood_sets.mine.path``; ``trainer@x=ddp`` -> ``trainer``; ``hydra/launcher=joblib`` -> ``hydra.launcher``."""
+    return override.lstrip("+~").partition("=")[0].split("@")[0].replace("/", ".")
+
+
 def task_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
     """The command line's ``key=value`` overrides of the current Hydra job, less the keys in ``exclude``.
 
@@ -136,7 +142,7 @@ def task_overrides(exclude: tuple[str, ...] = ()) -> list[str]:
     """
     from hydra.core.hydra_config import HydraConfig
 
-    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0] not in exclude]
+    return [o for o in HydraConfig.get().overrides.task if override_key(o) not in exclude]
 
 
 def is_rank_zero() -> bool:
