@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
+from fevae.callbacks.separation import separation_callbacks
 from fevae.data.evalsets import check_ood_sources, describe_ood_sets
 from fevae.evaluation import check_optimized_metric, example_images, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
@@ -70,12 +71,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with stage("train VAE", timings, "train_vae"):
         vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
         validate_fe_config(cfg.fe, len(vae_data.train_set))
-        vae = fit_model("vae", vae_data, cfg, run_dir)
+        vae = fit_model("vae", vae_data, cfg, run_dir, callbacks=separation_callbacks("vae", cfg, run_dir))
 
     with stage("train Jigsaw (and fit the feature mixtures at its end)", timings, "train_jigsaw"):
         jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
         mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
-        jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[mixture_cb])
+        jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[*separation_callbacks("jigsaw", cfg, run_dir), mixture_cb])
     timings["train_jigsaw"] -= mixture_cb.fit_seconds
     arrays = mixture_cb.mixtures
     timings["fit_mixture"] = mixture_cb.fit_seconds

@@ -257,6 +257,13 @@ def _check_fe_extra(fe: Mapping[str, Any]) -> None:
     require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
 
 
+def _check_separation(cfg: DictConfig) -> None:
+    """The ``separation`` block (training-time separation monitor); absent = off (an older config)."""
+    from fevae.callbacks.separation import validate_separation_config
+
+    validate_separation_config(_plain(cfg.get("separation"), "separation"))
+
+
 def validate_config(cfg: DictConfig, source: str = "the config", build_data: bool = True, skip: tuple[str, ...] = ("hydra", *USER_GROUPS)) -> None:
     """Refuse any invalid setting of a composed train/evaluate config (or a stored run's config).
 
@@ -283,6 +290,7 @@ def validate_config(cfg: DictConfig, source: str = "the config", build_data: boo
     except KeyError as err:
         raise FevaeError(f"setting {err} is missing from {source}", "use a config composed by fevae (conf/)") from err
     _check_fe_extra(fe)
+    _check_separation(cfg)
     _check_budget(cfg)
     models = cfg.get("model")
     require(isinstance(models, DictConfig), "model is missing", "use model=default")
