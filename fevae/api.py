@@ -43,7 +43,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.errors import FevaeError
-from fevae.inputs import SHAPE_HELP, validate_images
+from fevae.inputs import DEFAULT_IMAGE_SHAPE, image_shape_of, shape_help, validate_images
 from fevae.run import CONFIG_FILE, TrainedRun, config_differences, run_config
 from fevae.run import load_run as load_trained_run
 from fevae.score import output_columns, score_loaded
@@ -125,14 +125,15 @@ def _lightning_quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def as_images(images: Any, name: str = "images") -> np.ndarray:
+def as_images(images: Any, name: str = "images", image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
     """A numpy array or torch tensor of images, checked as the score CLI checks a file's
-    (:func:`fevae.inputs.validate_images`): [N,28,28] (or [N,1,28,28]) uint8 pixels or floats in [0,1]."""
+    (:func:`fevae.inputs.validate_images`) against ``image_shape`` (C, H, W): [N,H,W] (or [N,1,H,W])
+    for one channel, [N,H,W,C] for colour; uint8 pixels or floats in [0,1]."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     if not isinstance(images, np.ndarray):
-        raise FevaeError(f"input={name} is a {type(images).__name__}, not a numpy array or torch tensor", SHAPE_HELP)
-    return validate_images(np.ascontiguousarray(images), name)
+        raise FevaeError(f"input={name} is a {type(images).__name__}, not a numpy array or torch tensor", shape_help(image_shape))
+    return validate_images(np.ascontiguousarray(images), name, image_shape=image_shape)
 
 
 def scores_frame(scores: dict[str, np.ndarray]):
@@ -187,7 +188,7 @@ class Run:
             raise FevaeError(f"{path} is not readable JSON ({type(err).__name__})", "re-score the run with `python -m fevae.evaluate`") from err
 
     def score(self, images: Any, overrides: Iterable[str] = (), stream_name: str = "input"):
-        """Scores of ``images`` (numpy or torch, [N,28,28] uint8 0–255 or floats in [0,1]) as a pandas DataFrame.
+        """Scores of ``images`` (numpy or torch, the run's shape: [N,H,W] or [N,H,W,C] uint8 0–255 or floats in [0,1]) as a pandas DataFrame.
 
         One row per image in input order, the score CLI's columns in its order, and the same numbers
         as ``python -m fevae.score run_dir=... input=<the images as .npy> [overrides]``
@@ -196,8 +197,8 @@ class Run:
         top of the load's; the models are not reloaded. Invalid images raise the CLI's
         :class:`FevaeError`. The global RNG state is left as it was, and Lightning's notices are not shown.
         """
-        x = as_images(images)
         trained = self.trained
+        x = as_images(images, image_shape=image_shape_of(trained.cfg.data))
         overrides = _scoring_overrides(overrides)
         if overrides:
             every = self.overrides + overrides

@@ -6,7 +6,7 @@ space (nats) where **higher means more in-distribution**. A score that would be 
 
 * :func:`iwae_score` — importance-weighted estimate of log p(x) (Burda et al., 2016).
 * :func:`input_complexity_score` — log p(x) corrected by the PNG code length of the image
-  (Serrà et al., 2020), see :func:`compressed_bits` and :func:`to_uint8`.
+  (Serrà et al., 2020), see :func:`compressed_bits` and :func:`to_uint8` (greyscale or RGB).
 * :func:`likelihood_regret_score` — minus the ELBO gain from refitting the encoder to the image
   (Xiao et al., 2020).
 
@@ -114,37 +114,48 @@ def iwae_score(
 
 
 # ---------------------------------------------------------------------------- input complexity
-def to_uint8(x: Tensor) -> np.ndarray:
-    """Images ``[B, 1, H, W]`` in [0, 1] -> uint8 array ``[B, H, W]`` = round(255 x).
+#: PNG colour mode of images with this many channels (the input-complexity code length)
+PNG_MODES: dict[int, str] = {1: "L", 3: "RGB"}
 
-    Binarised (0/1) inputs become 0/255. Values outside [0, 1] (beyond 1e-6) or NaN raise.
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images ``[B, C, H, W]`` in [0, 1] -> uint8 array = round(255 x): ``[B, H, W]`` for
+    greyscale (C = 1), ``[B, H, W, 3]`` (channels last, as PIL reads RGB) for colour (C = 3).
+
+    Binarised (0/1) inputs become 0/255. Values outside [0, 1] (beyond 1e-6) or NaN raise, as does
+    any other number of channels.
     """
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise FevaeError(f"expected images [B, 1, H, W], got shape {tuple(x.shape)}",
-                         "pass single-channel image batches")
+    if x.ndim != 4 or x.shape[1] not in PNG_MODES:
+        raise FevaeError(f"expected images [B, C, H, W] with C = 1 (greyscale) or 3 (RGB), got shape {tuple(x.shape)}",
+                         "the input-complexity score (PNG code length) needs greyscale or RGB image batches")
     x = x.detach().to(device="cpu", dtype=torch.float64)
     if x.numel() and not (torch.isfinite(x).all() and x.min() >= -1e-6 and x.max() <= 1 + 1e-6):
         raise FevaeError("images must be finite and in [0, 1] for the input-complexity score",
                          "pass the model's input images (pixel values scaled to [0, 1])")
-    return (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    x = x[:, 0] if x.shape[1] == 1 else x.permute(0, 2, 3, 1)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
 
 
 def compressed_bits(images_uint8: np.ndarray) -> np.ndarray:
-    """Lossless PNG code length L(x) in bits of each image ``[B, H, W]`` (uint8) -> ``[B]`` float64.
+    """Lossless PNG code length L(x) in bits of each image -> ``[B]`` float64; the images are uint8
+    ``[B, H, W]`` (greyscale) or ``[B, H, W, 3]`` (RGB), as :func:`to_uint8` returns them.
 
-    ``8 * len(PNG bytes)`` of a greyscale ("L") PNG written by PIL with ``optimize=True``
-    (deterministic). The whole file is counted: the container overhead (signature, IHDR/IDAT/IEND
-    chunk framing, zlib header/checksum: 57 + 6 bytes for 28x28 images) is the same constant for
-    every image, so it shifts all scores equally and does not change any ranking or AUROC.
+    ``8 * len(PNG bytes)`` of a greyscale ("L") or colour ("RGB") PNG written by PIL with
+    ``optimize=True`` (deterministic). The whole file is counted: the container overhead
+    (signature, IHDR/IDAT/IEND chunk framing, zlib header/checksum: 57 + 6 bytes for 28x28
+    greyscale images) is the same constant for every image of a given size and mode, so it shifts
+    all scores equally and does not change any ranking or AUROC.
     """
     images = np.asarray(images_uint8)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise FevaeError(f"expected uint8 images [B, H, W], got {images.dtype} {images.shape}",
-                         "convert with fevae.baselines.to_uint8")
+    rgb = images.ndim == 4 and images.shape[-1] == 3
+    if not (images.ndim == 3 or rgb) or images.dtype != np.uint8:
+        raise FevaeError(f"expected uint8 images [B, H, W] (greyscale) or [B, H, W, 3] (RGB), "
+                         f"got {images.dtype} {images.shape}", "convert with fevae.baselines.to_uint8")
+    mode = PNG_MODES[3 if rgb else 1]
     out = np.empty(images.shape[0], dtype=np.float64)
     for b, image in enumerate(images):
         buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(image), mode="L").save(buf, format="PNG", optimize=True)
+        Image.fromarray(np.ascontiguousarray(image), mode=mode).save(buf, format="PNG", optimize=True)
         out[b] = 8.0 * buf.getbuffer().nbytes
     return out
 
@@ -224,7 +235,8 @@ def likelihood_regret_score(
       ``vmap(grad(ELBO))`` over (parameters, image, noise) with
       :func:`torch.func.functional_call`. Adam is elementwise, so one ``torch.optim.Adam`` over the
       stacked tensors is exactly B independent Adams. Memory: ~4 (params, grad, 2 moments)
-      x 4 bytes x 224k encoder parameters ≈ 3.6 MB per image, plus activations.
+      x 4 bytes x 224k encoder parameters (1×28×28 or 3×32×32 images; the encoder's size barely
+      depends on the image shape) ≈ 3.6 MB per image, plus activations.
     * The VAE runs in eval mode (BatchNorm running statistics, no dropout) and its mode is restored
       afterwards; its parameters and buffers are never modified.
     """

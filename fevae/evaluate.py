@@ -49,7 +49,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
     metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs,
                             mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
-                            split=data.split_record())
+                            split=data.split_record(), in_distribution=data.id_name)
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -29,7 +29,7 @@ from fevae.cache import SamplesCache, weights_hash
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
-from fevae.metrics import MCSE_PREFIX
+from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX
 from fevae.mixture import TorchMixture
 from fevae.scoring import ScoreAccumulator, sample_chunks
 from fevae.training import cache_enabled, progress_settings
@@ -529,13 +529,20 @@ def run_scoring(
     return result
 
 
-def example_images(datamodule: Any, name: str = "mnist_saltpepper", k: int = 8) -> np.ndarray | None:
-    """The first ``k`` preprocessed images [k,28,28] of eval set ``name`` (for Fig. 2), or None when the
-    run has no such set (``data.ood_sets`` without it: Fig. 2 is then not drawn)."""
-    if name not in getattr(datamodule, "eval_sets", {}):
+def example_images(datamodule: Any, name: str | None = None, k: int = 8) -> np.ndarray | None:
+    """The first ``k`` preprocessed images ``[k, H, W]`` (one channel) or ``[k, C, H, W]`` of eval set
+    ``name`` (default: Fig. 2's set, :func:`fevae.plots.figure_sets`), or None when the run has no
+    such set (``data.ood_sets`` without it: Fig. 2 is then not drawn)."""
+    from fevae.plots import figure_sets
+
+    sets = getattr(datamodule, "eval_sets", {})
+    if name is None:
+        name = figure_sets(list(sets), getattr(datamodule, "id_name", IN_DISTRIBUTION))[1]
+    if name not in sets:
         return None
-    dataset = datamodule.eval_sets[name]
-    return torch.stack([dataset[i][0][0] for i in range(min(k, len(dataset)))]).numpy()
+    dataset = sets[name]
+    x = torch.stack([dataset[i][0] for i in range(min(k, len(dataset)))])
+    return (x[:, 0] if x.shape[1] == 1 else x).numpy()
 
 
 def write_outputs(
@@ -547,6 +554,7 @@ def write_outputs(
     mc_se: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     bootstrap: Mapping[str, Any] | None = None,
     split: Mapping[str, Any] | None = None,
+    in_distribution: str = IN_DISTRIBUTION,
 ) -> dict[str, Any]:
     """Write ``scores/<set>.npz`` (test parts) and ``scores/val/<set>.npz`` (validation parts), each
     with the scores' Monte-Carlo standard errors, ``metrics.json`` (with bootstrap intervals per
@@ -555,7 +563,8 @@ def write_outputs(
     the TensorBoard dashboards (:func:`fevae.dashboard.write_dashboard`: histograms of the test parts,
     every set in one chart; the figures, a text summary and the HParams session), ``report.md``.
 
-    ``scores`` is keyed by loader name (``"mnist"``, ``"val/mnist"``; :func:`fevae.data.datamodule.part_name`).
+    ``scores`` is keyed by loader name (``"mnist"``, ``"val/mnist"``; :func:`fevae.data.datamodule.part_name`);
+    ``in_distribution`` names the in-distribution set (the data module's ``id_name``).
     Returns the metrics dict (the ``metrics.json`` contract).
     """
     from fevae.bootstrap import Resampler
@@ -571,7 +580,7 @@ def write_outputs(
     boot = dict(bootstrap or {})
     resampler = Resampler(boot.get("n_resamples", 0), boot.get("level", 0.95), int(info.get("seed") or 0))
     with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
-        metrics = compute_split_metrics(parts["test"], parts["val"], resampler=resampler)  # validates finiteness before anything is written
+        metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)  # validates finiteness before anything is written
     if costs:
         metrics["cost_s_per_image"] = dict(costs)
     for key, set_scores in scores.items():
@@ -581,7 +590,8 @@ def write_outputs(
         write_json_atomic(out_dir / "eval_split.json", split)
     scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
     with stage("figures", logger=log):
-        figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples)
+        figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
+                           in_distribution=in_distribution)
         figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     with stage("TensorBoard dashboards", logger=log):
         write_dashboard(out_dir, scores, metrics, info, figures)

@@ -36,11 +36,13 @@ CLIP_PERCENTILES = (0.5, 99.5)
 CLIP_IQR_FENCE = 3.0
 _BINS = 60
 _SET_LABELS = {
-    "fashionmnist": "FashionMNIST test (ID)",
-    "mnist": "MNIST test (OOD)",
-    "mnist_saltpepper": "MNIST + salt & pepper (OOD)",
+    "fashionmnist": "FashionMNIST test",
+    "mnist": "MNIST test",
+    "mnist_saltpepper": "MNIST + salt & pepper",
+    "cifar10": "CIFAR-10 test",
+    "svhn": "SVHN test",
 }
-_SET_COLORS = {"fashionmnist": "tab:blue", "mnist": "tab:orange", "mnist_saltpepper": "tab:red"}
+_SET_COLORS = {"mnist": "tab:orange", "mnist_saltpepper": "tab:red"}
 #: the OOD sets of the paper's Fig. 1 and Fig. 2
 PAPER_FIGURE_SETS = ("mnist", "mnist_saltpepper")
 _EXTRA_COLORS = ["tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
@@ -54,12 +56,23 @@ def _sns():
     return sns
 
 
-def _set_label(name: str) -> str:
-    return _SET_LABELS.get(name, f"{name} (OOD)")
+def _set_label(name: str, in_distribution: str = IN_DISTRIBUTION) -> str:
+    return f"{_SET_LABELS.get(name, name)} ({'ID' if name == in_distribution else 'OOD'})"
 
 
-def _set_color(name: str, i: int) -> str:
+def _set_color(name: str, i: int, in_distribution: str = IN_DISTRIBUTION) -> str:
+    if name == in_distribution:
+        return "tab:blue"
     return _SET_COLORS.get(name, _EXTRA_COLORS[i % len(_EXTRA_COLORS)])
+
+
+def figure_sets(set_names: Sequence[str], in_distribution: str = IN_DISTRIBUTION) -> tuple[str | None, str | None]:
+    """The OOD sets of Fig. 1 and Fig. 2: ``mnist`` and ``mnist_saltpepper`` (the paper's), else the
+    first OOD set (Fig. 1) and the first whose name holds ``saltpepper`` (Fig. 2); None when absent."""
+    ood = [s for s in set_names if s != in_distribution]
+    fig1 = PAPER_FIGURE_SETS[0] if PAPER_FIGURE_SETS[0] in ood else next(iter(ood), None)
+    fig2 = PAPER_FIGURE_SETS[1] if PAPER_FIGURE_SETS[1] in ood else next((s for s in ood if "saltpepper" in s), None)
+    return fig1, fig2
 
 
 def _score_label(score_id: str, scheme: str) -> str:
@@ -182,7 +195,8 @@ def _draw_panels(axes, panels, score_id: str):
     for ax, (scheme, per_set) in zip(axes, panels):
         id_vals = per_set[0][1]
         aurocs = [f"{s}: {_auroc_text(id_vals, v)}" for s, v in per_set[1:]]
-        series = [(_set_label(s), v, _set_color(s, i)) for i, (s, v) in enumerate(per_set)]
+        id_name = per_set[0][0]  # _panels puts the in-distribution set first
+        series = [(_set_label(s, id_name), v, _set_color(s, i, id_name)) for i, (s, v) in enumerate(per_set)]
         title = f"{scheme}" if scheme != "other" else "score"
         title += " — " + "; ".join(aurocs)
         if len(aurocs) > 2 or len(title) > 64:  # more OOD sets than the paper's two (data.ood_sets): wrap rather than run into the next panel
@@ -228,8 +242,9 @@ def plot_fig1(
 ) -> list[Path]:
     """Paper Fig. 1(a) (``score="vae"``) / 1(b) (``score="fevae"``) for one VAE.
 
-    Density histograms of ``log_p_<score>_pr`` (left) and ``_apo`` (right), FashionMNIST test
-    vs MNIST test, AUROC in each panel title. Returns [png, pdf] or [] if the scores are absent.
+    Density histograms of ``log_p_<score>_pr`` (left) and ``_apo`` (right), the in-distribution test
+    set (FashionMNIST) vs ``ood_set`` (MNIST test), AUROC in each panel title. Returns [png, pdf] or
+    [] if the scores are absent.
     """
     panels = _panels(scores, score, ("PR", "APO"), [in_distribution, ood_set], in_distribution)
     if not panels:
@@ -258,8 +273,9 @@ def plot_fig2(
     in_distribution: str = IN_DISTRIBUTION,
     ood_set: str = "mnist_saltpepper",
 ) -> list[Path]:
-    """Paper Fig. 2 (App. B): log p_FEVAE (PR) of FashionMNIST test vs salt-and-pepper MNIST,
-    with example corrupted images on the left when ``examples`` ([k, 28, 28]) is given."""
+    """Paper Fig. 2 (App. B): log p_FEVAE (PR) of the in-distribution test set (FashionMNIST) vs
+    ``ood_set`` (salt-and-pepper MNIST), with example corrupted images on the left when ``examples``
+    (``[k, H, W]``, ``[k, 1, H, W]``, ``[k, 3, H, W]`` or ``[k, H, W, 3]``) is given."""
     panels = _panels(scores, score, (scheme,), [in_distribution, ood_set], in_distribution)
     if not panels:
         return []
@@ -268,10 +284,12 @@ def plot_fig2(
         imgs = np.asarray(examples, dtype=np.float64)
         if imgs.ndim == 4 and imgs.shape[1] == 1:
             imgs = imgs[:, 0]
-        if imgs.ndim != 3 or imgs.shape[0] == 0:
+        elif imgs.ndim == 4 and imgs.shape[1] == 3:
+            imgs = imgs.transpose(0, 2, 3, 1)
+        if not (imgs.ndim == 3 or (imgs.ndim == 4 and imgs.shape[3] == 3)) or imgs.shape[0] == 0:
             raise FevaeError(
-                f"examples must have shape [k, 28, 28], got {np.shape(examples)}",
-                "pass a few corrupted images as an array [k, H, W]",
+                f"examples must have shape [k, H, W] or [k, 3, H, W], got {np.shape(examples)}",
+                "pass a few corrupted images as an array [k, H, W] (grayscale) or [k, 3, H, W] (colour)",
             )
         imgs = imgs[:4]
     if imgs is None:
@@ -288,15 +306,18 @@ def plot_fig2(
             ax = fig.add_subplot(sub[i // cols, i % cols])
             ax.set_axis_off()
             if i < k:
-                ax.imshow(imgs[i], cmap="gray", vmin=0.0, vmax=max(1.0, float(imgs.max())))
+                if imgs.ndim == 4:
+                    ax.imshow(np.clip(imgs[i], 0.0, 1.0))
+                else:
+                    ax.imshow(imgs[i], cmap="gray", vmin=0.0, vmax=max(1.0, float(imgs.max())))
             if i == 0:
-                ax.set_title("(a) corrupted MNIST", fontsize=8, loc="left")
+                ax.set_title(f"(a) {_SET_LABELS.get(ood_set, ood_set)}", fontsize=8, loc="left")
         ax_hist = fig.add_subplot(gs[0, 1])
     _draw_panels([ax_hist], panels, score)
     ax_hist.set_title(("(b) " if imgs is not None else "") + ax_hist.get_title(), fontsize=9)
     fig.suptitle(
-        f"{title_prefix + ' — ' if title_prefix else ''}Fig. 2: salt-and-pepper MNIST vs "
-        f"FashionMNIST, {_score_label(score, scheme)}",
+        f"{title_prefix + ' — ' if title_prefix else ''}Fig. 2: {_SET_LABELS.get(ood_set, ood_set)} vs "
+        f"{_SET_LABELS.get(in_distribution, in_distribution)}, {_score_label(score, scheme)}",
         fontsize=10,
     )
     return _save(fig, out_base)
@@ -317,13 +338,15 @@ def plot_all(
     """Write every figure the scores allow into ``figures_dir``; returns all written files
     (``.png`` and ``.pdf`` of each figure, in that order).
 
-    * ``fig1a_log_p_vae``   — Fig. 1(a), needs fashionmnist + mnist and ``log_p_vae_{pr,apo}``
+    * ``fig1a_log_p_vae``   — Fig. 1(a), needs the ID set + mnist (else the first OOD set,
+      :func:`figure_sets`) and ``log_p_vae_{pr,apo}``
     * ``fig1b_log_p_fevae`` — Fig. 1(b), same with ``log_p_fevae_{pr,apo}``
-    * ``fig2_saltpepper``   — Fig. 2, needs fashionmnist + mnist_saltpepper and ``log_p_fevae_pr``
+    * ``fig2_saltpepper``   — Fig. 2, needs the ID set + mnist_saltpepper (else the first set named
+      ``*saltpepper*``) and ``log_p_fevae_pr``
     * ``hist_<score id>``   — every other score id (``fe``, ``fevae_l2``, ``iwae``, ...), ID vs
       all OOD sets, one panel per scheme present.
     * ``hist_vae``, ``hist_fevae`` — the same for p_VAE and p_FEVAE, only when the run has OOD sets
-      that Fig. 1/2 do not show (any set but mnist and mnist_saltpepper, e.g. from ``data.ood_sets``),
+      that Fig. 1/2 do not show (e.g. from ``data.ood_sets``),
       so every OOD set appears in a histogram of every score.
 
     A figure whose sets/scores are absent is skipped silently.
@@ -331,15 +354,18 @@ def plot_all(
     figures_dir = Path(figures_dir)
     if in_distribution not in scores:
         return []
+    fig1_set, fig2_set = figure_sets(order_sets(scores), in_distribution)
     written: list[Path] = []
-    written += plot_fig1(scores, "vae", figures_dir / "fig1a_log_p_vae", run_label,
-                         in_distribution=in_distribution)
-    written += plot_fig1(scores, "fevae", figures_dir / "fig1b_log_p_fevae", run_label,
-                         in_distribution=in_distribution)
-    written += plot_fig2(scores, figures_dir / "fig2_saltpepper", examples,
-                         title_prefix=run_label, in_distribution=in_distribution)
+    if fig1_set is not None:
+        written += plot_fig1(scores, "vae", figures_dir / "fig1a_log_p_vae", run_label,
+                             in_distribution=in_distribution, ood_set=fig1_set)
+        written += plot_fig1(scores, "fevae", figures_dir / "fig1b_log_p_fevae", run_label,
+                             in_distribution=in_distribution, ood_set=fig1_set)
+    if fig2_set is not None:
+        written += plot_fig2(scores, figures_dir / "fig2_saltpepper", examples,
+                             title_prefix=run_label, in_distribution=in_distribution, ood_set=fig2_set)
     score_ids = order_score_ids({sid for _, sid in index_scores(scores[in_distribution])})
-    paper_sets = {PAPER_FIGURE_SETS[0]} | ({PAPER_FIGURE_SETS[1]} if any(p.stem == "fig2_saltpepper" for p in written) else set())
+    paper_sets = {fig1_set} | ({fig2_set} if any(p.stem == "fig2_saltpepper" for p in written) else set())
     others = [s for s in order_sets(scores) if s != in_distribution and s not in paper_sets]
     for sid in score_ids:
         if sid in ("vae", "fevae") and not others:
@@ -358,8 +384,9 @@ def detector_label(score_id: str, scheme: str) -> str:
 
 def plot_detector_aurocs(metrics: Mapping[str, Any], out_base: str | Path, run_label: str = "") -> list[Path]:
     """Every detector's AUROC against each OOD set (horizontal bars, dashed line at chance)."""
+    id_set = metrics.get("in_distribution", IN_DISTRIBUTION)
     rows = [
-        {"detector": detector_label(sid, scheme), "OOD set": _set_label(ood_set), "AUROC": m["auroc"]}
+        {"detector": detector_label(sid, scheme), "OOD set": _set_label(ood_set, id_set), "AUROC": m["auroc"]}
         for ood_set, per in metrics.get("ood", {}).items()
         for scheme in ("PR", "APO", "other")
         for sid, m in per.get(scheme, {}).items()
@@ -376,7 +403,7 @@ def plot_detector_aurocs(metrics: Mapping[str, Any], out_base: str | Path, run_l
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylabel("")
-    ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector (FashionMNIST test = in-distribution)", fontsize=9)
+    ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector ({_SET_LABELS.get(id_set, id_set)} = in-distribution)", fontsize=9)
     sns_legend = ax.get_legend()
     if sns_legend is not None:
         sns_legend.remove()

@@ -1,8 +1,10 @@
 """`python -m fevae.score run_dir=DIR input=FILE output=OUT.csv`: score any images with a trained run.
 
-Input: ``.npy`` [N,28,28] uint8 pixels (0-255) or floats in [0,1], a folder of 28x28 grayscale
-PNGs (sorted by name; 16-bit ones scaled to [0,1]) or one PNG, or an IDX file; the format is read
-from the content (:mod:`fevae.inputs`). The run's own preprocessing is applied (binarised for V1).
+Input: images of the run's shape ``data.image_shape`` (C, H, W): a ``.npy``/``.npz`` array [N,H,W]
+(one channel; also [N,1,H,W]) or [N,H,W,C] (channels last) of uint8 pixels (0-255) or floats in
+[0,1], a folder of PNGs (grayscale for one channel, RGB for three; sorted by name; 16-bit grayscale
+ones scaled to [0,1]) or one PNG, or an IDX file; the format is read from the content
+(:mod:`fevae.inputs`); any other shape is refused with one line. The run's own preprocessing is applied (binarised for V1).
 The output path is checked before any work.
 Output: a CSV with one row per image in input order: the columns in :data:`COLUMNS`, then
 ``log_p_fevae_l<k>_{pr,apo}`` (extra Jigsaw layers) and the detectors in :data:`OTHER_COLUMNS`
@@ -27,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fevae.errors import FevaeError
 from fevae.evaluation import run_scoring
-from fevae.inputs import read_images, to_model_input
+from fevae.inputs import image_shape_of, read_images, to_model_input
 from fevae.mixture import TorchMixture
 from fevae.run import TrainedRun, load_run
 from fevae.utils.io import atomic_open
@@ -42,9 +44,10 @@ USAGE = "usage: python -m fevae.score run_dir=RUN_FOLDER input=IMAGES(.npy|PNG f
 def score_images(
     run_dir: str | Path, input_path: str | Path, overrides: list[str] = (), stream_name: str = "input", composed: DictConfig | None = None
 ) -> dict[str, np.ndarray]:
-    """Scores of every image in ``input_path`` (input order) under the run's models."""
-    images = read_images(input_path)
+    """Scores of every image in ``input_path`` (input order) under the run's models; the images must
+    have the run's shape (``data.image_shape``: [N,H,W] for one channel, [N,H,W,C] for colour)."""
     run = load_run(run_dir, overrides, composed)
+    images = read_images(input_path, image_shape=image_shape_of(run.cfg.data))
     return score_loaded(run, images, stream_name)
 
 

@@ -7,11 +7,13 @@ p(x|z) p(z) / q(z|x) equals p(x), so the IWAE estimate is exactly log p(x) for e
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.distributions import MultivariateNormal, Normal
 
 from fevae.baselines import (
@@ -26,6 +28,7 @@ from fevae.models.vae import VAE
 from fevae.scoring import log_mean_exp, noise_stream, per_sample_normal
 
 SEED, STREAM = 3, 1
+RGB = (3, 32, 32)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,13 +41,13 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def make_vae(likelihood: str = "gaussian", seed: int = 0) -> VAE:
+def make_vae(likelihood: str = "gaussian", seed: int = 0, image_shape=(1, 28, 28)) -> VAE:
     torch.manual_seed(seed)
-    return VAE({"name": likelihood}, latent_dim=4, hidden_dim=16).eval()
+    return VAE({"name": likelihood}, image_shape=image_shape, latent_dim=4, hidden_dim=16).eval()
 
 
-def images(n: int, seed: int = 0, binary: bool = False) -> torch.Tensor:
-    x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+def images(n: int, seed: int = 0, binary: bool = False, shape=(1, 28, 28)) -> torch.Tensor:
+    x = torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed))
     return (x > 0.5).float() if binary else x
 
 
@@ -76,6 +79,12 @@ def test_iwae_k1_is_single_sample_elbo_and_k_is_log_mean_exp_of_weights():
     many = iwae(vae, x, index, 64, chunk=10)
     torch.testing.assert_close(many, log_mean_exp(ref, 0), rtol=1e-9, atol=1e-9)
     assert (many >= ref.mean(0)).all()  # Jensen: IWAE_K >= mean of the K single-sample ELBOs
+
+
+def test_iwae_on_colour_images():
+    vae, x, index = make_vae(image_shape=RGB).double(), images(2, shape=RGB).double(), torch.tensor([3, 1])
+    ref = reference_log_weights(vae, x, index, 8)
+    torch.testing.assert_close(iwae(vae, x, index, 8, chunk=3), log_mean_exp(ref, 0), rtol=1e-9, atol=1e-9)
 
 
 def test_iwae_increases_with_k():
@@ -151,9 +160,51 @@ def test_to_uint8():
     assert out.dtype == np.uint8 and out.shape == (1, 28, 28)
     np.testing.assert_array_equal(out.ravel()[:6], [0, 255, 128, 51, 1, 255])
     assert set(np.unique(to_uint8(images(2, binary=True)))) == {0, 255}
-    for bad in (torch.full((1, 1, 28, 28), -0.1), torch.full((1, 1, 28, 28), float("nan")), torch.zeros(1, 28, 28)):
+    for bad in (torch.full((1, 1, 28, 28), -0.1), torch.full((1, 1, 28, 28), float("nan")), torch.zeros(1, 28, 28),
+                torch.full((1, 3, 32, 32), 1.1)):
         with pytest.raises(FevaeError):
             to_uint8(bad)
+
+
+def test_to_uint8_colour_is_channels_last():
+    x = images(2, shape=RGB)
+    out = to_uint8(x)
+    assert out.dtype == np.uint8 and out.shape == (2, 32, 32, 3)
+    for c in range(3):  # each channel as its own greyscale image
+        np.testing.assert_array_equal(out[..., c], to_uint8(x[:, c : c + 1]))
+    np.testing.assert_array_equal(out[1, 5, 7], np.round(x[1, :, 5, 7].double().numpy() * 255).astype(np.uint8))
+    for channels in (2, 4):
+        with pytest.raises(FevaeError, match="C = 1 .greyscale. or 3 .RGB."):
+            to_uint8(torch.zeros(1, channels, 32, 32))
+
+
+def _png_bits_by_hand(channels: list[np.ndarray]) -> float:
+    """PNG code length in bits of one image given as separate 2-D uint8 channels, built with PIL
+    (one "L" image per channel, merged to "RGB" when there are three)."""
+    bands = [Image.fromarray(np.ascontiguousarray(ch)) for ch in channels]
+    image = bands[0] if len(bands) == 1 else Image.merge("RGB", bands)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return 8.0 * len(buf.getvalue())
+
+
+def test_input_complexity_of_colour_images_matches_pil():
+    smooth = np.broadcast_to(np.arange(32, dtype=np.uint8)[None, :, None] * 8, (32, 32, 3))
+    rgb = np.stack([np.zeros((32, 32, 3), np.uint8), smooth,
+                    np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)])
+    rgb = to_uint8(torch.from_numpy(rgb).permute(0, 3, 1, 2).double() / 255)  # round trip through to_uint8
+    bits = compressed_bits(rgb)
+    expected = np.array([_png_bits_by_hand([im[..., c] for c in range(3)]) for im in rgb])
+    np.testing.assert_array_equal(bits, expected)
+    assert bits[0] < bits[1] < bits[2] and bits[2] > 8 * 32 * 32 * 3  # noise is incompressible
+    log_px = torch.tensor([-10.0, -3000.0, -9000.0], dtype=torch.float64)
+    torch.testing.assert_close(input_complexity_score(log_px, rgb), log_px + torch.from_numpy(expected) * math.log(2.0),
+                               rtol=0, atol=0)
+    grey = to_uint8(images(2))  # greyscale: unchanged, the "L" PNG
+    np.testing.assert_array_equal(compressed_bits(grey), [_png_bits_by_hand([im]) for im in grey])
+    for bad in (np.zeros((1, 32, 32, 4), np.uint8), np.zeros((1, 3, 32, 32), np.uint8), np.zeros((32, 32), np.uint8)):
+        with pytest.raises(FevaeError):
+            compressed_bits(bad)
 
 
 def test_compressed_bits_and_input_complexity():
@@ -191,6 +242,13 @@ def test_likelihood_regret_zero_steps_and_validation():
         regret(vae, x, index, steps=1, lr=0.0)
     with pytest.raises(FevaeError, match="eval.regret_samples"):
         regret(vae, x, index, steps=1, n_samples=0)
+
+
+def test_likelihood_regret_on_colour_images():
+    vae, x, index = make_vae(image_shape=RGB), images(2, seed=5, shape=RGB), torch.tensor([0, 6])
+    score = regret(vae, x, index, steps=2, lr=1e-3, n_samples=2)
+    assert score.shape == (2,) and score.dtype == torch.float64 and torch.isfinite(score).all()
+    assert torch.equal(regret(vae, x, index, steps=0), torch.zeros(2, dtype=torch.float64))
 
 
 def test_likelihood_regret_optimises_a_copy():

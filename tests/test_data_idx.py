@@ -86,8 +86,14 @@ def test_wrong_dtype_code(tmp_path: Path) -> None:
 def test_wrong_ndim_and_image_size(tmp_path: Path) -> None:
     (tmp_path / "2d").write_bytes(b"\x00\x00\x08\x02" + (1).to_bytes(4, "big") * 2 + b"\x00")
     assert "2 dimensions" in _error(tmp_path / "2d")
-    write_idx(tmp_path / "big", np.zeros((2, 32, 32), np.uint8))
-    assert "32×32" in _error(tmp_path / "big")
+    write_idx(tmp_path / "big", np.zeros((2, 32, 30), np.uint8))
+    assert read_idx(tmp_path / "big").shape == (2, 32, 30)  # any H×W is an IDX image file
+    write_idx(tmp_path / "labels", np.zeros(2, np.uint8))
+    assert "32×30" in _error(read_images_and_labels, tmp_path / "big", tmp_path / "labels")  # 28×28 by default
+    images, _ = read_images_and_labels(tmp_path / "big", tmp_path / "labels", image_size=None)
+    assert images.shape == (2, 32, 30)
+    (tmp_path / "empty-size").write_bytes(b"\x00\x00\x08\x03" + (1).to_bytes(4, "big") + (0).to_bytes(4, "big") * 2)
+    assert "0×0" in _error(tmp_path / "empty-size")
 
 
 def test_corrupt_gzip(tmp_path: Path) -> None:

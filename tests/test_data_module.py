@@ -211,7 +211,7 @@ def test_describe_and_sources(synthetic_data_dir: Path) -> None:
     assert list(rows) == ["train", "val", *EVAL_SETS]
     assert rows["train"]["count"] == 60 and rows["val"]["shape"] == (1, 28, 28)
     assert rows["mnist_saltpepper"]["source"] == str(synthetic_data_dir / "mnist/t10k-images-idx3-ubyte.gz")
-    assert dm.sources["val"][1] == synthetic_data_dir / "fashion-mnist/train-labels-idx1-ubyte.gz"
+    assert dm.sources["val"][1] == str(synthetic_data_dir / "fashion-mnist/train-labels-idx1-ubyte.gz")
     with pytest.raises(FevaeError, match="unknown evaluation set"):
         dm.eval_dataloader("cifar10")
 

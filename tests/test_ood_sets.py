@@ -119,7 +119,8 @@ def test_bad_corruptions_are_one_error_before_any_data_is_read(corruptions, mess
 
 
 @pytest.mark.parametrize("ood_sets, message", [
-    ({"x": {"source": "cifar10"}}, r"data.ood_sets.x.source='cifar10' is not a built-in set — use one of fashionmnist, mnist"),
+    ({"x": {"source": "imagenet"}}, r"data.ood_sets.x.source='imagenet' is not a built-in set — use one of fashionmnist, mnist, kmnist"),
+    ({"x": {"source": "cifar10"}}, r"data.ood_sets.x.source=cifar10: CIFAR-10 test images are 3×32×32 but the run's are 1×28×28"),
     ({"x": {"source": "mnist", "path": "a.npy"}}, r"data.ood_sets.x has both a source and a path"),
     ({"x": {"corruptions": ["hflip"]}}, r"data.ood_sets.x has neither a source nor a path"),
     ({"x": {"path": "a.npy", "labels": "b"}}, r"data.ood_sets.x has unknown keys \['labels'\]"),

@@ -168,8 +168,9 @@ def _cfg(tmp_path, *extra):
 
 def test_optimized_metric_defaults_to_validation_and_test_metrics_are_refused(tmp_path):
     cfg = _cfg(tmp_path)
-    assert cfg.optimized_metric.startswith("ood_val/")
-    assert OmegaConf.load(CONF / "hparams_search" / "optuna.yaml").optimized_metric.startswith("ood_val/")
+    assert cfg.optimized_metric == "ood_val/mnist/APO/fevae/auroc"  # the data config's first OOD set
+    assert _cfg(tmp_path, "data=cifar10").optimized_metric == "ood_val/svhn/APO/fevae/auroc"
+    assert "optimized_metric" not in OmegaConf.load(CONF / "hparams_search" / "optuna.yaml")  # Optuna maximises train.yaml's
     check_optimized_metric(cfg)
     assert cfg.optimized_metric in selectable_metrics(cfg)
     assert all(k.startswith("ood_val/") for k in selectable_metrics(cfg))

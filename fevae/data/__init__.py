@@ -1,4 +1,4 @@
-"""Data layer: IDX files, their discovery, pixel transforms and the Lightning data module.
+"""Data layer: IDX, CIFAR-10 and SVHN files, their discovery (the dataset registry), pixel transforms and the Lightning data module.
 
 Attributes are imported lazily so that ``python -m fevae.data`` (the doctor) starts without
 importing torch or Lightning.
@@ -13,6 +13,10 @@ _EXPORTS = {
     "read_idx": "fevae.data.idx",
     "write_idx": "fevae.data.idx",
     "locate_data": "fevae.data.discovery",
+    "load_split": "fevae.data.discovery",
+    "DATASET_INFO": "fevae.data.discovery",
+    "DatasetInfo": "fevae.data.discovery",
+    "LoadedSplit": "fevae.data.discovery",
     "preprocess": "fevae.data.transforms",
     "salt_and_pepper": "fevae.data.transforms",
     "FevaeDataModule": "fevae.data.datamodule",

@@ -1,16 +1,25 @@
-"""Lightning data module: FashionMNIST train/val and the evaluation sets, held in memory.
+"""Lightning data module: the in-distribution train/val images and the evaluation sets, held in memory.
 
-* ``train_set`` / ``val_set``: FashionMNIST train minus a seeded random hold-out of ``val_size``
-  images (``torch.Generator().manual_seed(seed)``); ``train_subset`` keeps a seeded random
-  ``train_subset`` of the remaining images. Items are ``(x, y)``.
-* Evaluation sets (in this order): ``"fashionmnist"`` (FashionMNIST test, in-distribution), then
-  the OOD sets of ``ood_sets`` (``data.ood_sets``, :mod:`fevae.data.evalsets`) in config order —
-  by default ``"mnist"`` (MNIST test) and ``"mnist_saltpepper"`` (MNIST test with salt-and-pepper
-  noise of ``saltpepper_fraction`` applied to the raw pixels of the whole set, then preprocessed).
-  An OOD set's images come from a built-in source (FashionMNIST test, MNIST test) or a file or
-  folder (``path``), go through its corruption chain (:mod:`fevae.data.corruptions`, seeded by
-  ``seed``) as a whole set, and are preprocessed like every set (uint8 pixels or [0,1] floats;
-  labels of a path source are -1). Each is split by :func:`split_eval_indices` — a permutation seeded by
+* In-distribution data (``data.dataset``): a registered dataset (:mod:`fevae.data.discovery`:
+  ``fashionmnist`` — the default —, ``mnist``, ``kmnist``, ``emnist_letters``, ``cifar10``,
+  ``svhn``), whose train split trains and whose test split is the in-distribution evaluation set;
+  or your own images (``folder`` / ``npz`` with ``data.path``, :mod:`fevae.data.own`), whose
+  train/val/test parts come from the files or, for one pool of images, from seeded splits: a fixed
+  ``test_size`` hold-out (permutation seeded by ``eval_split.seed``, so every run seed is tested on
+  the same images) is the evaluation set, the rest trains. Every image must have the shape
+  ``data.image_shape`` ``(C, H, W)``; the models are built from it.
+* ``train_set`` / ``val_set``: the training images minus a seeded random hold-out of ``val_size``
+  images (``torch.Generator().manual_seed(seed)``; a user's ``val`` part replaces it);
+  ``train_subset`` keeps a seeded random ``train_subset`` of the remaining images. Items are ``(x, y)``.
+* Evaluation sets (in this order): the in-distribution test images (named :attr:`id_name`:
+  ``data.name``, else ``data.dataset``), then the OOD sets of ``ood_sets`` (``data.ood_sets``,
+  :mod:`fevae.data.evalsets`) in config order — by default ``"mnist"`` (MNIST test) and
+  ``"mnist_saltpepper"`` (MNIST test with salt-and-pepper noise of ``saltpepper_fraction`` applied
+  to the raw pixels of the whole set, then preprocessed). An OOD set's images come from a
+  registered dataset's test split, the in-distribution test images, or a file or folder
+  (``path``), go through its corruption chain (:mod:`fevae.data.corruptions`, seeded by ``seed``)
+  as a whole set, and are preprocessed like every set (uint8 pixels or [0,1] floats; labels of a
+  path source are -1). Each is split by :func:`split_eval_indices` — a permutation seeded by
   ``eval_split.seed`` (fixed, independent of the run's ``seed``, so every seed is tested on the
   same images) — into a disjoint **validation** part (``eval_split.val`` images: anything that
   *selects* reads these) and a **test** part (``eval_split.test`` images, null = all the rest:
@@ -21,7 +30,7 @@
   set (ascending within a part), so the Monte-Carlo noise of an image does not depend on the split
   and predictions gathered under DDP can be de-duplicated.
 
-``x`` is float32 ``[1, 28, 28]``, ``y`` int64.
+``x`` is float32 ``[C, H, W]`` (``[1, 28, 28]`` by default), ``y`` int64.
 """
 
 from __future__ import annotations
@@ -29,7 +38,6 @@ from __future__ import annotations
 import logging
 import numbers
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning
@@ -38,11 +46,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fevae.data.corruptions import apply_corruptions
-from fevae.data.discovery import locate_data
-from fevae.data.evalsets import BUILTIN_OOD_SETS, ID_SET, SOURCES, OodSet, check_split_size, plain, read_path_source, resolve_ood_sets
-from fevae.data.idx import read_images_and_labels
-from fevae.data.transforms import PREPROCESS_MODES, preprocess
+from fevae.data.evalsets import BUILTIN_OOD_SETS, ID_SET, ID_SOURCE, OodSet, check_split_size, plain, read_path_source, resolve_ood_sets
+from fevae.data.own import OWN_KINDS, load_own
+from fevae.data.transforms import PREPROCESS_MODES
 from fevae.errors import FevaeError, require
+from fevae.inputs import DEFAULT_IMAGE_SHAPE, check_image_shape, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +97,54 @@ def _require_int(key: str, value: Any, minimum: int, optional: bool = False) -> 
             f"set data.{key} to {bound}{' or null' if optional else ''}")
 
 
+#: images and labels of one part of the in-distribution data
+Part = tuple[np.ndarray, np.ndarray]
+
+
+def _where(split: Any) -> tuple[str, str | None]:
+    """``(images, labels)`` files of a loaded split (:class:`fevae.data.discovery.LoadedSplit`), or its source and None."""
+    files = tuple(getattr(split, "files", ()) or ())
+    return (str(files[0]), str(files[1])) if len(files) == 2 else (str(split.source), None)
+
+
+def raw_shape(image_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """The per-image array shape of raw images of ``(C, H, W)``: ``(H, W)`` for one channel, else ``(H, W, C)``."""
+    c, h, w = image_shape
+    return (h, w) if c == 1 else (h, w, c)
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """``(28, 28)`` → ``1×28×28``, ``(32, 32, 3)`` → ``3×32×32`` (raw layouts in the ``C×H×W`` words of ``data.image_shape``)."""
+    c, h, w = (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1]) if len(shape) == 3 else (0, 0, 0)
+    return f"{c}×{h}×{w}" if c else "×".join(map(str, shape))
+
+
 class FevaeDataModule(lightning.LightningDataModule):
-    """FashionMNIST (in-distribution) and MNIST / salt-and-pepper MNIST (OOD), see the module doc."""
+    """In-distribution train/val images and the evaluation sets (see the module doc)."""
 
     def __init__(self, data_dir: str | None = None, preprocess: str = "scale", val_size: int = 5000,
                  batch_size: int = 128, eval_batch_size: int = 512, num_workers: int = 0, seed: int = 0,
                  train_subset: int | None = None, eval_split: Mapping[str, Any] | None = None,
                  saltpepper_fraction: float = 0.2, download: bool = False, download_dir: str | None = None,
-                 pin_memory: bool = False, eval_subset: int | None = None, ood_sets: Mapping[str, Any] | None = None) -> None:
+                 pin_memory: bool = False, eval_subset: int | None = None, ood_sets: Mapping[str, Any] | None = None,
+                 dataset: str = ID_SET, name: str | None = None, image_shape: Any = DEFAULT_IMAGE_SHAPE,
+                 path: str | None = None, test_size: int | None = None) -> None:
         super().__init__()
+        from fevae.data.discovery import DATASET_INFO
+
+        known = (*DATASET_INFO, *OWN_KINDS)
+        require(dataset in known, f"data.dataset={dataset!r} is not a known dataset",
+                f"use one of {', '.join(known)} (e.g. data=mnist, data=cifar10, data=folder data.path=<folder>)")
+        image_shape = check_image_shape(image_shape)
+        if dataset in DATASET_INFO and tuple(DATASET_INFO[dataset].image_shape) != image_shape:
+            want = list(DATASET_INFO[dataset].image_shape)
+            raise FevaeError(f"data.image_shape={list(image_shape)} but {DATASET_INFO[dataset].title} images are {want}",
+                             f"set data.image_shape={want} (or pick the dataset's config: data={dataset})")
+        require(name is None or (isinstance(name, str) and name.strip() != ""), f"data.name={name!r} is invalid",
+                "name the in-distribution set with letters, digits, '_', '.', '-', or leave data.name null")
+        _require_int("test_size", test_size, 1, optional=True)
+        require(dataset not in OWN_KINDS or (isinstance(path, str) and path.strip() != ""), f"data={dataset} needs data.path",
+                f"pass data.path=<{'folder of PNGs' if dataset == 'folder' else 'file.npz'}> (your in-distribution images)")
         require(preprocess in PREPROCESS_MODES, f"data.preprocess={preprocess!r} is invalid",
                 f"set data.preprocess to one of {', '.join(PREPROCESS_MODES)}")
         _require_int("val_size", val_size, 0)
@@ -133,7 +180,10 @@ class FevaeDataModule(lightning.LightningDataModule):
         self.eval_split = {"val": int(eval_split.get("val", 0)), "test": eval_split.get("test"), "seed": eval_split.get("seed")}
         self.saltpepper_fraction = float(saltpepper_fraction)
         #: the checked ``data.ood_sets`` (None: the built-in mnist and mnist_saltpepper), in config order
-        self.ood_sets: dict[str, OodSet] = resolve_ood_sets(ood_sets, self.saltpepper_fraction)
+        self.dataset, self.image_shape, self.path, self.test_size = dataset, image_shape, path, test_size
+        #: name of the in-distribution evaluation set (``data.name``, else ``data.dataset``)
+        self.id_name: str = str(name or dataset)
+        self.ood_sets: dict[str, OodSet] = resolve_ood_sets(ood_sets, self.saltpepper_fraction, self.id_name, image_shape)
 
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -143,40 +193,43 @@ class FevaeDataModule(lightning.LightningDataModule):
         #: Positions in the FashionMNIST train file of the train / val images (sorted).
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
-        self._sources: dict[str, tuple[Path, Path | None]] = {}
+        self._sources: dict[str, tuple[str, str | None]] = {}
 
     @property
     def eval_set_names(self) -> list[str]:
-        """``fashionmnist`` (in-distribution) then the OOD sets, in loader order."""
-        return [ID_SET, *self.ood_sets]
+        """The in-distribution set (:attr:`id_name`) then the OOD sets, in loader order."""
+        return [self.id_name, *self.ood_sets]
 
     # ------------------------------------------------------------------ setup
     def prepare_data(self) -> None:
         """Nothing to do: files are located and read in :meth:`setup` (cheap, in memory)."""
 
     def setup(self, stage: str | None = None) -> None:
-        """Locate and read the IDX files and build all datasets; later calls do nothing."""
+        """Read the images and build all datasets; later calls do nothing."""
         if self.train_set is not None:
             return
-        files = locate_data(self.data_dir, download=self.download, download_dir=self.download_dir)
-        self._setup_train(*files["fashionmnist/train"])
-        builtin: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        train, given_val, id_test = self._in_distribution()
+        self._setup_train(train, given_val)
+        loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-        def source(name: str) -> tuple[np.ndarray, np.ndarray]:  # each built-in file is read once, when a set uses it
-            if name not in builtin:
-                builtin[name] = read_images_and_labels(*files[SOURCES[name][0]])
-            return builtin[name]
+        def source(name: str) -> tuple[np.ndarray, np.ndarray]:  # each dataset's test split is read once, when a set uses it
+            if name in (ID_SOURCE, self.dataset):
+                return id_test
+            if name not in loaded:
+                split = self._load(name, "test")
+                loaded[name] = (split.images, split.labels)
+                self._sources[f"source/{name}"] = _where(split)
+            return loaded[name]
 
-        raw = {ID_SET: source(ID_SET)}
-        self._sources[ID_SET] = files[SOURCES[ID_SET][0]]
+        raw = {self.id_name: id_test}
         for name, spec in self.ood_sets.items():
             if spec.source is not None:
                 images, labels = source(spec.source)
-                self._sources[name] = files[SOURCES[spec.source][0]]
+                self._sources[name] = self._sources[self.id_name if spec.source in (ID_SOURCE, self.dataset) else f"source/{spec.source}"]
             else:
-                images = read_path_source(spec)
+                images = read_path_source(spec, self.image_shape)
                 labels = np.full(len(images), -1, dtype=np.int64)
-                self._sources[name] = (Path(spec.path), None)
+                self._sources[name] = (str(spec.path), None)
             raw[name] = (apply_corruptions(images, spec.corruptions, self.seed), labels)
         if any(spec.path is not None or name not in BUILTIN_OOD_SETS for name, spec in self.ood_sets.items()):
             log.info("evaluation sets: %s", "; ".join(
@@ -186,6 +239,46 @@ class FevaeDataModule(lightning.LightningDataModule):
             val_idx, test_idx = self.split_indices(len(images), spec)
             self.eval_sets[name] = self._eval_set(images, labels, test_idx)
             self.eval_val_sets[name] = self._eval_set(images, labels, val_idx)
+
+    def _load(self, dataset: str, split: str) -> Any:
+        from fevae.data.discovery import load_split
+
+        return load_split(dataset, split, self.data_dir, download=self.download, download_dir=self.download_dir)
+
+    def _check_shape(self, images: np.ndarray, what: str) -> None:
+        want = raw_shape(self.image_shape)
+        if tuple(images.shape[1:]) != want:
+            raise FevaeError(f"{what} has {shape_text(tuple(images.shape[1:]))} images but data.image_shape={list(self.image_shape)}",
+                             f"set data.image_shape to the images' [C, H, W]")
+
+    def _in_distribution(self) -> tuple[Part, Part | None, Part]:
+        """``(train, val or None, test)`` in-distribution images and labels; records where each came from."""
+        if self.dataset not in OWN_KINDS:
+            train, test = self._load(self.dataset, "train"), self._load(self.dataset, "test")
+            for split in (train, test):
+                self._check_shape(split.images, split.source)
+            self._sources.update(train=_where(train), val=_where(train), **{self.id_name: _where(test)})
+            return (train.images, train.labels), None, (test.images, test.labels)
+        parts = load_own(self.dataset, self.path, self.image_shape)
+        where = str(self.path)
+        if "pool" in parts:  # one pool: a fixed test hold-out (every seed tests the same images), the rest trains
+            images, labels = parts.pop("pool")
+            n, k = len(images), self.test_size
+            require(k is not None, f"data.path={where} holds one pool of {n} images and data.test_size is null",
+                    f"set data.test_size to the number of in-distribution test images to hold out (below {n}), "
+                    "or give the files train/ and test/ parts")
+            require(k < n, f"data.test_size={k} leaves no training images of the {n} in data.path={where}", f"set data.test_size below {n}")
+            perm = np.random.default_rng(self.eval_split["seed"] or 0).permutation(n)
+            test_idx, train_idx = np.sort(perm[:k]), np.sort(perm[k:])
+            parts = {"train": (images[train_idx], labels[train_idx]), "test": (images[test_idx], labels[test_idx])}
+            sources = {"train": f"{where} (all but the test hold-out)", "test": f"{where} (test hold-out of {k})"}
+        else:
+            require("test" in parts, f"data.path={where} has train images but no test part",
+                    "add a test/ subfolder (data=folder) or a 'test' array (data=npz): the in-distribution test images")
+            sources = {part: f"{where} ({part})" for part in parts}
+        self._sources.update(train=(sources["train"], None), val=(sources.get("val", sources["train"]), None),
+                             **{self.id_name: (sources["test"], None)})
+        return parts["train"], parts.get("val"), parts["test"]
 
     def split_indices(self, n: int, spec: OodSet | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``(val, test)`` in an eval set of ``n`` images (:func:`split_eval_indices`), with
@@ -200,14 +293,18 @@ class FevaeDataModule(lightning.LightningDataModule):
             return np.arange(0), np.arange(k)
         return split_eval_indices(n, split["val"], split["test"], split["seed"])
 
-    def _setup_train(self, images_path: Path, labels_path: Path) -> None:
-        """Seeded hold-out of ``val_size`` images, then the optional seeded ``train_subset``."""
-        images, labels = read_images_and_labels(images_path, labels_path)
+    def _setup_train(self, train: tuple[np.ndarray, np.ndarray], given_val: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Seeded hold-out of ``val_size`` images (unless the files give a validation part), then the optional seeded ``train_subset``."""
+        images, labels = train
         n = len(images)
-        require(self.val_size < n, f"data.val_size={self.val_size} leaves no training images "
-                f"(FashionMNIST train {images_path} holds {n})", f"set data.val_size below {n}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = perm[: self.val_size], perm[self.val_size:]
+        what = f"the training images ({self._sources['train'][0]})"
+        if given_val is None:
+            require(self.val_size < n, f"data.val_size={self.val_size} leaves no training images "
+                    f"({what} hold {n})", f"set data.val_size below {n}")
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+            val_idx, train_idx = perm[: self.val_size], perm[self.val_size:]
+        else:
+            val_idx, train_idx = torch.arange(0), torch.arange(n)
         if self.train_subset is not None:
             require(self.train_subset <= len(train_idx),
                     f"data.train_subset={self.train_subset} exceeds the {len(train_idx)} training images "
@@ -216,19 +313,20 @@ class FevaeDataModule(lightning.LightningDataModule):
             train_idx = train_idx[: self.train_subset]
         self.train_indices, self.val_indices = train_idx.sort().values, val_idx.sort().values
         self.train_set = self._tensor_set(images, labels, self.train_indices)
-        self.val_set = self._tensor_set(images, labels, self.val_indices)
-        self._sources.update(train=(images_path, labels_path), val=(images_path, labels_path))
+        if given_val is None:
+            self.val_set = self._tensor_set(images, labels, self.val_indices)
+        else:
+            val_images, val_labels = given_val
+            self.val_set = self._tensor_set(val_images, val_labels, torch.arange(len(val_images)))
 
     def _tensor_set(self, images: np.ndarray, labels: np.ndarray, idx: torch.Tensor) -> TensorDataset:
-        """Preprocessed ``(x, y)`` of the images at ``idx``."""
+        """Preprocessed ``(x, y)`` of the images (uint8 pixels or [0,1] floats) at ``idx``."""
         sel = idx.numpy()
-        return TensorDataset(preprocess(images[sel], self.preprocess_mode),
+        return TensorDataset(to_model_input(images[sel], self.preprocess_mode),
                              torch.from_numpy(labels[sel].astype(np.int64)))
 
     def _eval_set(self, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> TensorDataset:
         """Preprocessed ``(x, y, index)`` of the images (uint8 pixels or [0,1] floats) at positions ``idx`` (ascending)."""
-        from fevae.inputs import to_model_input
-
         return TensorDataset(to_model_input(images[idx], self.preprocess_mode),
                              torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
@@ -247,8 +345,8 @@ class FevaeDataModule(lightning.LightningDataModule):
 
     # ------------------------------------------------------------ information
     @property
-    def sources(self) -> dict[str, tuple[Path, Path]]:
-        """Split name (train, val, and each eval set) → the ``(images, labels)`` files it came from."""
+    def sources(self) -> dict[str, tuple[str, str | None]]:
+        """Split name (train, val, and each eval set) → ``(where its images came from, its labels file or None)``."""
         self.setup()
         return dict(self._sources)
 
@@ -259,7 +357,7 @@ class FevaeDataModule(lightning.LightningDataModule):
                 **{part_name(k, "val"): v for k, v in self.eval_val_sets.items() if len(v)}}
         return [{"split": name, "count": len(ds), "shape": tuple(ds.tensors[0].shape[1:]),
                  "source": str(self._sources[split_part(name)[0]][0]),
-                 "labels": str(self._sources[split_part(name)[0]][1] or "none (path source)")}
+                 "labels": str(self._sources[split_part(name)[0]][1] or "with the images")}
                 for name, ds in sets.items()]
 
     # ------------------------------------------------------------ dataloaders

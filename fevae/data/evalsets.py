@@ -1,4 +1,4 @@
-"""The out-of-distribution evaluation sets of a run, from ``data.ood_sets`` (conf/data/fashion_mnist.yaml).
+"""The out-of-distribution evaluation sets of a run, from ``data.ood_sets`` (conf/data/*.yaml).
 
 ``data.ood_sets`` maps a set name to where its images come from and what is done to them::
 
@@ -8,23 +8,26 @@
         source: mnist
         corruptions: [{name: salt_and_pepper, p: ${data.saltpepper_fraction}}]
       mine: {path: my_images.npy}                              # your own images (added by you)
-      fmnist_hflip: {source: fashionmnist, corruptions: [hflip]}   # mirrored in-distribution test images
+      id_hflip: {source: in_distribution, corruptions: [hflip]}   # mirrored in-distribution test images
 
 Each entry has exactly one of
 
-* ``source``: a built-in image set, :data:`SOURCES` (``fashionmnist`` = the FashionMNIST *test*
-  images, i.e. the in-distribution test set; ``mnist`` = MNIST test), or
-* ``path``: a ``.npy`` / ``.npz`` array, a folder of 28×28 grayscale PNGs, a single PNG or an IDX
-  file, read and validated as the score CLI reads its input (:func:`fevae.inputs.read_images`;
-  no pickles),
+* ``source``: a registered dataset's *test* split (:data:`fevae.data.discovery.DATASET_INFO`:
+  ``fashionmnist``, ``mnist``, ``kmnist``, ``emnist_letters``, ``cifar10``, ``svhn``), or
+  :data:`ID_SOURCE` (``in_distribution``: the run's own in-distribution test images, whatever the
+  dataset; for ``data=fashion_mnist`` the same images as ``source: fashionmnist``); a dataset whose
+  image shape differs from the run's ``data.image_shape`` is refused before anything is read; or
+* ``path``: a ``.npy`` / ``.npz`` array, a folder of PNGs, a single PNG or an IDX file of the run's
+  image shape, read and validated as the score CLI reads its input
+  (:func:`fevae.inputs.read_images`; no pickles),
 
 and optionally ``corruptions`` (a chain of :mod:`fevae.data.corruptions`, applied to the whole set
 in order, seeded by the run's seed) and ``eval_split: {val, test}`` (this set's own validation /
 test sizes; default ``data.eval_split``'s; the split seed is always ``data.eval_split.seed``).
 ``null`` (``data.ood_sets.mnist=null``) or deleting the key (``~data.ood_sets.mnist``) removes a
 set; ``data.ood_sets=null`` means the built-in sets (what a run made before ``data.ood_sets``
-existed had). The in-distribution set is always ``fashionmnist`` (FashionMNIST test); it is not
-an entry.
+existed had). The in-distribution set is named :func:`id_set_name` (``data.name``, else
+``data.dataset``: ``fashionmnist`` by default); it is not an entry.
 
 Everything here except :func:`read_path_source` / :func:`check_ood_sources` is pure config
 checking: no file is read.
@@ -44,13 +47,13 @@ import numpy as np
 from fevae.data.corruptions import check_corruptions, describe_chain
 from fevae.errors import FevaeError
 
-__all__ = ["ID_SET", "SOURCES", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names", "describe_ood_sets",
-           "read_path_source", "check_ood_sources", "check_split_size"]
+__all__ = ["ID_SET", "ID_SOURCE", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names",
+           "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_split_size", "source_title"]
 
-#: name of the in-distribution evaluation set (FashionMNIST test)
+#: name of the default in-distribution evaluation set (FashionMNIST test); a run's own is :func:`id_set_name`
 ID_SET = "fashionmnist"
-#: built-in image sources -> (the data discovery's file key, what it is)
-SOURCES = {"fashionmnist": ("fashionmnist/test", "FashionMNIST test"), "mnist": ("mnist/test", "MNIST test")}
+#: the ``source`` meaning "the run's in-distribution test images", whatever the dataset (a folder's too)
+ID_SOURCE = "in_distribution"
 #: the OOD sets of the default config (and of a run made before data.ood_sets existed)
 BUILTIN_OOD_SETS = ("mnist", "mnist_saltpepper")
 #: a set name: also a file name (scores/<set>.npz) and a metrics key (ood/<set>/...)
@@ -59,12 +62,37 @@ KEYS = ("source", "path", "corruptions", "eval_split")
 EXAMPLE = "+data.ood_sets.my_set.path=images.npy or +data.ood_sets.my_set.source=mnist"
 
 
+def _datasets() -> dict[str, Any]:
+    from fevae.data.discovery import DATASET_INFO
+
+    return DATASET_INFO
+
+
+def sources() -> tuple[str, ...]:
+    """Every valid ``source``: the registered datasets (their *test* split) and :data:`ID_SOURCE`."""
+    return (*_datasets(), ID_SOURCE)
+
+
+def source_title(source: str) -> str:
+    """``"MNIST test"``, ``"CIFAR-10 test"``, ``"in-distribution test images"``."""
+    if source == ID_SOURCE:
+        return "in-distribution test images"
+    return f"{_datasets()[source].title} test"
+
+
+def id_set_name(data_cfg: Any) -> str:
+    """The in-distribution evaluation set's name of a data config: ``data.name``, else ``data.dataset``,
+    else (a run made before either existed) ``fashionmnist``."""
+    data = plain(data_cfg, "data") or {}
+    return str(data.get("name") or data.get("dataset") or ID_SET)
+
+
 @dataclass(frozen=True)
 class OodSet:
     """One checked entry of ``data.ood_sets``."""
 
     name: str
-    #: a key of :data:`SOURCES`, or None for a path source
+    #: a registered dataset (:data:`fevae.data.discovery.DATASET_INFO`, its test split) or :data:`ID_SOURCE`; None for a path source
     source: str | None = None
     #: the file or folder of a path source (as configured: relative to the working folder)
     path: str | None = None
@@ -79,7 +107,7 @@ class OodSet:
 
     def describe(self) -> str:
         """``MNIST test + salt_and_pepper(p=0.2)``, ``images.npy + hflip``."""
-        base = SOURCES[self.source][1] if self.source else str(self.path)
+        base = source_title(self.source) if self.source else str(self.path)
         return base + (f" + {describe_chain(self.corruptions)}" if self.corruptions else "")
 
 
@@ -116,28 +144,36 @@ def _split_sizes(value: Any, key: str) -> dict[str, Any] | None:
     return {"val": int(val), "test": None if test is None else int(test)}
 
 
-def _entry(name: Any, entry: Any) -> OodSet:
+def _entry(name: Any, entry: Any, id_name: str = ID_SET, image_shape: tuple[int, ...] | None = None) -> OodSet:
     key = f"data.ood_sets.{name}"
+    known = sources()
     if not isinstance(name, str) or not NAME.match(name):
         raise FevaeError(f"data.ood_sets has an invalid set name {name!r}",
                          "name sets with letters, digits, '_', '.', '-' (starting with a letter or digit), e.g. my_set")
-    if name == ID_SET:
-        raise FevaeError(f"{key}: {ID_SET!r} is the in-distribution set's name",
-                         f"give the OOD set another name (a corrupted copy of it: +data.ood_sets.{ID_SET}_flip.source={ID_SET} ...)")
+    if name == id_name:
+        raise FevaeError(f"{key}: {id_name!r} is the in-distribution set's name",
+                         f"give the OOD set another name (a corrupted copy of it: +data.ood_sets.{id_name}_flip.source={ID_SOURCE} ...)")
     if not isinstance(entry, Mapping):
         raise FevaeError(f"{key}={entry!r} is not a mapping with a source or a path",
-                         f"use +{key}.path=<file or folder> or +{key}.source=<{'|'.join(SOURCES)}>")
+                         f"use +{key}.path=<file or folder> or +{key}.source=<{'|'.join(known)}>")
     unknown = sorted(str(k) for k in entry if k not in KEYS)
     if unknown:
         raise FevaeError(f"{key} has unknown keys {unknown}", f"use {', '.join(KEYS)}")
     source, path = entry.get("source"), entry.get("path")
     if (source is None) == (path is None):
         raise FevaeError(f"{key} has {'both a source and a path' if source is not None else 'neither a source nor a path'}",
-                         f"give exactly one: {key}.path=<file or folder> or {key}.source=<{'|'.join(SOURCES)}>")
-    if source is not None and source not in SOURCES:
+                         f"give exactly one: {key}.path=<file or folder> or {key}.source=<{'|'.join(known)}>")
+    if source is not None and source not in known:
         raise FevaeError(f"{key}.source={source!r} is not a built-in set",
-                         f"use one of {', '.join(SOURCES)} ({', '.join(f'{k} = {v[1]}' for k, v in SOURCES.items())}), "
+                         f"use one of {', '.join(known)} (a dataset's test split, or {ID_SOURCE} = the run's own test images), "
                          f"or {key}.path=<file or folder> for your own images")
+    if source not in (None, ID_SOURCE) and image_shape is not None:
+        shape = tuple(_datasets()[source].image_shape)
+        if shape != tuple(image_shape):
+            fit = [k for k, v in _datasets().items() if tuple(v.image_shape) == tuple(image_shape)]
+            raise FevaeError(f"{key}.source={source}: {source_title(source)} images are {'×'.join(map(str, shape))} but the run's are "
+                             f"{'×'.join(map(str, image_shape))}",
+                             f"use a source of the run's shape ({', '.join(fit + [ID_SOURCE])}) or a path to images of that shape")
     if path is not None and (not isinstance(path, str) or not path.strip()):
         raise FevaeError(f"{key}.path={path!r} is not a path", f"set {key}.path to a .npy/.npz file, a folder of PNGs, a PNG or an IDX file")
     chain = check_corruptions(entry.get("corruptions"), f"{key}.corruptions")
@@ -145,39 +181,48 @@ def _entry(name: Any, entry: Any) -> OodSet:
                   _split_sizes(entry.get("eval_split"), f"{key}.eval_split"))
 
 
-def resolve_ood_sets(ood_sets: Any = None, saltpepper_fraction: float = 0.2) -> dict[str, OodSet]:
+def resolve_ood_sets(ood_sets: Any = None, saltpepper_fraction: float = 0.2, id_name: str = ID_SET,
+                     image_shape: tuple[int, ...] | None = None) -> dict[str, OodSet]:
     """``data.ood_sets`` checked, in config order, without the removed (null) entries; one
-    :class:`FevaeError` for anything wrong. ``None`` gives the built-in sets. Reads nothing."""
+    :class:`FevaeError` for anything wrong (a built-in source of another image shape than
+    ``image_shape`` included). ``None`` gives the built-in sets. Reads nothing."""
     ood_sets = plain(ood_sets, "data.ood_sets")
     if ood_sets is None:
         ood_sets = default_ood_sets(saltpepper_fraction)
     if not isinstance(ood_sets, Mapping):
         raise FevaeError(f"data.ood_sets={ood_sets!r} is not a mapping of set names",
                          f"add sets with {EXAMPLE}; remove one with data.ood_sets.<name>=null")
-    out = {str(name): _entry(name, entry) for name, entry in ood_sets.items() if entry is not None}
+    out = {str(name): _entry(name, entry, id_name, image_shape) for name, entry in ood_sets.items() if entry is not None}
     if not out:
         raise FevaeError("data.ood_sets has no set left: there is nothing to tell the in-distribution set from",
-                         f"keep at least one OOD set ({EXAMPLE})")
+                         f"keep or add at least one OOD set ({EXAMPLE})")
     return out
+
+
+def resolve_data_sets(data_cfg: Any) -> dict[str, OodSet]:
+    """The checked OOD sets of a whole ``data`` config node (its name, image shape and salt-and-pepper fraction)."""
+    from fevae.inputs import image_shape_of
+
+    data = plain(data_cfg, "data") or {}
+    return resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2), id_set_name(data), image_shape_of(data))
 
 
 def ood_set_names(data_cfg: Any) -> list[str]:
     """The OOD set names a run with data config ``data_cfg`` scores, in order (reads nothing)."""
-    data = plain(data_cfg, "data") or {}
-    return list(resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2)))
+    return list(resolve_data_sets(data_cfg))
 
 
 def describe_ood_sets(data_cfg: Any) -> dict[str, str]:
     """``{set: "MNIST test + salt_and_pepper(p=0.2)"}`` for a data config (report.md's settings; reads nothing)."""
-    data = plain(data_cfg, "data") or {}
-    return {name: spec.describe() for name, spec in resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2)).items()}
+    return {name: spec.describe() for name, spec in resolve_data_sets(data_cfg).items()}
 
 
-def read_path_source(spec: OodSet) -> np.ndarray:
-    """The images of a path source: uint8 ``[N, 28, 28]`` or float32 in [0, 1], validated (one error line)."""
-    from fevae.inputs import read_images
+def read_path_source(spec: OodSet, image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    """The images of a path source, validated against the run's ``image_shape`` (one error line):
+    uint8 ``[N, H, W]`` / ``[N, H, W, C]`` or float32 in [0, 1]."""
+    from fevae.inputs import DEFAULT_IMAGE_SHAPE, read_images
 
-    return read_images(Path(spec.path).expanduser(), key=f"{spec.key}.path")
+    return read_images(Path(spec.path).expanduser(), key=f"{spec.key}.path", image_shape=image_shape or DEFAULT_IMAGE_SHAPE)
 
 
 def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: str) -> None:
@@ -201,12 +246,14 @@ def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: s
 def check_ood_sources(data_cfg: Any) -> None:
     """Read and validate every path source of ``data_cfg`` (a ``data`` config node) and check that each
     is large enough for its split: one :class:`FevaeError` naming the set, before any training."""
+    from fevae.inputs import image_shape_of
+
     data = plain(data_cfg, "data") or {}
-    sets = resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2))
+    sets = resolve_data_sets(data)
     split = data.get("eval_split") or {"val": 0, "test": data.get("eval_subset")}
     for spec in sets.values():
         if spec.path is None:
             continue
-        n = len(read_path_source(spec))
+        n = len(read_path_source(spec, image_shape_of(data)))
         sizes = spec.eval_split or split
         check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path)

@@ -1,7 +1,8 @@
 """Reading and writing IDX files (the MNIST / FashionMNIST format), plain or gzip-compressed.
 
 Only what these datasets use is supported: unsigned bytes (type code 0x08), labels ``[N]``
-and 28×28 images ``[N, 28, 28]``. Every problem with a file is a :class:`FevaeError` naming it.
+and images ``[N, H, W]`` of any size (MNIST-like sets are 28×28; :func:`read_images_and_labels`
+checks that size unless told otherwise). Every problem with a file is a :class:`FevaeError` naming it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fevae.utils.io import write_bytes_atomic
 GZIP_MAGIC = b"\x1f\x8b"
 #: IDX type code of unsigned bytes, the only one supported.
 UBYTE = 0x08
-#: Image height and width of MNIST-like data.
+#: Image height and width of MNIST-like data (the default size :func:`read_images_and_labels` expects).
 IMAGE_SIZE = 28
 
 _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int",
@@ -62,9 +63,8 @@ def _parse(data: bytes, path: Path) -> np.ndarray:
             _FIX_FILE)
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     if ndim == 3:
-        require(dims[1:] == (IMAGE_SIZE, IMAGE_SIZE),
-                f"IDX file {path} holds {dims[1]}×{dims[2]} images; expected {IMAGE_SIZE}×{IMAGE_SIZE}",
-                "use MNIST-like 28×28 grayscale images")
+        require(dims[1] > 0 and dims[2] > 0, f"IDX file {path} holds {dims[1]}×{dims[2]} images (an empty size)",
+                _FIX_FILE)
     expected = int(np.prod(dims, dtype=np.int64))
     payload = len(data) - header
     require(payload == expected,
@@ -74,14 +74,14 @@ def _parse(data: bytes, path: Path) -> np.ndarray:
 
 
 def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (gzip detected from its magic bytes) as uint8 ``[N, 28, 28]`` or ``[N]``.
+    """Read an IDX file (gzip detected from its magic bytes) as uint8 ``[N, H, W]`` or ``[N]``.
 
     ``ndim`` (1 or 3), when given, is required of the file (labels or images).
     """
     path = Path(path)
     array = _parse(_read_bytes(path), path)
     if ndim is not None:
-        kind = {1: "labels ([N])", 3: "images ([N, 28, 28])"}[ndim]
+        kind = {1: "labels ([N])", 3: "images ([N, H, W])"}[ndim]
         require(array.ndim == ndim, f"IDX file {path} has {array.ndim} dimensions but should hold {kind}",
                 "check that image and label files are not swapped")
     return array
@@ -109,26 +109,39 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, gz: bool | None =
     return write_bytes_atomic(path, data)
 
 
-#: Class labels of MNIST and FashionMNIST.
+#: Class labels of MNIST and FashionMNIST (0..9); the default of :func:`check_labels`.
 N_CLASSES = 10
 #: How to fix a split whose content is wrong (shared with the data doctor).
 FIX_CONTENT = "replace the file with an original copy (see `python -m fevae.data`)"
 
 
-def check_labels(labels: np.ndarray, labels_path: str | os.PathLike[str]) -> None:
-    """Every label is a class 0..9 (a label file with other values is broken, for training and the doctor)."""
+def check_labels(labels: np.ndarray, labels_path: str | os.PathLike[str], n_classes: int = N_CLASSES,
+                 first: int = 0) -> None:
+    """Every label lies in ``first..n_classes-1`` (default 0..9; EMNIST letters: ``n_classes=27, first=1``
+    for 1..26). A label file with other values is broken, for training and the doctor alike."""
     if len(labels):
-        top = int(labels.max())
-        require(top < N_CLASSES, f"{labels_path}: label {top} is outside 0..{N_CLASSES - 1}", FIX_CONTENT)
+        lo, hi = int(labels.min()), int(labels.max())
+        bad = hi if hi >= n_classes else lo if lo < first else None
+        require(bad is None, f"{labels_path}: label {bad} is outside {first}..{n_classes - 1}", FIX_CONTENT)
 
 
-def read_images_and_labels(images_path: str | os.PathLike[str],
-                           labels_path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Read a pair of IDX files: images ``[N, 28, 28]`` and labels ``[N]`` (each 0..9) of the same ``N``."""
+def read_images_and_labels(images_path: str | os.PathLike[str], labels_path: str | os.PathLike[str],
+                           n_classes: int = N_CLASSES, image_size: tuple[int, int] | None = (IMAGE_SIZE, IMAGE_SIZE),
+                           first_label: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pair of IDX files: images ``[N, H, W]`` and labels ``[N]`` of the same ``N``.
+
+    Labels must lie in ``first_label..n_classes-1`` (default 0..9, see :func:`check_labels`); the
+    images must be ``image_size`` (default 28×28; ``None`` accepts any size).
+    """
     images = read_idx(images_path, ndim=3)
+    if image_size is not None:
+        height, width = image_size
+        require(images.shape[1:] == (height, width),
+                f"IDX file {images_path} holds {images.shape[1]}×{images.shape[2]} images; expected {height}×{width}",
+                f"give {height}×{width} images, the size of this dataset")
     labels = read_idx(labels_path, ndim=1)
     require(len(images) == len(labels),
             f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels",
             "use image and label files of the same split (train-* with train-*, t10k-* with t10k-*)")
-    check_labels(labels, labels_path)
+    check_labels(labels, labels_path, n_classes, first_label)
     return images, labels

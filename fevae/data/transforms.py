@@ -14,15 +14,20 @@ PREPROCESS_MODES = ("scale", "binarise")
 
 
 def _require_uint8_images(images: np.ndarray | torch.Tensor, what: str) -> None:
-    """Require a uint8 ``[N, 28, 28]`` array or tensor."""
+    """Require a uint8 ``[N, H, W]`` or ``[N, H, W, C]`` array or tensor."""
     dtype_ok = images.dtype in (np.uint8, torch.uint8)
-    require(dtype_ok and images.ndim == 3 and tuple(images.shape[1:]) == (28, 28),
-            f"{what} expects uint8 images of shape [N, 28, 28], got {images.dtype} {tuple(images.shape)}",
-            "pass the raw pixels as read by fevae.data.read_idx")
+    require(dtype_ok and images.ndim in (3, 4),
+            f"{what} expects uint8 images of shape [N, H, W] or [N, H, W, C], got {images.dtype} {tuple(images.shape)}",
+            "pass the raw pixels as read by fevae.data.load_split")
+
+
+def channels_first(x: torch.Tensor) -> torch.Tensor:
+    """Raw image layout → model layout: ``[N, H, W]`` → ``[N, 1, H, W]``, ``[N, H, W, C]`` → ``[N, C, H, W]``."""
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
 def preprocess(images: np.ndarray | torch.Tensor, mode: str) -> torch.Tensor:
-    """uint8 ``[N, 28, 28]`` → float32 ``[N, 1, 28, 28]``.
+    """uint8 ``[N, H, W]`` (one channel) or ``[N, H, W, C]`` (channels last) → float32 ``[N, C, H, W]``.
 
     ``"scale"``: ``x / 255`` in [0, 1]. ``"binarise"``: ``1.0`` where ``x / 255 > 0.5`` (pixel ≥ 128),
     else ``0.0``.
@@ -31,7 +36,7 @@ def preprocess(images: np.ndarray | torch.Tensor, mode: str) -> torch.Tensor:
         raise FevaeError(f"unknown preprocessing data.preprocess={mode!r}",
                          f"use one of {', '.join(PREPROCESS_MODES)}")
     _require_uint8_images(images, "preprocess")
-    x = torch.as_tensor(images).unsqueeze(1)
+    x = channels_first(torch.as_tensor(images))
     if mode == "scale":
         return x.to(torch.float32).div_(255.0)
     return (x > 127).to(torch.float32)  # x/255 > 0.5 ⟺ x > 127.5 ⟺ x ≥ 128 for integers

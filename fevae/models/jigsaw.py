@@ -1,8 +1,10 @@
 """Self-supervised Jigsaw classifier Γ (Noroozi & Favaro, 2016) used as feature extractor (App. A).
 
-A 3×3 grid of 7×7 tiles is cut from each 28×28 image, shuffled by one of ``n_permutations`` fixed
-permutations, and an MLP (hidden 100-80-60-40, ReLU + Dropout(0.2)) predicts which permutation
-was applied. :meth:`Jigsaw.features` returns a hidden layer's activations for the *unshuffled*
+A 3×3 grid of 7×7 tiles is cut from each 28×28 image (the default geometry; any ``grid × grid``
+lattice of ``tile × tile`` tiles of all C channels that fits in the C×H×W image is possible, e.g.
+3×3 tiles of 8×8 from 10×10 cells at offset 1 for 3×32×32 images), shuffled by one of
+``n_permutations`` fixed permutations, and an MLP (hidden 100-80-60-40, ReLU + Dropout(0.2)) on the
+flattened tiles (``n_tiles × C × tile × tile`` inputs) predicts which permutation was applied. :meth:`Jigsaw.features` returns a hidden layer's activations for the *unshuffled*
 centred tiles, used as the low-dimensional features f = l(x) and f = l(φ(z)).
 """
 
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from fevae.errors import FevaeError
-from fevae.models.likelihoods import IMAGE_SHAPE
+from fevae.models.likelihoods import IMAGE_SHAPE, check_image_shape
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,15 +70,24 @@ def make_permutations(n: int = 100, seed: int = 0, n_tiles: int = 9) -> np.ndarr
 
 
 class JigsawTiler:
-    """Cuts a ``grid × grid`` puzzle of ``tile × tile`` tiles from images.
+    """Cuts a ``grid × grid`` puzzle of ``tile × tile`` tiles from ``C × H × W`` images.
 
     The puzzle covers the square ``[offset, offset + grid * cell)`` in both axes, split into
-    ``grid × grid`` cells of ``cell × cell`` pixels; each tile is cropped from its cell (row-major
-    order), at a random position with ``jitter`` and centred otherwise.
+    ``grid × grid`` cells of ``cell × cell`` pixels; each tile (all C channels) is cropped from its
+    cell (row-major order), at a random position with ``jitter`` and centred otherwise. The square
+    must fit in the image: ``offset + grid * cell <= min(H, W)``.
     """
 
-    def __init__(self, grid: int = 3, cell: int = 9, tile: int = 7, offset: int = 0):
-        size = IMAGE_SHAPE[-1]
+    def __init__(
+        self,
+        grid: int = 3,
+        cell: int = 9,
+        tile: int = 7,
+        offset: int = 0,
+        image_shape: Sequence[int] = IMAGE_SHAPE,
+    ):
+        self.image_shape = check_image_shape(image_shape)
+        _, height, width = self.image_shape
         for key, value, ok in [
             ("grid", grid, grid >= 1),
             ("cell", cell, cell >= 1),
@@ -88,11 +99,12 @@ class JigsawTiler:
                     f"model.jigsaw.tiles.{key}={value} is invalid",
                     "need grid >= 1, 1 <= tile <= cell, offset >= 0",
                 )
+        size = min(height, width)
         if offset + grid * cell > size:
             raise FevaeError(
-                f"model.jigsaw.tiles.* (offset {offset} + grid {grid} × cell {cell}) exceed the "
-                f"{size}-pixel image",
-                f"choose offset + grid * cell <= {size}",
+                f"model.jigsaw.tiles.* (offset {offset} + grid {grid} × cell {cell} = "
+                f"{offset + grid * cell} pixels) exceed the {height}×{width} image",
+                f"choose model.jigsaw offset + grid * cell <= {size} (the image's smaller side)",
             )
         self.grid, self.cell, self.tile, self.offset = grid, cell, tile, offset
         cells = torch.arange(grid * grid)
@@ -104,8 +116,10 @@ class JigsawTiler:
     def n_tiles(self) -> int:
         return self.grid * self.grid
 
-    def tile_dim(self, channels: int = IMAGE_SHAPE[0]) -> int:
-        """Length of one flattened tile."""
+    def tile_dim(self, channels: int | None = None) -> int:
+        """Length of one flattened tile, ``C * tile * tile`` (C: the image's channels by default)."""
+        if channels is None:
+            channels = self.image_shape[0]
         return channels * self.tile * self.tile
 
     def tiles(
@@ -150,6 +164,9 @@ class Jigsaw(L.LightningModule):
         dropout: dropout rate after each hidden layer.
         lr, momentum, weight_decay: SGD settings.
         grid, cell, tile, offset: puzzle geometry, see :class:`JigsawTiler`.
+        image_shape: ``(C, H, W)`` of the images (``data.image_shape``), default 1×28×28; the MLP
+            reads ``n_tiles × C × tile × tile`` inputs. Stored in the hyperparameters as a plain
+            tuple of ints.
     """
 
     def __init__(
@@ -165,8 +182,12 @@ class Jigsaw(L.LightningModule):
         cell: int = 9,
         tile: int = 7,
         offset: int = 0,
+        image_shape: Sequence[int] = IMAGE_SHAPE,
     ):
         super().__init__()
+        if isinstance(image_shape, ListConfig):
+            image_shape = list(image_shape)
+        image_shape = check_image_shape(image_shape)  # plain tuple: weights_only-loadable checkpoint
         if isinstance(hidden, ListConfig):
             hidden = list(hidden)
         hidden = tuple(int(h) for h in hidden)  # plain tuple: weights_only-loadable checkpoint
@@ -180,7 +201,7 @@ class Jigsaw(L.LightningModule):
             )
         self.save_hyperparameters()
 
-        self.tiler = JigsawTiler(grid, cell, tile, offset)
+        self.tiler = JigsawTiler(grid, cell, tile, offset, image_shape=image_shape)
         perms = make_permutations(n_permutations, permutation_seed, self.tiler.n_tiles)
         self.register_buffer("permutations", torch.from_numpy(perms))
         widths = (self.tiler.n_tiles * self.tiler.tile_dim(), *hidden)
@@ -219,7 +240,8 @@ class Jigsaw(L.LightningModule):
     def features(self, x: Tensor, layer: int = 1, pre_activation: bool = False) -> Tensor:
         """Hidden-layer ``layer`` activations ``[B, hidden[layer-1]]`` of unshuffled centred tiles.
 
-        ``x`` is any ``[B, 1, 28, 28]`` tensor in [0, 1] (images or decoded parameters φ(z)).
+        ``x`` is any ``[B, C, H, W]`` tensor (the model's ``image_shape``) in [0, 1] (images or
+        decoded images φ(z)).
         Post-ReLU by default, the linear output if ``pre_activation``. Dropout is never applied,
         so the result does not depend on train/eval mode. Gradients are not disabled.
         """

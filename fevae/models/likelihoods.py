@@ -1,7 +1,8 @@
 """Pixel likelihoods p(x | z) for the VAE decoder.
 
-The decoder outputs pre-sigmoid logits ``h`` of shape ``[..., 1, 28, 28]``. A :class:`Likelihood`
-turns them into
+The decoder outputs pre-sigmoid logits ``h`` of shape ``[..., C, H, W]`` (the image shape
+``(C, H, W)``, by default :data:`IMAGE_SHAPE` = ``(1, 28, 28)``). A :class:`Likelihood` turns them
+into
 
 * ``phi(h)``: the decoded image-space parameter φ(z) = sigmoid(h) ∈ [0, 1] (Bernoulli probability,
   Gaussian mean or continuous-Bernoulli λ).
@@ -10,8 +11,11 @@ turns them into
   (μ); for the continuous Bernoulli it is not λ (λ = 0.9 has mean 0.67), see
   :func:`continuous_bernoulli_mean`.
 * ``distribution(h)``: a ``torch.distributions`` object with the 3 pixel dims as event dims.
-* ``log_prob(x, h)``: log p(x | h) summed over the pixel dims, broadcasting ``x`` ``[B, 1, 28, 28]``
-  against ``h`` ``[S, B, 1, 28, 28]`` to ``[S, B]``.
+* ``log_prob(x, h)``: log p(x | h) summed over the pixel dims (channels included), broadcasting
+  ``x`` ``[B, C, H, W]`` against ``h`` ``[S, B, C, H, W]`` to ``[S, B]``.
+
+Only the Gaussian's learned per-channel/per-pixel σ depends on the image shape; it is passed by
+:func:`build_likelihood` (``image_shape``), which the VAE calls with its own shape.
 
 Argument validation of the distributions is off (``validate_args=False``): it costs time on every
 batch, and the Bernoulli log-probability of non-binary ``x`` is then the (unnormalised) binary
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +41,30 @@ from torch.distributions import (
 
 from fevae.errors import FevaeError
 
-#: Shape of one image ``[channels, height, width]``.
+#: Default shape of one image ``(channels, height, width)``: the 1×28×28 (Fashion)MNIST images.
+#: Models take an ``image_shape`` argument (``data.image_shape`` in the configs) for other shapes.
 IMAGE_SHAPE: tuple[int, int, int] = (1, 28, 28)
+#: The 3 trailing dims ``[C, H, W]`` of decoder logits and images are the event dims.
 _EVENT_DIMS = len(IMAGE_SHAPE)
+
+
+def check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``image_shape`` as a plain ``(C, H, W)`` tuple of positive ints (from a list, tuple or
+    OmegaConf ``ListConfig``; integral floats are accepted), else one :class:`FevaeError`."""
+    try:
+        values = list(image_shape)
+    except TypeError:
+        values = None
+    ok = values is not None and len(values) == 3 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer() and v >= 1
+        for v in values
+    )
+    if not ok:
+        raise FevaeError(
+            f"data.image_shape={image_shape!r} is not an image shape (channels, height, width)",
+            "set it to three positive integers, e.g. [1, 28, 28] or [3, 32, 32]",
+        )
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
 class Likelihood(nn.Module):
@@ -78,19 +105,30 @@ class GaussianLikelihood(Likelihood):
 
     * ``"scalar"`` (default): one learned σ shared by all pixels. A single scale keeps the
       likelihood comparable across images, since every pixel's squared error is weighted equally.
-    * ``"pixel"``: a learned σ per pixel (shape ``[1, 28, 28]``). σ can collapse towards
+    * ``"channel"``: one learned σ per channel (shape ``[C, 1, 1]``): the per-channel Gaussian of
+      colour images, whose channels can have different noise scales. Same as ``"scalar"`` for C = 1
+      except for the parameter's shape.
+    * ``"pixel"``: a learned σ per pixel (shape ``[C, H, W]``). σ can collapse towards
       ``sigma_min`` at pixels that are black in every training image (e.g. borders), which hugely
       inflates the likelihood of any image with a black background (e.g. MNIST digits).
     * ``"fixed"``: σ = ``sigma_init``, not learned. Requires guessing the noise scale of the data.
 
     Learned σ is parameterised as log σ (initialised at log ``sigma_init``) and clamped below at
-    ``sigma_min`` so the density cannot diverge.
+    ``sigma_min`` so the density cannot diverge. ``image_shape`` ``(C, H, W)`` sets the shape of a
+    per-channel/per-pixel σ (ignored by the other modes).
     """
 
-    SIGMA_MODES = ("scalar", "pixel", "fixed")
+    SIGMA_MODES = ("scalar", "channel", "pixel", "fixed")
 
-    def __init__(self, sigma: str = "scalar", sigma_init: float = 0.1, sigma_min: float = 0.01):
+    def __init__(
+        self,
+        sigma: str = "scalar",
+        sigma_init: float = 0.1,
+        sigma_min: float = 0.01,
+        image_shape: Sequence[int] = IMAGE_SHAPE,
+    ):
         super().__init__()
+        self.image_shape = check_image_shape(image_shape)
         if sigma not in self.SIGMA_MODES:
             raise FevaeError(
                 f"model.vae.likelihood.sigma={sigma!r} is not a valid σ mode",
@@ -113,11 +151,15 @@ class GaussianLikelihood(Likelihood):
         if sigma == "fixed":
             self.register_buffer("log_sigma", torch.tensor(log_init))
         else:
-            shape = IMAGE_SHAPE if sigma == "pixel" else ()
+            shape = {
+                "scalar": (),
+                "channel": (self.image_shape[0], 1, 1),
+                "pixel": self.image_shape,
+            }[sigma]
             self.log_sigma = nn.Parameter(torch.full(shape, log_init))
 
     def sigma(self) -> Tensor:
-        """Current σ: shape ``[]`` (scalar/fixed) or ``[1, 28, 28]`` (pixel)."""
+        """Current σ: shape ``[]`` (scalar/fixed), ``[C, 1, 1]`` (channel) or ``[C, H, W]`` (pixel)."""
         if self.mode == "fixed":
             return self.log_sigma.exp()
         return self.log_sigma.clamp(min=math.log(self.sigma_min)).exp()
@@ -199,15 +241,21 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
-def build_likelihood(name: str, **kwargs) -> Likelihood:
-    """Build likelihood ``name`` (``bernoulli``, ``gaussian`` or ``continuous_bernoulli``)."""
+def build_likelihood(name: str, image_shape: Sequence[int] = IMAGE_SHAPE, **kwargs) -> Likelihood:
+    """Build likelihood ``name`` (``bernoulli``, ``gaussian`` or ``continuous_bernoulli``).
+
+    ``image_shape`` ``(C, H, W)`` is passed to the likelihoods whose parameters depend on it (the
+    Gaussian's per-channel/per-pixel σ); ``kwargs`` are the ``model.vae.likelihood.*`` settings.
+    """
+    image_shape = check_image_shape(image_shape)
     if name not in LIKELIHOODS:
         raise FevaeError(
             f"model.vae.likelihood.name={name!r} is not a known likelihood",
             f"use one of {', '.join(LIKELIHOODS)}",
         )
     cls = LIKELIHOODS[name]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    params = set(inspect.signature(cls.__init__).parameters)
+    allowed = params - {"self", "image_shape"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         keys = ", ".join(f"model.vae.likelihood.{k}" for k in unknown)
@@ -215,4 +263,6 @@ def build_likelihood(name: str, **kwargs) -> Likelihood:
             f"{keys} not accepted by the {name} likelihood",
             f"remove them (accepted: {', '.join(sorted(allowed)) or 'none'})",
         )
+    if "image_shape" in params:
+        kwargs["image_shape"] = image_shape
     return cls(**kwargs)

@@ -9,24 +9,60 @@ sigmoid would also restrict or randomise the decoded parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from fevae.errors import FevaeError
-from fevae.models.likelihoods import IMAGE_SHAPE, GaussianLikelihood, build_likelihood
+from fevae.models.likelihoods import (
+    IMAGE_SHAPE,
+    GaussianLikelihood,
+    build_likelihood,
+    check_image_shape,
+)
 
 #: log σ² of the posterior is clamped to this range: exp(-30) ≈ 1e-13 and exp(20) ≈ 5e8 are far
 #: beyond any useful variance, and the clamp stops exp() from over/underflowing early in training.
 LOGVAR_RANGE: tuple[float, float] = (-30.0, 20.0)
 #: Seed of the fixed prior samples logged as images.
 PRIOR_IMAGE_SEED = 0
+#: Encoder convolutions (App. A): output channels and strides (kernel 5, padding 2).
+ENCODER_CHANNELS: tuple[int, ...] = (8, 16, 32, 64, 64)
+ENCODER_STRIDES: tuple[int, ...] = (2, 1, 2, 1, 2)
+#: The decoder upsamples ×4 (two stride-2 transposed convolutions) from ``[64, H/4, W/4]``.
+DECODER_UPSAMPLING = 4
+
+
+def _encoded_size(size: int) -> int:
+    """Height/width after the encoder's convolutions: each stride-2 conv maps n to ceil(n / 2)."""
+    for stride in ENCODER_STRIDES:
+        size = (size - 1) // stride + 1  # (n + 2*2 - 5) // stride + 1
+    return size
+
+
+def check_vae_image_shape(image_shape: Any) -> tuple[int, int, int]:
+    """``image_shape`` as a plain ``(C, H, W)`` tuple of ints that the VAE can model (H and W
+    multiples of 4, at least 4), else one :class:`FevaeError` naming ``data.image_shape``."""
+    if isinstance(image_shape, ListConfig):
+        image_shape = OmegaConf.to_container(image_shape, resolve=True)
+    shape = check_image_shape(image_shape)
+    _, height, width = shape
+    step = DECODER_UPSAMPLING
+    if height % step or width % step:
+        raise FevaeError(
+            f"data.image_shape={list(shape)}: the VAE's decoder upsamples ×{step}, so the image height "
+            f"and width must be multiples of {step} (at least {step})",
+            f"use images whose height and width are multiples of {step} (e.g. [1, 28, 28], [3, 32, 32]); "
+            "pad or crop them otherwise",
+        )
+    return shape
 
 
 def _conv_block(conv: nn.Module, channels: int, dropout: float) -> list[nn.Module]:
@@ -35,11 +71,14 @@ def _conv_block(conv: nn.Module, channels: int, dropout: float) -> list[nn.Modul
 
 
 class VAE(L.LightningModule):
-    """Gaussian-latent VAE on 1×28×28 images, trained by maximising the ELBO with RMSprop.
+    """Gaussian-latent VAE on C×H×W images, trained by maximising the ELBO with RMSprop.
 
     Args:
         likelihood: likelihood config, e.g. ``{"name": "gaussian", "sigma": "scalar"}``; see
             :func:`fevae.models.likelihoods.build_likelihood`.
+        image_shape: ``(C, H, W)`` of the images (``data.image_shape``); H and W must be multiples
+            of 4. Default 1×28×28 ((Fashion)MNIST); e.g. 3×32×32 for CIFAR-10/SVHN. Stored in the
+            hyperparameters as a plain tuple of ints.
         latent_dim: number of Gaussian latent variables.
         hidden_dim: width of the encoder's linear layer.
         dropout: dropout rate after every hidden (transposed) convolution.
@@ -52,6 +91,7 @@ class VAE(L.LightningModule):
     def __init__(
         self,
         likelihood: Mapping[str, Any],
+        image_shape: Sequence[int] = IMAGE_SHAPE,
         latent_dim: int = 20,
         hidden_dim: int = 50,
         dropout: float = 0.1,
@@ -63,6 +103,7 @@ class VAE(L.LightningModule):
         if isinstance(likelihood, DictConfig):
             likelihood = OmegaConf.to_container(likelihood, resolve=True)
         likelihood = dict(likelihood)  # plain dict: self-describing, weights_only-loadable ckpt
+        image_shape = check_vae_image_shape(image_shape)  # plain tuple (weights_only-loadable)
         for key, value, ok in [
             ("latent_dim", latent_dim, latent_dim >= 1),
             ("hidden_dim", hidden_dim, hidden_dim >= 1),
@@ -78,55 +119,69 @@ class VAE(L.LightningModule):
                 )
         if "name" not in likelihood:
             raise FevaeError("model.vae.likelihood.name is missing", "set it, e.g. to gaussian")
+        if "image_shape" in likelihood:
+            raise FevaeError(
+                "model.vae.likelihood.image_shape is not a likelihood setting",
+                "remove it: the likelihood takes the VAE's image shape (data.image_shape)",
+            )
         self.save_hyperparameters()
 
-        self.likelihood = build_likelihood(**likelihood)
-        channels, strides = (8, 16, 32, 64, 64), (2, 1, 2, 1, 2)
+        self.image_shape = image_shape
+        n_channels, height, width = image_shape
+        self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         layers: list[nn.Module] = []
-        c_in = IMAGE_SHAPE[0]
-        for c_out, stride in zip(channels, strides):
+        c_in = n_channels
+        for c_out, stride in zip(ENCODER_CHANNELS, ENCODER_STRIDES):
             layers += _conv_block(nn.Conv2d(c_in, c_out, 5, stride, padding=2), c_out, dropout)
             c_in = c_out
-        # 28 → 14 → 14 → 7 → 7 → 4
+        # 28 → 14 → 14 → 7 → 7 → 4 (32 → 16 → 16 → 8 → 8 → 4)
+        flat = c_in * _encoded_size(height) * _encoded_size(width)
         self.encoder = nn.Sequential(
             *layers,
             nn.Flatten(),
-            nn.Linear(64 * 4 * 4, hidden_dim),
+            nn.Linear(flat, hidden_dim),
             nn.ReLU(),
             nn.Linear(hidden_dim, 2 * latent_dim),
         )
-        self.decoder_input = nn.Sequential(nn.Linear(latent_dim, 64 * 7 * 7), nn.ReLU())
+        #: decoder input ``[64, H/4, W/4]`` (7×7 for 28×28 images, 8×8 for 32×32)
+        self._decoder_grid = (64, height // DECODER_UPSAMPLING, width // DECODER_UPSAMPLING)
+        self.decoder_input = nn.Sequential(
+            nn.Linear(latent_dim, math.prod(self._decoder_grid)), nn.ReLU()
+        )
         self.decoder = nn.Sequential(
-            *_conv_block(  # 7 → 14
+            *_conv_block(  # H/4 → H/2 (7 → 14)
                 nn.ConvTranspose2d(64, 32, 3, 2, padding=1, output_padding=1), 32, dropout
             ),
-            *_conv_block(nn.ConvTranspose2d(32, 32, 3, 1, padding=1), 32, dropout),  # 14
-            *_conv_block(nn.ConvTranspose2d(32, 3, 4, 2, padding=1), 3, dropout),  # 28
-            nn.ConvTranspose2d(3, IMAGE_SHAPE[0], 5, 1, padding=2),  # 28, logits
+            *_conv_block(nn.ConvTranspose2d(32, 32, 3, 1, padding=1), 32, dropout),  # H/2
+            *_conv_block(nn.ConvTranspose2d(32, 3, 4, 2, padding=1), 3, dropout),  # H (28)
+            nn.ConvTranspose2d(3, n_channels, 5, 1, padding=2),  # H, C channels: logits
         )
         self._image_batch: Tensor | None = None
 
     # ----------------------------------------------------------------------------- model
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior parameters ``(mu, logvar)``, each ``[B, latent_dim]``; logvar is clamped."""
+        """Posterior parameters ``(mu, logvar)``, each ``[B, latent_dim]``, of images ``x``
+        ``[B, C, H, W]`` (the model's ``image_shape``); logvar is clamped."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Decoder logits ``h`` ``[..., 1, 28, 28]`` for latents ``z`` ``[..., latent_dim]``."""
+        """Decoder logits ``h`` ``[..., C, H, W]`` for latents ``z`` ``[..., latent_dim]``."""
         lead = z.shape[:-1]
-        h = self.decoder_input(z.reshape(-1, z.shape[-1])).view(-1, 64, 7, 7)
-        return self.decoder(h).view(*lead, *IMAGE_SHAPE)
+        h = self.decoder_input(z.reshape(-1, z.shape[-1])).view(-1, *self._decoder_grid)
+        return self.decoder(h).view(*lead, *self.image_shape)
 
     def phi(self, h: Tensor) -> Tensor:
         """The decoded image φ(z) ∈ [0, 1] that the feature extractor sees and image grids draw: the
         likelihood's mean E[x | z] (the parameter sigmoid(h) for Bernoulli and Gaussian, not λ for
-        the continuous Bernoulli; see :meth:`fevae.models.likelihoods.Likelihood.mean`)."""
+        the continuous Bernoulli; see :meth:`fevae.models.likelihoods.Likelihood.mean`); same shape
+        as the logits ``h`` ``[..., C, H, W]``."""
         return self.likelihood.mean(h)
 
     def log_likelihood(self, x: Tensor, h: Tensor) -> Tensor:
-        """log p(x | z) summed over pixels; ``x [B, ...]`` broadcasts against ``h [S, B, ...]``."""
+        """log p(x | z) summed over pixels and channels; ``x [B, C, H, W]`` broadcasts against
+        ``h [S, B, C, H, W]`` → ``[S, B]``."""
         return self.likelihood.log_prob(x, h)
 
     def sample_prior(

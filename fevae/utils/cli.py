@@ -20,6 +20,24 @@ if not Path(CONFIG_DIR, "train.yaml").is_file():
 
 log = logging.getLogger("fevae")
 
+
+def first_ood_set(ood_sets: Any) -> str:
+    """``${first_ood_set:${data.ood_sets}}`` (conf/train.yaml's ``optimized_metric``): the name of the
+    first OOD set a data config lists (``mnist`` for FashionMNIST, ``svhn`` for CIFAR-10), or
+    ``none`` when it lists none, so the default selection metric follows the data config."""
+    names = [str(k) for k, v in (ood_sets or {}).items() if v is not None]
+    return names[0] if names else "none"
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("first_ood_set"):
+        OmegaConf.register_new_resolver("first_ood_set", first_ood_set)
+
+
+_register_resolvers()
+
 # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated torch API on every run.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
