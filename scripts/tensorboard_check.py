@@ -9,8 +9,9 @@ Starts ``tensorboard --logdir RUN_DIR`` on a free port, then
    of ``--tag`` (one chart), each ``eval/<set>`` run has the same tag with the same bins, the
    ``summary`` run has the figures as images (``--figure``), the text summary and the HParams
    session (the run's overrides and its validation and test AUROCs; ``--sessions N``: a sweep folder's
-   N jobs, one row each), and no scalar chart but the training curves and the HParams metrics
-   (which sort after them);
+   N jobs, one row each), no scalar chart but the training curves and the HParams metrics
+   (which sort after them), and, when the trainings logged them, one ``<model>/separation/<set>`` run
+   per evaluation set with the same histogram tag and the ``val/separation/auroc/<set>`` curves;
 2. opens the Histograms, Images, Text, Scalars and HParams pages in headless Chromium (Debian's
    ``chromium``, driven over the DevTools protocol with the standard library only) and asserts
    what is drawn: the ``--tag`` chart of the ``eval`` run with one histogram per set and its title
@@ -279,6 +280,17 @@ def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chrom
             ev = http_json(f"{base}/data/plugin/histograms/histograms?" + urllib.parse.urlencode({"run": r, "tag": tag}))
             edges.add(tuple(tuple(b[:2]) for b in ev[0][2]))
         expect(len(edges) == 1, f"{tag}: the same bins in every set's chart ({len(edges)} distinct binnings)")
+        # separation during training (fevae/callbacks/separation.py): <model>/separation/<set> runs, one per set
+        separation = {model: sorted(r for r in runs if r.startswith(f"{prefix}{model}/separation/")) for model in ("vae", "jigsaw")}
+        found["separation"] = separation
+        if any(separation.values()):
+            for model, model_runs in separation.items():
+                expect(len(model_runs) == len(sets), f"{model}: one separation/<set> run per evaluation set ({len(model_runs)} runs, {len(sets)} sets)")
+                stags = [set(t for t in hist_tags.get(r, {}) if t.startswith("separation/")) for r in model_runs]
+                expect(bool(stags) and all(t == stags[0] and len(t) == 1 for t in stags),
+                       f"{model}: every separation run has the same separation/ histogram tag ({stags})")
+            auroc = [t for r, tags in http_json(f"{base}/data/plugin/scalars/tags").items() for t in tags if t.startswith("val/separation/auroc/")]
+            expect(bool(auroc), "the separation AUROC curves (val/separation/auroc/<set>) are scalars of the trainings")
         summary_run = prefix + "summary"
         images = http_json(f"{base}/data/plugin/images/tags")
         expect(f"figures/{figure}" in images.get(summary_run, {}), f"{summary_run} has the image figures/{figure}")

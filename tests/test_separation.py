@@ -182,6 +182,7 @@ def test_the_cost_bound_skips_evaluations_and_without_tensorboard_only_the_auroc
     ("separation.sets=[mnist,mnist]", r"separation.sets=\['mnist', 'mnist'\] is invalid"),
     ("separation.vae.every_n_epochs=-1", r"separation.vae.every_n_epochs=-1 is invalid"),
     ("separation.vae.n_samples=0", r"separation.vae.n_samples=0 is invalid"),
+    ("separation.vae.scheme=IWAE", r"separation.vae.scheme='IWAE' is invalid.*APO.*PR"),
     ("separation.jigsaw.components=2.5", r"separation.jigsaw.components=2.5 is invalid"),
     ("separation.jigsaw.n_fit=3", r"separation.jigsaw.n_fit=3 is smaller than separation.jigsaw.components=5"),
     ("+separation.vae.every=2", r"separation.vae has unknown settings \['every'\]"),
@@ -222,3 +223,23 @@ def test_separation_settings_do_not_enter_the_model_cache_key(tmp_path, syntheti
     other = train_cfg(tmp_path / "b", synthetic_data_dir, extra=["separation.enabled=false", "separation.n_images=8"])
     for name in ("vae", "jigsaw"):
         assert model_hash(base, name) == model_hash(other, name)
+
+
+def test_the_pr_scheme_scores_the_prior_predictive_log_p_vae(tmp_path, synthetic_data_dir):
+    """``separation.vae.scheme=PR``: log (1/S) sum_s p(x | z_s) with z_s ~ p(z), the evaluation's PR noise."""
+    from fevae.models.vae import VAE
+
+    cfg = train_cfg(tmp_path / "run", synthetic_data_dir, extra=["separation.vae.scheme=PR", "separation.sets=[mnist]"])
+    (callback,) = separation_callbacks("vae", cfg, tmp_path / "run")
+    assert callback.score_name == "pr_log_p_vae" and callback.about.startswith("PR log p_VAE")
+    dm = make_datamodule(cfg, 16)
+    torch.manual_seed(0)
+    vae = VAE({"name": "gaussian"}).eval()
+    callback.images = {s: (dm.eval_val_sets[s].tensors[0], dm.eval_val_sets[s].tensors[2]) for s in ("fashionmnist", "mnist")}
+    scores = callback.score(vae)
+    S = cfg.separation.vae.n_samples
+    for s, (x, index) in callback.images.items():
+        eps = per_sample_normal(index, cfg.seed, S, 20, stream=noise_stream(score_stream(s, "PR"), "PR"))
+        with torch.no_grad():
+            ll = torch.stack([vae.log_likelihood(x, vae.decode(eps[k])).double() for k in range(S)])
+        np.testing.assert_allclose(scores[s], (torch.logsumexp(ll, 0) - math.log(S)).numpy(), rtol=0, atol=1e-6)

@@ -14,7 +14,8 @@ while the models train.
 * **Scores** (higher = more in-distribution, as in :mod:`fevae.metrics`):
 
   - VAE: ``separation/apo_log_p_vae``, the APO log p_VAE of the evaluation (paper Eq. 2,
-    :func:`fevae.scoring.sample_chunks`: ``log (1/S) sum_s p(x | z_s)``, ``z_s ~ q(z|x)``) with a small
+    :func:`fevae.scoring.sample_chunks`: ``log (1/S) sum_s p(x | z_s)``, ``z_s ~ q(z|x)``; with
+    ``vae.scheme=PR``, ``separation/pr_log_p_vae`` with ``z_s ~ p(z)``, where V1's Nalisnick effect shows) with a small
     ``S = n_samples`` (not importance weighted: that is the ``iwae`` detector). Its noise is the evaluation's own (per image, from a private generator seeded
     by the run's seed, the set and the image's position: :func:`fevae.scoring.per_sample_normal`),
     so the global RNG is never touched, and an image's value is the evaluation's estimate over its
@@ -72,7 +73,9 @@ log = logging.getLogger("fevae.separation")
 
 #: the ``separation`` block's keys and the keys of its per-model blocks
 KEYS = {"enabled", "n_images", "max_cost_fraction", "sets", "vae", "jigsaw"}
-MODEL_KEYS = {"vae": {"every_n_epochs", "n_samples"}, "jigsaw": {"every_n_epochs", "n_fit", "components"}}
+MODEL_KEYS = {"vae": {"every_n_epochs", "n_samples", "scheme"}, "jigsaw": {"every_n_epochs", "n_fit", "components"}}
+#: the VAE's score schemes (``separation.vae.scheme``): the evaluation's APO or PR log p_VAE
+VAE_SCHEMES = ("APO", "PR")
 #: the run (sub-folder of the model's TensorBoard folder) that holds one run per set
 RUN = "separation"
 #: the AUROC scalars' tag prefix (``val/separation/auroc/<set>``): in the ``val`` group of the training curves
@@ -111,8 +114,11 @@ def validate_separation_config(node: Any) -> None:
         require(not unknown, f"separation.{model} has unknown settings {unknown}", f"use only {', '.join(sorted(keys))}")
         require(_int(part.get("every_n_epochs"), 0), f"separation.{model}.every_n_epochs={part.get('every_n_epochs')!r} is invalid",
                 "set it to an integer ≥ 1 (0 switches this model's evaluations off)")
-        for key in sorted(keys - {"every_n_epochs"}):
+        for key in sorted(keys - {"every_n_epochs", "scheme"}):
             require(_int(part.get(key), 1), f"separation.{model}.{key}={part.get(key)!r} is invalid", "set it to an integer ≥ 1")
+    scheme = node["vae"].get("scheme", "APO")
+    require(scheme in VAE_SCHEMES, f"separation.vae.scheme={scheme!r} is invalid",
+            "set it to APO (z ~ q(z|x), the default) or PR (z ~ p(z): where V1's Nalisnick effect shows)")
     jig = node["jigsaw"]
     require(jig["n_fit"] >= jig["components"], f"separation.jigsaw.n_fit={jig['n_fit']} is smaller than separation.jigsaw.components={jig['components']}",
             "fit the mixture on at least as many images as it has components")
@@ -131,7 +137,7 @@ def separation_callbacks(name: str, cfg: DictConfig, run_dir: str | Path) -> lis
                   max_cost_fraction=float(settings["max_cost_fraction"]), sets=settings["sets"], seed=int(cfg.seed),
                   out_file=Path(run_dir) / f"separation_{name}.json")
     if name == "vae":
-        return [VaeSeparation(n_samples=settings["vae"]["n_samples"], **common)]
+        return [VaeSeparation(n_samples=settings["vae"]["n_samples"], scheme=settings["vae"].get("scheme", "APO"), **common)]
     fe = cfg.fe
     return [JigsawSeparation(n_fit=settings["jigsaw"]["n_fit"], components=settings["jigsaw"]["components"], layer=int(fe.layer),
                              pre_activation=bool(fe.pre_activation), covariance_type=str(fe.covariance_type),
@@ -341,15 +347,16 @@ class SeparationCallback(L.Callback):
 
 
 class VaeSeparation(SeparationCallback):
-    """APO log p_VAE with ``n_samples`` samples (module docstring)."""
+    """APO (or PR) log p_VAE with ``n_samples`` samples (module docstring)."""
 
     model, score_name = "vae", "apo_log_p_vae"
-    about = "APO log p_VAE (S samples of q(z|x), the evaluation's noise)"
 
-    def __init__(self, n_samples: int = 4, **kwargs: Any):
+    def __init__(self, n_samples: int = 4, scheme: str = "APO", **kwargs: Any):
         super().__init__(**kwargs)
-        self.n_samples = int(n_samples)
-        self.about = self.about.replace("S samples", f"S={self.n_samples} samples")
+        self.n_samples, self.scheme = int(n_samples), scheme
+        self.score_name = f"{scheme.lower()}_log_p_vae"
+        prior = "q(z|x)" if scheme == "APO" else "p(z)"
+        self.about = f"{scheme} log p_VAE (S={self.n_samples} samples of {prior}, the evaluation's noise)"
 
     def score(self, module: L.LightningModule) -> dict[str, np.ndarray]:
         from fevae.evaluation import score_stream
@@ -360,9 +367,9 @@ class VaeSeparation(SeparationCallback):
             parts = []
             for lo in range(0, len(x), BATCH):
                 chunks = sample_chunks(x[lo:lo + BATCH].to(module.device), index[lo:lo + BATCH], decode=module.decode,
-                                       log_likelihood=module.log_likelihood, encode=module.encode, scheme="APO",
+                                       log_likelihood=module.log_likelihood, encode=module.encode, scheme=self.scheme,
                                        n_samples=self.n_samples, chunk_size=self.n_samples, seed=self.seed,
-                                       stream=score_stream(name, "APO"))
+                                       stream=score_stream(name, self.scheme))
                 parts.append(log_mean_exp(torch.cat([c["ll"] for c in chunks]), 0).cpu())
             out[name] = torch.cat(parts).numpy()
         return out
