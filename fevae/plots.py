@@ -56,8 +56,15 @@ def _sns():
     return sns
 
 
+def _set_title(name: str) -> str:
+    """``MNIST test``, ``SVHN + salt & pepper`` (a known set with the ``_saltpepper`` suffix), else the name."""
+    if name not in _SET_LABELS and name.endswith("_saltpepper") and name[: -len("_saltpepper")] in _SET_LABELS:
+        return _SET_LABELS[name[: -len("_saltpepper")]].removesuffix(" test") + " + salt & pepper"
+    return _SET_LABELS.get(name, name)
+
+
 def _set_label(name: str, in_distribution: str = IN_DISTRIBUTION) -> str:
-    return f"{_SET_LABELS.get(name, name)} ({'ID' if name == in_distribution else 'OOD'})"
+    return f"{_set_title(name)} ({'ID' if name == in_distribution else 'OOD'})"
 
 
 def _set_color(name: str, i: int, in_distribution: str = IN_DISTRIBUTION) -> str:
@@ -311,13 +318,13 @@ def plot_fig2(
                 else:
                     ax.imshow(imgs[i], cmap="gray", vmin=0.0, vmax=max(1.0, float(imgs.max())))
             if i == 0:
-                ax.set_title(f"(a) {_SET_LABELS.get(ood_set, ood_set)}", fontsize=8, loc="left")
+                ax.set_title(f"(a) {_set_title(ood_set)}", fontsize=8, loc="left")
         ax_hist = fig.add_subplot(gs[0, 1])
     _draw_panels([ax_hist], panels, score)
     ax_hist.set_title(("(b) " if imgs is not None else "") + ax_hist.get_title(), fontsize=9)
     fig.suptitle(
-        f"{title_prefix + ' — ' if title_prefix else ''}Fig. 2: {_SET_LABELS.get(ood_set, ood_set)} vs "
-        f"{_SET_LABELS.get(in_distribution, in_distribution)}, {_score_label(score, scheme)}",
+        f"{title_prefix + ' — ' if title_prefix else ''}Fig. 2: {_set_title(ood_set)} vs "
+        f"{_set_title(in_distribution)}, {_score_label(score, scheme)}",
         fontsize=10,
     )
     return _save(fig, out_base)
@@ -403,7 +410,7 @@ def plot_detector_aurocs(metrics: Mapping[str, Any], out_base: str | Path, run_l
     ax.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     ax.set_xlim(0.0, 1.0)
     ax.set_ylabel("")
-    ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector ({_SET_LABELS.get(id_set, id_set)} = in-distribution)", fontsize=9)
+    ax.set_title(f"{run_label + ' — ' if run_label else ''}AUROC of every detector ({_set_title(id_set)} = in-distribution)", fontsize=9)
     sns_legend = ax.get_legend()
     if sns_legend is not None:
         sns_legend.remove()

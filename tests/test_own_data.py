@@ -198,3 +198,12 @@ def test_corruptions_keep_colour_images_channels_last(chain):
         assert np.abs(out - np.clip(mean + 0.5 * (images - mean), 0, 255)).max() <= 0.5 + 1e-9
     else:
         assert not np.array_equal(out, images)
+
+
+def test_the_sweep_summary_shows_the_first_ood_set_when_there_is_no_mnist():
+    from fevae.callbacks.summary import headline_set
+
+    cols = ["job", "ood_val/fashionmnist_saltpepper/APO/fevae/auroc", "ood/fashionmnist/PR/vae/auroc", "n/fashionmnist"]
+    assert headline_set(cols) == "fashionmnist"
+    assert headline_set([*cols, "ood_val/mnist/APO/fevae/auroc"]) == "mnist"
+    assert headline_set(["job"]) == "mnist"

@@ -17,7 +17,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.metrics import flatten_metrics, write_text_atomic
+from fevae.metrics import flatten_metrics, order_sets, write_text_atomic
 from fevae.utils.io import atomic_open
 from fevae.utils.log import stage
 
@@ -36,7 +36,6 @@ HEADLINE_BLOCKS = [(sch, sid) for sch in ("PR", "APO") for sid in ("vae", "fe", 
 def headline(metric_names) -> list[str]:
     """The seed table's AUROC rows for every OOD set among ``metric_names`` (flattened metrics.json keys):
     validation then test, sets in :func:`fevae.metrics.order_sets` order (the sets follow ``data.ood_sets``)."""
-    from fevae.metrics import order_sets
 
     names = set(metric_names)
     sets = order_sets({m.split("/")[1] for m in names if m.startswith(("ood_val/", "ood/")) and m.count("/") == 4})
@@ -46,6 +45,13 @@ def headline(metric_names) -> list[str]:
 
 HEADLINE = headline(f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "ood") for s in ("mnist", "mnist_saltpepper")
                     for sch, sid in HEADLINE_BLOCKS)
+
+
+def headline_set(columns: Any) -> str:
+    """The OOD set the job table and the heatmaps show: ``mnist`` when the jobs have it, else the first
+    OOD set (:func:`fevae.metrics.order_sets`) of the flattened metric columns (``ood_val/<set>/...``)."""
+    sets = order_sets({c.split("/")[1] for c in columns if str(c).startswith(("ood_val/", "ood/")) and str(c).count("/") == 4})
+    return "mnist" if "mnist" in sets or not sets else sets[0]
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -131,14 +137,15 @@ def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[
     with atomic_open(written[0], "w", newline="") as handle:
         frame.to_csv(handle, index=False)
     auroc_cols = [c for c in frame.columns if c.endswith("/auroc")]
-    shown = ["job", "overrides", *[c for c in auroc_cols if c.startswith(("ood_val/mnist/", "ood/mnist/"))], "wall_time_s", "error"]
+    ood = headline_set(frame.columns)
+    shown = ["job", "overrides", *[c for c in auroc_cols if c.startswith((f"ood_val/{ood}/", f"ood/{ood}/"))], "wall_time_s", "error"]
     lines = [f"# Sweep summary: {sweep_dir}", "", f"{len(frame)} jobs, {int((frame['error'] != '').sum())} failed. "
-             "AUROC on FashionMNIST (in-distribution) vs MNIST, validation part (`val …`) and test part; "
+             f"AUROC of the in-distribution set vs {ood}, validation part (`val …`) and test part; "
              "every metric is in summary.csv.", ""]
     _, sentence = best_job(frame, optimized_metric)
     lines += [sentence, ""]
     table = frame[[c for c in shown if c in frame.columns]].copy()
-    table.columns = [c.replace("ood_val/mnist/", "val ").replace("ood/mnist/", "").replace("/auroc", "") for c in table.columns]
+    table.columns = [c.replace(f"ood_val/{ood}/", "val ").replace(f"ood/{ood}/", "").replace("/auroc", "") for c in table.columns]
     lines += [_markdown_table(table), ""]
     seeds = aggregate_seeds(frame)
     if seeds is not None and len(seeds):
@@ -174,7 +181,7 @@ def _markdown_table(frame) -> str:
 
 
 def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
-    """Validation AUROC of log p_FEVAE (MNIST) over fe.n x fe.C, one panel per experiment and scheme
+    """Validation AUROC of log p_FEVAE (against :func:`headline_set`: MNIST by default) over fe.n x fe.C, one panel per experiment and scheme
     (what a reader picks a cell from, so it shows validation, never test)."""
     if not {"fe.n", "fe.C"} <= set(frame.columns):
         return []
@@ -186,17 +193,18 @@ def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
 
     group = "+experiment" if "+experiment" in frame.columns else ("experiment" if "experiment" in frame.columns else None)
     groups = sorted(frame[group].dropna().unique()) if group else [None]
-    schemes = [s for s in ("PR", "APO") if f"{SELECT_PREFIX}mnist/{s}/{HEATMAP_SCORE}/auroc" in frame.columns]
+    ood = headline_set(frame.columns)
+    schemes = [s for s in ("PR", "APO") if f"{SELECT_PREFIX}{ood}/{s}/{HEATMAP_SCORE}/auroc" in frame.columns]
     if not schemes:
         return []
     fig, axes = plt.subplots(len(groups), len(schemes), figsize=(4.5 * len(schemes), 3.6 * len(groups)), squeeze=False)
     for i, g in enumerate(groups):
         sub = frame if g is None else frame[frame[group] == g]
         for j, scheme in enumerate(schemes):
-            col = f"{SELECT_PREFIX}mnist/{scheme}/{HEATMAP_SCORE}/auroc"
+            col = f"{SELECT_PREFIX}{ood}/{scheme}/{HEATMAP_SCORE}/auroc"
             grid = sub.assign(n=sub["fe.n"].astype(int), C=sub["fe.C"].astype(int)).pivot_table(index="n", columns="C", values=col, aggfunc="mean")
             sns.heatmap(grid, annot=True, fmt=".3f", vmin=0.5, vmax=1.0, cmap="viridis", ax=axes[i][j], cbar=j == len(schemes) - 1)
-            axes[i][j].set_title(f"{g or ''} {scheme}: validation AUROC log p_FEVAE (MNIST)".strip())
+            axes[i][j].set_title(f"{g or ''} {scheme}: validation AUROC log p_FEVAE ({ood})".strip())
     fig.tight_layout()
     paths = []
     for suffix in (".png", ".pdf"):
