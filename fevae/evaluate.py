@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from fevae.callbacks.mixture import fit_feature_mixtures, save_mixtures
-from fevae.evaluation import example_images, run_scoring, write_outputs
+from fevae.evaluation import example_images, fitted_detectors, run_scoring, write_outputs
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
 from fevae.train import make_datamodule, report_info
@@ -49,7 +49,8 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
     metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs,
                             mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
-                            split=data.split_record(), in_distribution=data.id_name)
+                            split=data.split_record(), in_distribution=data.id_name,
+                                fitted=fitted_detectors(cfg))
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -29,7 +29,7 @@ from fevae.cache import SamplesCache, weights_hash
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
-from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX
+from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX, parse_score_name
 from fevae.mixture import TorchMixture
 from fevae.scoring import ScoreAccumulator, sample_chunks
 from fevae.training import cache_enabled, progress_settings
@@ -87,6 +87,9 @@ def validate_eval_config(ev: Mapping[str, Any]) -> None:
     if bad or not ev["schemes"]:
         raise FevaeError(f"eval.schemes={list(ev['schemes'])} is not a non-empty subset of {list(SCHEMES)}", "use e.g. eval.schemes=[PR,APO]")
     detectors = list(ev.get("detectors") or [])
+    from fevae.detectors import build_fitted
+
+    build_fitted(ev.get("fitted_detectors"), ev["schemes"], detectors)  # unknown names: one error
     unknown = [d for d in detectors if d not in DETECTORS]
     if unknown:
         raise FevaeError(f"eval.detectors has unknown detectors {unknown}", f"choose from {list(DETECTORS)} (or [] for none)")
@@ -113,8 +116,17 @@ def selectable_metrics(cfg: DictConfig) -> list[str]:
     ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
     blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
     blocks += [("other", d) for d in (cfg.eval.get("detectors") or [])]
+    blocks += [parse_score_name(name) for det in fitted_detectors(cfg) for name in det.outputs()]
     sets = ood_set_names(cfg.get("data"))
     return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRICS]
+
+
+def fitted_detectors(cfg: DictConfig) -> list[Any]:
+    """The run's :func:`fevae.detectors.build_fitted` detectors (``eval.fitted_detectors``; none in a config without it)."""
+    from fevae.detectors import build_fitted
+
+    ev = cfg.eval
+    return build_fitted(list(ev.get("fitted_detectors") or []), list(ev.schemes), list(ev.get("detectors") or []))
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
@@ -555,6 +567,7 @@ def write_outputs(
     bootstrap: Mapping[str, Any] | None = None,
     split: Mapping[str, Any] | None = None,
     in_distribution: str = IN_DISTRIBUTION,
+    fitted: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Write ``scores/<set>.npz`` (test parts) and ``scores/val/<set>.npz`` (validation parts), each
     with the scores' Monte-Carlo standard errors, ``metrics.json`` (with bootstrap intervals per
@@ -564,7 +577,9 @@ def write_outputs(
     every set in one chart; the figures, a text summary and the HParams session), ``report.md``.
 
     ``scores`` is keyed by loader name (``"mnist"``, ``"val/mnist"``; :func:`fevae.data.datamodule.part_name`);
-    ``in_distribution`` names the in-distribution set (the data module's ``id_name``).
+    ``in_distribution`` names the in-distribution set (the data module's ``id_name``). ``fitted``
+    (:func:`fevae.detectors.build_fitted`) are fitted on the in-distribution set's validation part,
+    add their columns to every part of every set, and store their state in ``detectors.npz``.
     Returns the metrics dict (the ``metrics.json`` contract).
     """
     from fevae.bootstrap import Resampler
@@ -573,6 +588,13 @@ def write_outputs(
     from fevae.plots import plot_all, plot_detector_aurocs
     from fevae.report import write_report
 
+    from fevae.data.datamodule import part_name
+    from fevae.detectors import fit_detectors, save_fitted
+    from fevae.detectors.base import STATE_FILE
+
+    if fitted:
+        with stage(f"in-distribution-fitted detectors {[d.name for d in fitted]}", logger=log):
+            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"))
     parts: dict[str, dict[str, dict[str, np.ndarray]]] = {"test": {}, "val": {}}
     for key, set_scores in scores.items():
         name, part = split_part(key)
@@ -586,6 +608,8 @@ def write_outputs(
     for key, set_scores in scores.items():
         save_scores(out_dir / "scores" / f"{key}.npz", set_scores, (mc_se or {}).get(key))
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if fitted and part_name(in_distribution, "val") in scores:
+        save_fitted(out_dir / STATE_FILE, fitted)
     if split:
         write_json_atomic(out_dir / "eval_split.json", split)
     scores = parts["test"]  # figures and the report show the test parts; metrics.json has both

@@ -56,7 +56,7 @@ C4_MAX_AUROC = 0.90
 #: C5: "fuses" iff AUROC(mnist_saltpepper, PR, p_FEVAE) lies in this closed band around 0.5.
 C5_AUROC_BAND = (0.35, 0.65)
 
-_SCORE_NAMES = {"vae": "p_VAE", "fe": "p_FE", "fevae": "p_FEVAE"}
+_SCORE_NAMES = {"vae": "p_VAE", "fe": "p_FE", "fevae": "p_FEVAE", "standardised_fevae": "standardised p_FEVAE", "dose": "DoSE"}
 
 
 @dataclass

@@ -64,7 +64,25 @@ def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input"
     if run.missing_layers():
         log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
     mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
-    return run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
+    scores = run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
+    return {**scores, **fitted_scores(run, scores)}
+
+
+def fitted_scores(run: TrainedRun, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The run's in-distribution-fitted detectors (``detectors.npz``) applied to ``scores``; none (with a
+    warning naming them) when the run folder has no fitted state (a run made before they existed)."""
+    from fevae.detectors import load_fitted
+    from fevae.detectors.base import STATE_FILE
+    from fevae.evaluation import fitted_detectors
+
+    fitted = fitted_detectors(run.cfg)
+    if not fitted:
+        return {}
+    if not (run.run_dir / STATE_FILE).is_file():
+        log.warning("the run has no %s: the columns of %s are left out", STATE_FILE, [d.name for d in fitted])
+        return {}
+    load_fitted(run.run_dir / STATE_FILE, fitted)
+    return {k: v for det in fitted for k, v in det.score(scores).items()}
 
 
 def output_columns(scores: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
 from fevae.callbacks.separation import separation_callbacks
 from fevae.data.evalsets import check_ood_sources, describe_ood_sets
-from fevae.evaluation import check_optimized_metric, example_images, run_scoring, validate_eval_config, write_outputs
+from fevae.evaluation import check_optimized_metric, example_images, fitted_detectors, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.training import fit_model
@@ -97,7 +97,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with stage("writing scores, metrics, figures and report", timings, "write_outputs"):
         metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs,
                                 mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
-                                split=vae_data.split_record(), in_distribution=vae_data.id_name)
+                                split=vae_data.split_record(), in_distribution=vae_data.id_name,
+                                fitted=fitted_detectors(cfg))
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
     return {"metrics": metrics, "run_dir": str(run_dir)}

@@ -52,6 +52,8 @@ def test_s_can_differ_per_scheme_and_each_scheme_matches_its_own_run(run_dir, tm
     pr = load_scores(evaluate(run_dir, [*LEAN, "eval.n_samples=6"], tmp_path / "six")["out_dir"] + "/scores/mnist.npz")
     apo = load_scores(evaluate(run_dir, [*LEAN, "eval.n_samples=3"], tmp_path / "three")["out_dir"] + "/scores/mnist.npz")
     for key in both:
+        if key == "dose":  # fitted on both schemes' statistics at once: it matches neither single-S run
+            continue
         np.testing.assert_array_equal(both[key], (pr if key.endswith("_pr") else apo)[key], err_msg=key)
 
 

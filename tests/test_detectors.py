@@ -130,7 +130,7 @@ def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tm
     assert "predates the settings eval.detectors, eval.regret, fe.extra_layers" in caplog.text
     assert "the run has no mixture for layers [2, 3, 4]" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret", "dose"}
     assert {"fevae_l2", "fevae_l3", "fevae_l4"} <= set(metrics["ood"]["mnist"]["APO"])
     assert sorted(p.name for p in out.glob("mixture*.npz")) == ["mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz"]
     with np.load(old / "mixture.npz") as a, np.load(out / "mixture.npz") as b:

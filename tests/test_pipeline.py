@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
 SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret"]
+#: the in-distribution-fitted detectors (eval.fitted_detectors): scored on every part, no Monte-Carlo error of their own
+FITTED = ["standardised_fevae_pr", "standardised_fevae_apo", "dose"]
 #: every score but likelihood regret is a Monte-Carlo log-mean-exp with a stored standard error
 MCSE = [f"mcse__{k}" for k in SCORES if k != "likelihood_regret"]
 #: TINY's split of the 32 synthetic images of each eval set: 12 validation + the other 20 for test
@@ -52,8 +54,8 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
         for ood in metrics[block].values():
             assert set(ood) >= {"PR", "APO"}
             for scheme in ("PR", "APO"):
-                assert set(ood[scheme]) == set(IDS)
-            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+                assert set(ood[scheme]) == {*IDS, "standardised_fevae"}
+            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret", "dose"}
             for scheme in ("PR", "APO", "other"):
                 for m in ood[scheme].values():
                     assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci"}
@@ -66,7 +68,7 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
     for name in SETS:
         for rel, n in ((f"{name}.npz", N_TEST), (f"val/{name}.npz", N_VAL)):
             with np.load(run_dir / "scores" / rel, allow_pickle=False) as z:
-                assert sorted(z.files) == sorted(SCORES + MCSE)
+                assert sorted(z.files) == sorted(SCORES + FITTED + MCSE)
                 assert all(z[k].shape == ((8,) if k == "likelihood_regret" else (n,)) and np.isfinite(z[k]).all() for k in z.files)
                 assert all((z[k] >= 0).all() for k in MCSE)
     report = (run_dir / "report.md").read_text()

@@ -1,0 +1,80 @@
+"""DoSE-style detector: a one-class density over standardised per-image statistics of the model pass.
+
+Morningstar et al. (2021), "Density of States Estimation for Out-of-Distribution Detection" (DoSE):
+the likelihood alone is one summary of an image; several (here: log p_VAE and log p_FE under each
+scored scheme, and IWAE / input complexity when the run computes them) are standardised (mean and
+standard deviation of the in-distribution validation images) and a kernel density is fitted on the
+validation images' vectors; the score is its log density at an image's vector (higher = more
+in-distribution). The bandwidth is chosen by 5-fold cross-validated log-likelihood on the validation
+images only (a log grid of :data:`BANDWIDTHS`); sklearn's ``KernelDensity`` (Gaussian kernel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fevae.detectors.base import FittedDetector
+from fevae.errors import FevaeError
+
+#: bandwidth grid (standardised units) searched by cross-validation
+BANDWIDTHS = np.logspace(-2, 1, 31)
+#: model-pass detectors whose score enters the statistics when the run computes them
+EXTRA_STATS = ("iwae", "input_complexity")
+
+
+class Dose(FittedDetector):
+    """``dose``: log density of a KDE over standardised statistics, fitted on the ID validation images."""
+
+    name = "dose"
+
+    def __init__(self, stats: Sequence[str], folds: int = 5, seed: int = 0):
+        if len(stats) < 1:
+            raise FevaeError("dose needs at least one statistic", "score at least one scheme (eval.schemes)")
+        self.stats, self.folds, self.seed = list(stats), int(folds), int(seed)
+        self.mean = self.sd = self.points = None
+        self.bandwidth = float("nan")
+        self._kde = None
+
+    @classmethod
+    def for_run(cls, schemes: Sequence[str], detectors: Sequence[str]) -> "Dose":
+        stats = [f"log_p_{t}_{s.lower()}" for s in schemes for t in ("vae", "fe")] + [d for d in EXTRA_STATS if d in detectors]
+        return cls(stats)
+
+    def needs(self) -> list[str]:
+        return list(self.stats)
+
+    def fit(self, id_val: Mapping[str, np.ndarray]) -> None:
+        from sklearn.model_selection import GridSearchCV, KFold
+        from sklearn.neighbors import KernelDensity
+
+        x = self.columns(id_val, "the in-distribution validation part")
+        if len(x) < 2 * self.folds:
+            raise FevaeError(f"dose is fitted on {len(x)} in-distribution validation images, fewer than 2 per fold of {self.folds}",
+                             "raise data.eval_split.val, or drop dose from eval.fitted_detectors")
+        self.mean, self.sd = x.mean(0), x.std(0)
+        self.sd[self.sd == 0] = 1.0
+        self.points = (x - self.mean) / self.sd
+        search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": BANDWIDTHS},
+                              cv=KFold(self.folds, shuffle=True, random_state=self.seed))
+        search.fit(self.points)
+        self.bandwidth = float(search.best_params_["bandwidth"])
+        self._kde = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(self.points)
+
+    def score(self, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = self.columns(scores, "a set")
+        return {self.name: self._kde.score_samples((x - self.mean) / self.sd)}
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "sd": self.sd, "points": self.points, "bandwidth": np.array(self.bandwidth)}
+
+    def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        from sklearn.neighbors import KernelDensity
+
+        self.mean, self.sd, self.points = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "sd", "points"))
+        if self.points.ndim != 2 or self.points.shape[1] != len(self.stats):
+            raise FevaeError(f"the stored dose state has {self.points.shape} points for {len(self.stats)} statistics",
+                             "re-score the run with python -m fevae.evaluate (the run's eval settings changed)")
+        self.bandwidth = float(arrays["bandwidth"])
+        self._kde = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(self.points)

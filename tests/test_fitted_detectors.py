@@ -1,0 +1,132 @@
+"""Detectors fitted on the in-distribution validation images (fevae/detectors/): numbers against
+independent computations, fitted on ID validation only, plain-array state, wired into a run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fevae.detectors import build_fitted, fit_detectors, load_fitted, save_fitted
+from fevae.detectors.dose import BANDWIDTHS, Dose
+from fevae.detectors.fisher import StandardisedFevae
+from fevae.errors import FevaeError
+
+COLS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_vae_apo", "log_p_fe_apo", "iwae", "input_complexity"]
+
+
+def _set(n: int, seed: int, shift: float = 0.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    scales = {"log_p_vae_pr": 300.0, "log_p_fe_pr": 40.0, "log_p_vae_apo": 200.0, "log_p_fe_apo": 30.0, "iwae": 200.0, "input_complexity": 50.0}
+    return {c: rng.normal(-shift * s, s, n) for c, s in scales.items()}
+
+
+def test_standardised_fevae_is_fishers_sum_of_empirical_left_tails():
+    val, test = _set(50, 0), _set(30, 1, shift=0.5)
+    det = StandardisedFevae(["PR", "APO"])
+    det.fit(val)
+    out = det.score(test)
+    assert sorted(out) == ["standardised_fevae_apo", "standardised_fevae_pr"]
+    for scheme in ("pr", "apo"):
+        expected = []
+        for i in range(30):
+            total = 0.0
+            for term in ("vae", "fe"):
+                col = f"log_p_{term}_{scheme}"
+                below = sum(1 for v in val[col] if v <= test[col][i])  # ties count as "at most"
+                total += np.log((1 + below) / (len(val[col]) + 1))
+            expected.append(total)
+        np.testing.assert_allclose(out[f"standardised_fevae_{scheme}"], expected, rtol=0, atol=1e-12)
+    # an image below every validation value gets the floor 1/(n+1) per term; above every one, 1 (log 0)
+    low = {c: np.array([-1e9]) for c in COLS}
+    high = {c: np.array([1e9]) for c in COLS}
+    assert det.score(low)["standardised_fevae_apo"][0] == pytest.approx(2 * np.log(1 / 51))
+    assert det.score(high)["standardised_fevae_apo"][0] == pytest.approx(0.0)
+
+
+def test_dose_is_sklearns_kde_with_the_cross_validated_bandwidth():
+    from sklearn.model_selection import KFold
+    from sklearn.neighbors import KernelDensity
+
+    val, test = _set(60, 2), _set(20, 3, shift=1.0)
+    det = Dose.for_run(["PR", "APO"], ["iwae", "input_complexity"])
+    assert det.needs() == COLS
+    det.fit(val)
+    x = np.column_stack([val[c] for c in COLS])
+    z = (x - x.mean(0)) / x.std(0)
+    cv = []  # the same 5 folds, scored by hand
+    for h in BANDWIDTHS:
+        folds = KFold(5, shuffle=True, random_state=0).split(z)
+        cv.append(np.mean([KernelDensity(bandwidth=h).fit(z[a]).score(z[b]) for a, b in folds]))
+    assert det.bandwidth == pytest.approx(BANDWIDTHS[int(np.argmax(cv))])
+    q = (np.column_stack([test[c] for c in COLS]) - x.mean(0)) / x.std(0)
+    np.testing.assert_allclose(det.score(test)["dose"], KernelDensity(bandwidth=det.bandwidth).fit(z).score_samples(q), rtol=1e-12)
+    assert Dose.for_run(["APO"], []).needs() == ["log_p_vae_apo", "log_p_fe_apo"]
+
+
+def test_fitted_on_the_id_validation_part_only_and_added_to_every_set(caplog):
+    scores = {"fashionmnist": _set(40, 4), "mnist": _set(40, 5, 1.0), "val/fashionmnist": _set(40, 6), "val/mnist": _set(40, 7, 1.0)}
+    fitted = build_fitted(["standardised_fevae", "dose"], ["PR", "APO"], ["iwae", "input_complexity"])
+    out = fit_detectors(fitted, scores, "val/fashionmnist")
+    assert all({"standardised_fevae_pr", "standardised_fevae_apo", "dose"} <= set(cols) for cols in out.values())
+    assert "dose" not in scores["mnist"]  # the input is left as it was
+    # the same fit whatever the OOD and test images are
+    other = {**scores, "mnist": _set(40, 8, 3.0), "fashionmnist": _set(40, 9), "val/mnist": _set(40, 10, 2.0)}
+    refit = build_fitted(["standardised_fevae", "dose"], ["PR", "APO"], ["iwae", "input_complexity"])
+    again = fit_detectors(refit, other, "val/fashionmnist")
+    np.testing.assert_array_equal(again["val/fashionmnist"]["dose"], out["val/fashionmnist"]["dose"])
+    np.testing.assert_array_equal(again["val/fashionmnist"]["standardised_fevae_apo"], out["val/fashionmnist"]["standardised_fevae_apo"])
+    # no validation part: left out, with a warning
+    with caplog.at_level("WARNING"):
+        none = fit_detectors(build_fitted(["dose"], ["PR", "APO"], []), {"fashionmnist": _set(5, 1)}, "val/fashionmnist")
+    assert "dose" not in none["fashionmnist"] and "left out" in caplog.text
+
+
+def test_state_is_plain_arrays_and_round_trips(tmp_path):
+    val, test = _set(40, 11), _set(15, 12, 0.7)
+    fitted = build_fitted(["standardised_fevae", "dose"], ["PR", "APO"], ["iwae", "input_complexity"])
+    for det in fitted:
+        det.fit(val)
+    save_fitted(tmp_path / "detectors.npz", fitted)
+    with np.load(tmp_path / "detectors.npz", allow_pickle=False) as archive:
+        assert all(archive[k].dtype != object for k in archive.files)
+    loaded = build_fitted(["standardised_fevae", "dose"], ["PR", "APO"], ["iwae", "input_complexity"])
+    load_fitted(tmp_path / "detectors.npz", loaded)
+    for a, b in zip(fitted, loaded):
+        for k, v in a.score(test).items():
+            np.testing.assert_array_equal(v, b.score(test)[k])
+    with pytest.raises(FevaeError, match="detectors.npz is missing"):
+        load_fitted(tmp_path / "nope" / "detectors.npz", loaded)
+    with pytest.raises(FevaeError, match=r"stored dose state has \(40, 6\) points for 4 statistics"):
+        load_fitted(tmp_path / "detectors.npz", build_fitted(["dose"], ["PR", "APO"], []))
+
+
+def test_bad_names_and_missing_columns_are_one_error():
+    with pytest.raises(FevaeError, match="eval.fitted_detectors has an unknown detector 'lr'"):
+        build_fitted(["lr"])
+    det = build_fitted(["dose"], ["PR", "APO"], ["iwae"])[0]
+    with pytest.raises(FevaeError, match=r"dose needs the score columns \['iwae'\]"):
+        det.fit({c: v for c, v in _set(20, 0).items() if c != "iwae"})
+
+
+def test_a_run_reports_them_and_the_score_api_applies_the_stored_fit(tmp_path, synthetic_data_dir):
+    from fevae.api import load_run
+    from fevae.train import train
+    from helpers import labelled_images
+    from pipeline import save_run_config, train_cfg
+
+    run_dir = tmp_path / "run"
+    cfg = train_cfg(run_dir, synthetic_data_dir, extra=["separation.enabled=false"])
+    train(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for block in ("ood", "ood_val"):
+        assert {"standardised_fevae"} <= set(metrics[block]["mnist"]["APO"]) and "dose" in metrics[block]["mnist"]["other"]
+    assert (run_dir / "detectors.npz").is_file()
+    save_run_config(cfg, run_dir)
+    frame = load_run(run_dir).score(labelled_images(12, seed=9)[0])
+    assert {"standardised_fevae_pr", "standardised_fevae_apo", "dose"} <= set(frame.columns)
+    det = build_fitted(["standardised_fevae"], ["PR", "APO"], [])[0]
+    load_fitted(run_dir / "detectors.npz", [det])
+    np.testing.assert_array_equal(det.score({c: frame[c].to_numpy() for c in det.needs()})["standardised_fevae_apo"],
+                                  frame["standardised_fevae_apo"].to_numpy())
