@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
 from fevae.callbacks.separation import separation_callbacks
-from fevae.data.evalsets import check_ood_sources, describe_ood_sets
+from fevae.data.evalsets import check_data_sources, check_ood_sources, describe_ood_sets
 from fevae.evaluation import check_optimized_metric, example_images, fitted_detectors, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
@@ -112,6 +112,7 @@ def main(cfg: DictConfig) -> float | str | None:
     route_lightning_logs()
     validate_config(cfg)  # a bad setting is refused before the run folder is claimed
     check_ood_sources(cfg.data)  # every OOD image file read and checked before the run folder is claimed
+    check_data_sources(cfg.data)  # every dataset split located (not read) before the run folder is claimed
     with own_run_folder(run_dir_of(cfg), cfg):  # one process per run folder; resume only with the same config
         result = train(cfg)
     return flatten_metrics(result["metrics"]).get(cfg.optimized_metric) if result["metrics"] else None

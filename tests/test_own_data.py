@@ -207,3 +207,19 @@ def test_the_sweep_summary_shows_the_first_ood_set_when_there_is_no_mnist():
     assert headline_set(cols) == "fashionmnist"
     assert headline_set([*cols, "ood_val/mnist/APO/fevae/auroc"]) == "mnist"
     assert headline_set(["job"]) == "mnist"
+
+
+def test_every_dataset_split_is_located_before_the_run_folder_is_claimed(tmp_path):
+    from fevae.data.evalsets import check_data_sources
+
+    root = tmp_path / "data"
+    write_cifar10_bin(root)
+    cfg = compose_cfg("train", tmp_path / "run", ["+experiment=cifar10_svhn", f"paths.data_dir={root}", *TINY])
+    with pytest.raises(FevaeError, match=r"svhn/test \(test_32x32.mat.*not found; looked in: .*data"):
+        check_data_sources(cfg.data)  # CIFAR-10 is there, its OOD set SVHN is not
+    write_svhn_mat(root)
+    check_data_sources(cfg.data)
+    with pytest.raises(FevaeError, match=r"mnist/train .*not found"):
+        check_data_sources(compose_cfg("train", tmp_path / "run", ["data=mnist", f"paths.data_dir={root}", *TINY]).data)
+    own = compose_cfg("train", tmp_path / "run", ["data=npz", "data.path=x.npz", "+data.ood_sets.a.source=in_distribution", f"paths.data_dir={root}", *TINY])
+    check_data_sources(own.data)  # your own files are read later; a registered dataset is not needed

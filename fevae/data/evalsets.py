@@ -48,7 +48,7 @@ from fevae.data.corruptions import check_corruptions, describe_chain
 from fevae.errors import FevaeError
 
 __all__ = ["ID_SET", "ID_SOURCE", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names",
-           "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_split_size", "source_title"]
+           "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_data_sources", "check_split_size", "source_title"]
 
 #: name of the default in-distribution evaluation set (FashionMNIST test); a run's own is :func:`id_set_name`
 ID_SET = "fashionmnist"
@@ -257,3 +257,18 @@ def check_ood_sources(data_cfg: Any) -> None:
         n = len(read_path_source(spec, image_shape_of(data)))
         sizes = spec.eval_split or split
         check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path)
+
+
+def check_data_sources(data_cfg: Any) -> None:
+    """Locate, without reading, every registered dataset split a run with ``data_cfg`` reads (the
+    in-distribution dataset's train and test splits, each OOD source's test split): a missing one is
+    one :class:`FevaeError` naming it and every folder looked in, before the run folder is claimed.
+    With ``data.download=true`` a missing split is downloaded here."""
+    from fevae.data.discovery import DATASET_INFO, find_split
+
+    data = plain(data_cfg, "data") or {}
+    dataset = data.get("dataset") or ID_SET
+    needed = [(dataset, "train"), (dataset, "test")] if dataset in DATASET_INFO else []
+    needed += [(spec.source, "test") for spec in resolve_data_sets(data).values() if spec.source not in (None, ID_SOURCE, dataset)]
+    for name, split in dict.fromkeys(needed):
+        find_split(name, split, data.get("data_dir"), download=bool(data.get("download", False)), download_dir=data.get("download_dir"))
