@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -32,3 +33,8 @@ def test_smoke_sweep_reuses_models_summarises_and_survives_a_failed_job(tmp_path
     assert all("fe.n=4000 is larger than the training set" in r["error"] for r in failed) and len(failed) == 2
     assert all(0 <= float(r["ood/mnist/APO/fevae/auroc"]) <= 1 for r in ok)
     assert (sweep / "summary.md").exists() and (sweep / "heatmap_auroc_n_C.png").exists()
+    cost = json.loads((sweep / "sweep_cost.json").read_text())  # the sweep's own cost against its first job
+    times = {r["job"]: float(r["wall_time_s"]) for r in ok}
+    assert cost["first_job"] == 0 and cost["first_job_s"] == times["0"] and cost["jobs"] == 4 and cost["jobs_timed"] == 2
+    assert cost["ratio"] == pytest.approx(sum(times.values()) / times["0"], abs=1e-3)
+    assert f"{cost['ratio']:.2f}×" in (sweep / "summary.md").read_text()

@@ -126,6 +126,25 @@ def aggregate_seeds(frame):
     return pd.DataFrame(rows)
 
 
+#: what a job's ``wall_time_s`` is (the sweep cost record says so)
+COST_MEASURE = "each job's timed stages (timings.json: training, feature mixtures, scoring, outputs), summed"
+
+
+def sweep_cost(frame) -> dict[str, Any] | None:
+    """The sweep's cost against its first job (the one that trains the models the others reuse):
+    ``first_job_s``, each other job's seconds, their total, and ``ratio`` = all jobs / the first job
+    (a serial sweep's cost relative to one run). None when no job has timings."""
+    rows = frame.sort_values("job")
+    times = [None if t is None or t != t else float(t) for t in rows["wall_time_s"]] if "wall_time_s" in rows else []
+    if not times or times[0] is None:
+        return None
+    others = {str(int(j)): t for j, t in zip(rows["job"].iloc[1:], times[1:]) if t is not None}
+    total = times[0] + sum(others.values())
+    return {"jobs": len(times), "jobs_timed": 1 + len(others), "first_job": int(rows["job"].iloc[0]), "first_job_s": times[0],
+            "other_jobs_s": others, "other_jobs_total_s": round(sum(others.values()), 1), "total_s": round(total, 1),
+            "ratio": round(total / times[0], 3) if times[0] > 0 else None, "measure": COST_MEASURE}
+
+
 def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[Path]:
     import pandas as pd
 
@@ -144,6 +163,16 @@ def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[
              "every metric is in summary.csv.", ""]
     _, sentence = best_job(frame, optimized_metric)
     lines += [sentence, ""]
+    cost = sweep_cost(frame)
+    if cost is not None:
+        path = sweep_dir / "sweep_cost.json"
+        write_text_atomic(path, json.dumps(cost, indent=2) + "\n")
+        written.append(path)
+        others = list(cost["other_jobs_s"].values())
+        lines += [f"Cost: job {cost['first_job']} took {cost['first_job_s']:.0f} s, the other {len(others)} timed jobs "
+                  f"{cost['other_jobs_total_s']:.0f} s together"
+                  + (f" ({min(others):.0f}–{max(others):.0f} s each)" if others else "")
+                  + f": the sweep cost **{cost['ratio']:.2f}×** its first job ({COST_MEASURE}; sweep_cost.json).", ""]
     table = frame[[c for c in shown if c in frame.columns]].copy()
     table.columns = [c.replace(f"ood_val/{ood}/", "val ").replace(f"ood/{ood}/", "").replace("/auroc", "") for c in table.columns]
     lines += [_markdown_table(table), ""]
