@@ -7,6 +7,8 @@ interleaved and repeated (the fastest repeat counts):
 2. ``mixture``: :class:`fevae.mixture.TorchMixture` vs sklearn ``score_samples`` on the same
    20k features: time ratio, largest difference, ``predict`` agreement.
 3. ``baselines``: cost per image of each baseline score relative to p_FEVAE (APO, S=20).
+   ``detectors``: cost per image of every configured detector (``eval.detectors``) by the mechanism a run
+   uses (the Scorer's stopwatch, :func:`fevae.detectors.base.fitted_costs`), median and range of 5 repeats.
 4. ``peak_memory``: peak memory of scoring 20k images at several S (chunk 10), one fresh process
    per S (:mod:`benchmarks.memory`); the ratio peak(S_max) / peak(S_min) should stay ~1.
 5. ``stages``: wall time of each stage of the run (its ``timings.json``).
@@ -85,6 +87,7 @@ class Sizes:
     regret_images: int = 64
     regret_steps: int = 50
     regret_samples: int = 4
+    detector_repeats: int = 5  # repeats of the detectors section (median and min-max reported)
     fit_n: int = 2000  # training images of the mixtures the bench fits (layers 2-4; layer 1 if untrained)
     fit_max_iter: int = 500
     memory_images: int = 20_000
@@ -96,7 +99,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(repeats=1, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
-              mixture_repeats=1, baseline_images=32, regret_images=4, fit_n=200, fit_max_iter=100,
+              mixture_repeats=1, baseline_images=32, regret_images=4, detector_repeats=2, fit_n=200, fit_max_iter=100,
               memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True)
 
 
@@ -298,6 +301,70 @@ class Bench:
                             notes.get(name, e.get("what", "standalone"))))
         return result, rows
 
+    # ---------------------------------------------------------------- 3b. every configured detector
+    def detectors(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Cost per image of every detector of the config's ``eval.detectors``, by the mechanism a run uses:
+        the real :class:`fevae.evaluation.Scorer` (each model-pass detector's own stopwatch section plus the
+        shared pass it reads) and :func:`fevae.detectors.base.fitted_costs` (fitted detectors: their scoring
+        time plus the columns they read). PR and APO at S=``baseline_samples``; likelihood regret on the first
+        ``regret_images``. ``detector_repeats`` interleaved repeats: median and min-max of each cost."""
+        from fevae.detectors.base import fit_detectors, fitted_costs
+        from fevae.detectors.registry import build_detectors, needed_models
+        from fevae.evaluation import Scorer
+        from fevae.stages import detector_models
+
+        s = self.sizes
+        cfg = self.models.cfg
+        x, what = eval_images(self.dm, s.baseline_images)
+        index = torch.arange(len(x))
+        if self.models.run_dir is not None and all((self.models.run_dir / "checkpoints" / m).is_dir() for m in needed_models(cfg)):
+            models, model_source = detector_models(cfg, self.models.run_dir), "the run's"
+        else:  # the costs do not depend on the weights
+            from fevae.validation import build
+
+            models, model_source = {name: build(f"model.{name}", node).eval() for name, node in needed_models(cfg).items()}, "untrained"
+        samples = {"PR": s.baseline_samples, "APO": s.baseline_samples}
+        mixtures = {self.models.layer: self.mixture}
+
+        def once() -> dict[str, float]:
+            passed, fitted = build_detectors(cfg)
+            for det in passed:
+                if hasattr(det, "subset"):
+                    det.subset, det.steps = s.regret_images, s.regret_steps
+            scorer = Scorer(self.models.vae, self.models.jigsaw, mixtures, ["bench"], layer=self.models.layer,
+                            pre_activation=self.models.pre_activation, n_samples=samples, chunk_size=s.chunk_size,
+                            seed=self.seed, detectors=passed, models={k: m.to(self.device) for k, m in models.items()}).to(self.device)
+            scorer.on_predict_epoch_start()
+            for i, lo in enumerate(range(0, len(x), s.throughput_batch)):
+                sl = slice(lo, lo + s.throughput_batch)
+                scorer.predict_step((x[sl].to(self.device), None, index[sl].to(self.device)), i)
+            scorer.on_predict_epoch_end()
+            costs = scorer.costs()
+            seconds: dict[str, float] = {}
+            scores = scorer.results["bench"]
+            fit_detectors(fitted, {"val/bench": scores, "bench": scores}, "val/bench", seconds)
+            for scheme, block in fitted_costs(fitted, seconds, 2 * len(x), costs).items():
+                costs.setdefault(scheme, {}).update(block)
+            return {f"{scheme}/{sid}": c for scheme, block in costs.items() for sid, c in block.items()}
+
+        once()  # warm-up
+        runs = [once() for _ in range(s.detector_repeats)]
+        names = list(runs[0])
+        per = {n: np.array([r[n] for r in runs]) for n in names}
+        ref = per["APO/fevae"]
+        entries = {n: {"median_s_per_image": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+                       "ratio_to_fevae_apo_median": float(np.median(v / ref)),
+                       "ratio_to_fevae_apo_range": [float((v / ref).min()), float((v / ref).max())]} for n, v in per.items()}
+        result = {"images": what, "n_images": len(x), "n_samples": samples, "chunk_size": s.chunk_size,
+                  "regret_images": s.regret_images, "regret_steps": s.regret_steps, "repeats": s.detector_repeats,
+                  "extra_models": model_source, "reference": "APO/fevae", "detectors": entries}
+        rows = []
+        for n, e in entries.items():
+            lo, hi = e["ratio_to_fevae_apo_range"]
+            rows.append(row("detectors", n, e["median_s_per_image"] * 1e3, "ms/img", e["ratio_to_fevae_apo_median"], "",
+                            f"median of {s.detector_repeats}; range {e['min'] * 1e3:.3g}-{e['max'] * 1e3:.3g} ms, ratio {lo:.2f}-{hi:.2f}"))
+        return result, rows
+
     # ---------------------------------------------------------------- 4. peak memory
     @staticmethod
     def _worker_result(n_samples: int, proc: subprocess.Popen, cmd: list[str]) -> dict[str, Any]:
@@ -473,6 +540,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ("throughput", b.throughput),
         ("mixture", b.mixture_vs_sklearn),
         ("baselines", b.baselines),
+        ("detectors", b.detectors),
         ("peak_memory", lambda: b.peak_memory(worker_args)),
         ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
     ]

@@ -32,7 +32,7 @@ from fevae.evaluation import SCHEMES, Scoring, make_scorer, predict_trainer
 from fevae.metrics import compute_split_metrics, parse_score_name, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
-from fevae.train import make_datamodule
+from fevae.stages import make_datamodule
 from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
 from fevae.utils.io import atomic_open
 

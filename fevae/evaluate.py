@@ -19,7 +19,7 @@ from fevae.callbacks.mixture import fit_feature_mixtures, save_mixtures
 from fevae.evaluation import example_images, fitted_detectors, run_scoring, write_outputs
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
-from fevae.train import make_datamodule, report_info
+from fevae.stages import detector_models, make_datamodule, report_info
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
 from fevae.utils.log import log_config, route_lightning_logs
 
@@ -43,14 +43,15 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
         if is_rank_zero():
             save_mixtures(out_dir, mixtures, cfg.fe)
     loaders = data.eval_loaders()
-    scoring = run_scoring(cfg, run.vae, run.jigsaw, {k: TorchMixture(m) for k, m in mixtures.items()}, loaders)
+    models = detector_models(cfg, Path(run_dir), lambda: make_datamodule(cfg, cfg.budget.vae.batch_size), out_dir=out_dir)  # a model the run lacks is trained here, into out_dir
+    scoring = run_scoring(cfg, run.vae, run.jigsaw, {k: TorchMixture(m) for k, m in mixtures.items()}, loaders, models=models)
     if not is_rank_zero():
         return {"metrics": None, "out_dir": str(out_dir)}
     info = {**report_info(cfg), "source_run": str(run_dir), "overrides": overrides}
     metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs,
                             mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
                             split=data.split_record(), in_distribution=data.id_name,
-                                fitted=fitted_detectors(cfg))
+                            fitted=fitted_detectors(cfg))
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -23,15 +23,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.baselines import compressed_bits, input_complexity_from_bits, likelihood_regret_score, to_uint8
 from fevae.bootstrap import METRICS
 from fevae.cache import SamplesCache, weights_hash
+from fevae.detectors.base import Detector
+from fevae.detectors.fevae import FevaeTerms
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
 from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX, parse_score_name
 from fevae.mixture import TorchMixture
-from fevae.scoring import ScoreAccumulator, sample_chunks
+from fevae.scoring import sample_chunks
 from fevae.training import cache_enabled, progress_settings
 from fevae.utils.log import stage
 from fevae.utils.timing import Stopwatch
@@ -42,10 +43,10 @@ warnings.filterwarnings("ignore", message=r".*predict returned None.*")
 log = logging.getLogger(__name__)
 
 SCHEMES = ("PR", "APO")
-#: detectors scored next to vae/fe/fevae (``eval.detectors``), all in metrics.json ``other``
-DETECTORS = ("iwae", "input_complexity", "likelihood_regret")
 #: images whose model-pass outputs are turned into scores at once when reading stored samples
 SAMPLE_BATCH = 512
+#: sample-key prefix of a detector's own values (``own/<detector>/<key>``) in kept model-pass outputs
+OWN = "own"
 
 
 def score_stream(set_name: str, scheme: str) -> int:
@@ -67,7 +68,11 @@ def samples_per_scheme(n_samples: int | Mapping[str, int], schemes: Sequence[str
     return {s: n_samples for s in schemes}
 
 
-def validate_eval_config(ev: Mapping[str, Any]) -> None:
+def validate_eval_config(ev: Mapping[str, Any], cfg: DictConfig | None = None) -> None:
+    """Check ``eval.*`` and every selected detector's settings (``cfg``: the whole config, whose ``detector``
+    node holds them; without it the shipped conf/detector/ files)."""
+    from fevae.detectors.registry import build_detectors
+
     per_scheme = samples_per_scheme(ev["n_samples"], [s for s in ev["schemes"] if s in SCHEMES])
     for scheme, s in per_scheme.items():
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
@@ -86,22 +91,7 @@ def validate_eval_config(ev: Mapping[str, Any]) -> None:
     bad = [s for s in ev["schemes"] if s not in SCHEMES]
     if bad or not ev["schemes"]:
         raise FevaeError(f"eval.schemes={list(ev['schemes'])} is not a non-empty subset of {list(SCHEMES)}", "use e.g. eval.schemes=[PR,APO]")
-    detectors = list(ev.get("detectors") or [])
-    from fevae.detectors import build_fitted
-
-    build_fitted(ev.get("fitted_detectors"), ev["schemes"], detectors)  # unknown names: one error
-    unknown = [d for d in detectors if d not in DETECTORS]
-    if unknown:
-        raise FevaeError(f"eval.detectors has unknown detectors {unknown}", f"choose from {list(DETECTORS)} (or [] for none)")
-    if {"iwae", "input_complexity"} & set(detectors) and "APO" not in ev["schemes"]:
-        raise FevaeError("iwae and input_complexity reuse the APO draws, but APO is not in eval.schemes", "add APO to eval.schemes or drop them from eval.detectors")
-    if "likelihood_regret" in detectors:
-        r = ev.get("regret") or {}
-        for key, low in (("subset", 0), ("steps", 0), ("n_samples", 1), ("batch_size", 1)):
-            if isinstance(r.get(key), bool) or not isinstance(r.get(key), int) or r[key] < low:
-                raise FevaeError(f"eval.regret.{key}={r.get(key)!r} is invalid", f"set eval.regret.{key} to an integer ≥ {low}")
-        if not isinstance(r.get("lr"), (int, float)) or not r["lr"] > 0:
-            raise FevaeError(f"eval.regret.lr={r.get('lr')!r} is invalid", "set eval.regret.lr to a number > 0 (e.g. 1e-4)")
+    build_detectors(OmegaConf.create({"eval": dict(ev)}) if cfg is None else cfg)  # an unknown name or a bad setting: one error
 
 
 VAL_METRICS_KEY = "ood_val"
@@ -111,22 +101,22 @@ def selectable_metrics(cfg: DictConfig) -> list[str]:
     """Every flattened validation metric (``ood_val/<set>/<scheme>/<score>/<metric>``) a run with ``cfg``
     writes; ``<set>`` runs over the run's OOD sets (``data.ood_sets``)."""
     from fevae.data.evalsets import ood_set_names
+    from fevae.detectors.registry import build_detectors
 
     fe = cfg.fe
     ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
     blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
-    blocks += [("other", d) for d in (cfg.eval.get("detectors") or [])]
-    blocks += [parse_score_name(name) for det in fitted_detectors(cfg) for name in det.outputs()]
+    passed, fitted = build_detectors(cfg)
+    blocks += [parse_score_name(name) for det in [*passed, *fitted] for name in det.outputs()]
     sets = ood_set_names(cfg.get("data"))
     return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRICS]
 
 
 def fitted_detectors(cfg: DictConfig) -> list[Any]:
-    """The run's :func:`fevae.detectors.build_fitted` detectors (``eval.fitted_detectors``; none in a config without it)."""
-    from fevae.detectors import build_fitted
+    """The run's :class:`~fevae.detectors.FittedDetector` detectors (of ``eval.detectors``)."""
+    from fevae.detectors.registry import build_detectors
 
-    ev = cfg.eval
-    return build_fitted(list(ev.get("fitted_detectors") or []), list(ev.schemes), list(ev.get("detectors") or []))
+    return build_detectors(cfg)[1]
 
 
 def check_optimized_metric(cfg: DictConfig) -> None:
@@ -155,22 +145,23 @@ def _flat(key: str) -> str:
 
 
 class Scorer(L.LightningModule):
-    """Wraps a trained VAE, Jigsaw and feature mixtures; ``predict_step`` scores a batch.
+    """The model-pass driver: wraps a trained VAE, Jigsaw and feature mixtures; ``predict_step`` scores a batch.
 
-    Per image and scheme (PR: z ~ p(z); APO: z ~ q(z|x)), with S Monte-Carlo samples decoded
-    ``chunk_size`` at a time: ``log_p_vae``, ``log_p_fe`` and ``log_p_fevae`` (Eq. 4 inside the
-    MC average), ``log_p_fevae_l<k>`` for each extra mixture layer, and the ``detectors``:
-    ``iwae`` (importance weighted, the APO draws), ``input_complexity`` (iwae + PNG bits · ln 2)
-    and ``likelihood_regret`` (the first ``regret["subset"]`` images of each loader only: index
-    below ``regret_limits[set]``). Every log-mean-exp score ``name`` also gets its per-image
-    Monte-Carlo standard error ``mcse__<name>`` (:func:`fevae.scoring.log_mean_exp_se`). The
-    noise of image i depends only on (seed, set, scheme, i), so the scores do not depend on batch
+    Per image and scheme (PR: z ~ p(z); APO: z ~ q(z|x)), S Monte-Carlo samples are decoded
+    ``chunk_size`` at a time (:func:`fevae.scoring.sample_chunks`) and reduced to the paper's scores
+    (:class:`fevae.detectors.fevae.FevaeTerms`: ``log_p_{vae,fe,fevae}_<scheme>``, ``log_p_fevae_l<k>_<scheme>``
+    per extra layer, each with its Monte-Carlo standard error ``mcse__<name>``). Every other detector
+    is a :class:`fevae.detectors.Detector` of ``detectors``: the driver computes the APO importance
+    weights when one reads them, runs each one's :meth:`~fevae.detectors.Detector.batch` on the rows it
+    selects (timed: its own cost), gathers its values by dataset index and lets it turn them into its
+    columns at the end. ``models`` are the extra trained models detectors need (``{"background": VAE}``).
+    The noise of image i depends only on (seed, set, scheme, i), so the scores do not depend on batch
     size or on the number of processes. ``n_samples`` is one S or ``{scheme: S}``.
 
-    With ``keep_samples`` the step keeps the model-pass outputs instead (per-sample
-    log-likelihoods, decoded features, IWAE weights, code lengths, regrets) and
-    :meth:`scores_from_samples` turns them into the same scores later (bit for bit), against
-    any mixtures: what :class:`fevae.cache.SamplesCache` stores.
+    With ``keep_samples`` the step keeps the model-pass outputs instead (per-sample log-likelihoods,
+    decoded features, importance weights, each detector's own values) and :meth:`scores_from_samples`
+    turns them into the same scores later (bit for bit), against any mixtures: what
+    :class:`fevae.cache.SamplesCache` stores.
     """
 
     def __init__(
@@ -185,32 +176,39 @@ class Scorer(L.LightningModule):
         chunk_size: int = 10,
         schemes: Sequence[str] = SCHEMES,
         seed: int = 0,
-        detectors: Sequence[str] = (),
-        regret: Mapping[str, Any] | None = None,
+        detectors: Sequence[Detector] = (),
         keep_samples: bool = False,
-        regret_limits: Mapping[str, int] | None = None,
+        set_indices: Mapping[str, np.ndarray] | None = None,
+        models: Mapping[str, torch.nn.Module] | None = None,
     ):
         super().__init__()
         self.vae, self.jigsaw = vae, jigsaw
         if isinstance(mixtures, TorchMixture):
             mixtures = {layer: mixtures}
         self.mixtures = torch.nn.ModuleDict({f"l{k}": m for k, m in mixtures.items()})
-        self.fe_names = {f"l{layer}": "fe"}
-        self.fevae_names = {f"l{k}": "fevae" if k == layer else f"fevae_l{k}" for k in mixtures}
+        self.models = torch.nn.ModuleDict(dict(models or {}))
         self.set_names = list(set_names)
         self.layer, self.pre_activation = layer, pre_activation
         self.schemes, self.chunk_size, self.seed = list(schemes), chunk_size, seed
         #: scheme -> S
         self.n_samples = samples_per_scheme(n_samples, self.schemes)
+        self.terms = FevaeTerms(self.mixtures, layer, self.schemes, self.n_samples)
         self.detectors = list(detectors)
-        self.regret = dict(regret or {}) if "likelihood_regret" in self.detectors else {}
-        #: set name -> likelihood regret scores the images with index below it (default: ``regret["subset"]``)
-        self.regret_limits = dict(regret_limits or {})
+        missing = sorted({m for d in self.detectors for m in d.models} - set(self.models))
+        if missing:
+            raise FevaeError(f"the detectors {[d.name for d in self.detectors if set(d.models) & set(missing)]} need the trained models "
+                             f"{missing}, which were not given", "train the run with them (python -m fevae.train), or drop those detectors")
+        for det in self.detectors:
+            det.bind(self)
+        #: set name -> its dataset indices, ascending (:func:`set_indices`; for :meth:`first_images`)
+        self.set_indices = {k: np.sort(np.asarray(v)) for k, v in (set_indices or {}).items()}
         self.keep_samples = keep_samples
         self.stopwatch = Stopwatch()
-        self.n_images = self.n_regret = 0
+        self.n_images = 0
+        #: detector name -> images it computed its own values for
+        self.n_own: dict[str, int] = {d.name: 0 for d in self.detectors}
         self._outputs: dict[int, list[dict[str, torch.Tensor]]] = {}
-        self._regrets: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._own: dict[tuple[str, int], list[dict[str, torch.Tensor]]] = {}
         #: set name -> score name (or sample key with keep_samples) -> array in dataset order
         self.results: dict[str, dict[str, np.ndarray]] = {}
 
@@ -223,7 +221,18 @@ class Scorer(L.LightningModule):
 
     @property
     def log_weights(self) -> bool:
-        return bool({"iwae", "input_complexity"} & set(self.detectors))
+        return any(d.uses_log_weights for d in self.detectors)
+
+    @staticmethod
+    def stream(set_name: str, scheme: str) -> int:
+        return score_stream(set_name, scheme)
+
+    def first_images(self, set_name: str, k: int) -> int:
+        """The dataset index below which set ``set_name``'s first ``k`` images lie (``k`` when unknown)."""
+        index = self.set_indices.get(set_name)
+        if not k or index is None:
+            return int(k)
+        return int(index[min(k, len(index)) - 1]) + 1 if len(index) else 0
 
     def chunks(self, x: torch.Tensor, index: torch.Tensor, set_name: str, scheme: str):
         return sample_chunks(
@@ -233,32 +242,16 @@ class Scorer(L.LightningModule):
             log_weights=self.log_weights, stopwatch=self.stopwatch,
         )
 
-    def scores_of(self, f_x: Mapping[str, torch.Tensor], chunks_of, bits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Named scores of a batch from its features ``f_x`` and ``chunks_of(scheme)`` (model-pass chunks)."""
-        out: dict[str, torch.Tensor] = {}
-        for scheme in self.schemes:
-            lp_x = {name: self.mixtures[name].component_log_prob(f) for name, f in f_x.items()}
-            acc = ScoreAccumulator(self.mixtures, lp_x, self.fe_names, self.fevae_names, stopwatch=self.stopwatch, prefix=f"{scheme}/")
-            for chunk in chunks_of(scheme):
-                acc.update(chunk)
-            errors = acc.compute_se() if self.n_samples[scheme] > 1 else {}  # one sample has no error estimate
-            for key, value in acc.compute().items():
-                name = key if key == "iwae" else f"log_p_{key}_{scheme.lower()}"
-                out[name] = value
-                if key in errors:
-                    out[MCSE_PREFIX + name] = errors[key]
-        if "input_complexity" in self.detectors:
-            out["input_complexity"] = input_complexity_from_bits(out["iwae"], bits)
-            if MCSE_PREFIX + "iwae" in out:
-                out[MCSE_PREFIX + "input_complexity"] = out[MCSE_PREFIX + "iwae"]  # the code length is exact
-        if "iwae" not in self.detectors:
-            out.pop("iwae", None)
-            out.pop(MCSE_PREFIX + "iwae", None)
+    def finish(self, shared: Mapping[str, np.ndarray], own: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A set's columns: the paper's scores and each detector's, from the shared ones and its own values."""
+        out = {k: v for k, v in shared.items() if k.startswith(("log_p_", MCSE_PREFIX + "log_p_"))}
+        for det in self.detectors:
+            out.update(det.scores(shared, own.get(det.name, {})))
         return out
 
     # ------------------------------------------------------------------ predict
     def on_predict_epoch_start(self) -> None:
-        self._outputs, self._regrets, self.results = {}, {}, {}
+        self._outputs, self._own, self.results = {}, {}, {}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, _, index = batch
@@ -266,10 +259,6 @@ class Scorer(L.LightningModule):
         self.n_images += len(x)
         with torch.no_grad():
             f_x = {name: fn(x) for name, fn in self.feature_fns().items()}
-            bits = None
-            if "input_complexity" in self.detectors:
-                with self.stopwatch("png"):
-                    bits = torch.from_numpy(compressed_bits(to_uint8(x))).to(x.device)
             row: dict[str, torch.Tensor] = {"index": index}
             if self.keep_samples:
                 for scheme in self.schemes:
@@ -277,32 +266,30 @@ class Scorer(L.LightningModule):
                     for key in parts[0]:
                         row[_flat(f"{scheme}/{key}")] = torch.cat([p[key] for p in parts]).transpose(0, 1)  # [B, S, ...]
                 row.update({_flat(f"f_x/{name}"): f for name, f in f_x.items()})
-                if bits is not None:
-                    row["png_bits"] = bits
             else:
-                row.update(self.scores_of(f_x, lambda scheme: self.chunks(x, index, set_name, scheme), bits))
+                row.update(self.terms.scores(f_x, lambda scheme: self.chunks(x, index, set_name, scheme), self.stopwatch))
         self._outputs.setdefault(dataloader_idx, []).append(row)
-        mask = index < (self.regret_limits.get(set_name, self.regret.get("subset", 0)) if self.regret else 0)
-        if bool(mask.any()):
-            xs, ids, step = x[mask], index[mask], self.regret["batch_size"]
-            with self.stopwatch("regret"), stage(f"likelihood regret of {len(xs)} {set_name} images ({self.regret['steps']} encoder steps each)",
-                                                 logger=log):
-                values = [
-                    likelihood_regret_score(
-                        xs[i : i + step], ids[i : i + step], vae=self.vae, steps=self.regret["steps"], lr=float(self.regret["lr"]),
-                        n_samples=self.regret["n_samples"], seed=self.seed, stream=score_stream(set_name, "APO"),
-                    )
-                    for i in range(0, len(xs), step)
-                ]
-            self.n_regret += len(xs)
-            self._regrets.setdefault(dataloader_idx, []).append({"index": ids, "likelihood_regret": torch.cat(values)})
+        for det in self.detectors:
+            mask = det.rows(index, set_name)
+            xs, ids = (x, index) if mask is None else (x[mask], index[mask])
+            if not len(ids):
+                continue
+            with self.stopwatch(f"detector/{det.name}"):
+                values = det.batch(xs, ids, set_name)
+            if values:
+                self.n_own[det.name] += len(ids)
+                self._own.setdefault((det.name, dataloader_idx), []).append({"index": ids, **{k: v.to(ids.device) for k, v in values.items()}})
 
     def on_predict_epoch_end(self) -> None:
         for i, name in enumerate(self.set_names):
-            self.results[name] = gather_by_index(self, _concat(self._outputs.get(i, [])))
-            if self.regret:
-                self.results[name].update(gather_by_index(self, _concat(self._regrets.get(i, []))))
-        self._outputs, self._regrets = {}, {}
+            gathered = gather_by_index(self, _concat(self._outputs.get(i, [])))
+            own = {det.name: gather_by_index(self, _concat(self._own.get((det.name, i), []))) for det in self.detectors}
+            if self.keep_samples:
+                gathered.update({_flat(f"{OWN}/{det}/{k}"): v for det, values in own.items() for k, v in values.items()})
+                self.results[name] = gathered
+            else:
+                self.results[name] = self.finish(gathered, own)
+        self._outputs, self._own = {}, {}
 
     # ------------------------------------------------------------------ stored samples
     def scores_from_samples(self, samples: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
@@ -322,40 +309,34 @@ class Scorer(L.LightningModule):
                     for s in range(0, self.n_samples[scheme], self.chunk_size):
                         yield {key: value[s : s + self.chunk_size].contiguous() for key, value in stored.items()}
 
-                bits = get("png_bits") if "input_complexity" in self.detectors else None
-                parts.append(self.scores_of(f_x, chunks_of, bits))
-            results[set_name] = {k: torch.cat([p[k] for p in parts]).double().cpu().numpy() for k in parts[0]}
-            if "likelihood_regret" in arrays:
-                results[set_name]["likelihood_regret"] = np.asarray(arrays["likelihood_regret"], dtype=np.float64)
+                parts.append(self.terms.scores(f_x, chunks_of, self.stopwatch))
+            shared = {k: torch.cat([p[k] for p in parts]).double().cpu().numpy() for k in parts[0]}
+            own: dict[str, dict[str, np.ndarray]] = {}
+            for key, value in arrays.items():
+                head, _, rest = key.partition(_flat("/"))
+                if head == OWN:
+                    det, _, sub = rest.partition(_flat("/"))
+                    own.setdefault(det, {})[sub] = np.asarray(value)
+            results[set_name] = self.finish(shared, own)
         return results
 
     def _chunk_keys(self, scheme: str) -> list[str]:
         keys = ["ll", *(f"f_phi/{name}" for name in self.mixtures)]
         return keys + (["log_w"] if scheme == "APO" and self.log_weights else [])
 
-    def costs(self, seconds: Mapping[str, float] | None = None, n_images: int | None = None, n_regret: int | None = None) -> dict[str, Any]:
+    def costs(self, seconds: Mapping[str, float] | None = None, n_images: int | None = None,
+              n_own: Mapping[str, int] | None = None) -> dict[str, Any]:
         """Seconds per image of every score, laid out like metrics.json's ``ood.<set>`` blocks."""
         sec = dict(self.stopwatch.seconds if seconds is None else seconds)
         n = max(self.n_images if n_images is None else n_images, 1)
-        out: dict[str, Any] = {}
-        for scheme in self.schemes:
-            decode = sec.get(f"{scheme}/decode", 0.0)
-            block = {"vae": decode / n}
-            for name, score in self.fevae_names.items():
-                cost = (decode + sec.get(f"{scheme}/features/{name}", 0.0) + sec.get(f"{scheme}/mixture/{name}", 0.0)) / n
-                block[score] = cost
-                if name in self.fe_names:
-                    block[self.fe_names[name]] = cost
-            out[scheme] = block
+        own = dict(self.n_own if n_own is None else n_own)
+        out: dict[str, Any] = self.terms.cost(sec, n)
         other = {}
-        iwae = (sec.get("APO/decode", 0.0) + sec.get("APO/log_w", 0.0)) / n
-        if "iwae" in self.detectors:
-            other["iwae"] = iwae
-        if "input_complexity" in self.detectors:
-            other["input_complexity"] = iwae + sec.get("png", 0.0) / n
-        regrets = self.n_regret if n_regret is None else n_regret
-        if self.regret and regrets:
-            other["likelihood_regret"] = sec.get("regret", 0.0) / regrets
+        for det in self.detectors:
+            cost = det.cost(sec, n, int(own.get(det.name, 0)))
+            if cost is not None:
+                for name in det.outputs():
+                    other[name] = cost
         if other:
             out["other"] = other
         return out
@@ -370,10 +351,19 @@ def gather_by_index(module: L.LightningModule, local: dict[str, torch.Tensor]) -
     and sort by index (eval loaders yield ascending indices, so this is their order). Floating arrays come back float64 unless they are float32 features."""
     world = module.trainer.world_size if module._trainer is not None else 1
     if world > 1:
+        # a rank may hold none of a detector's rows (likelihood regret's first images): agree on the keys first
+        layouts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(layouts, {k: (v.dtype, tuple(v.shape[1:])) for k, v in local.items()})
+        for layout in layouts:
+            for key, (dtype, shape) in layout.items():
+                if key not in local:
+                    local[key] = torch.empty((0, *shape), dtype=dtype, device=module.device)
+        if not local:
+            return {}
         n_local = torch.tensor([len(local.get("index", []))], device=module.device)
         n_max = int(module.all_gather(n_local).max())
         padded = {}
-        for key, value in local.items():
+        for key, value in sorted(local.items()):  # the same order on every rank
             fill = -1 if key == "index" else float("nan")
             pad = torch.full((n_max - len(value), *value.shape[1:]), fill, dtype=value.dtype, device=module.device)
             padded[key] = torch.cat([value.to(module.device), pad])
@@ -412,8 +402,11 @@ class Scoring:
                 self.mc_se.setdefault(set_name, {})[key[len(MCSE_PREFIX):]] = arrays.pop(key)
 
 
-def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, loaders: Mapping[str, Any], layers: Sequence[int]) -> dict[str, Any]:
-    """What determines the model pass: both models' weights, the eval images, the eval settings."""
+def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, loaders: Mapping[str, Any], layers: Sequence[int],
+                 models: Mapping[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+    """What determines the model pass: the models' weights, the eval images, the eval and detector settings."""
+    from fevae.detectors.registry import detector_config, selected_names
+
     images = {}
     for name, loader in loaders.items():
         h = hashlib.sha256()
@@ -427,6 +420,9 @@ def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module,
         "jigsaw": weights_hash(jigsaw),
         "images": images,
         "eval": {k: ev.get(k) for k in ("n_samples", "chunk_size", "schemes", "detectors", "regret")},
+        "detectors": {name: detector_config(cfg, name) for name in selected_names(cfg)},
+        "models": {name: weights_hash(m) for name, m in sorted((models or {}).items())},
+        "format": 2,  # each detector's own values under own/<detector>/ (fevae/detectors)
         "layers": sorted(layers),
         "pre_activation": cfg.fe.pre_activation,
         "seed": cfg.seed,
@@ -440,17 +436,13 @@ def _samples_bytes(cfg: DictConfig, loaders: Mapping[str, Any], jigsaw: torch.nn
     return sum(len(loader.dataset) for loader in loaders.values()) * total_s * per_sample
 
 
-def regret_limits(loaders: Mapping[str, Any], subset: int) -> dict[str, int]:
-    """Per loader, the index below which likelihood regret scores: its first ``subset`` images
-    (loaders over a :class:`~torch.utils.data.TensorDataset` of ``(x, y, index)``; else ``subset``)."""
+def set_indices(loaders: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Per loader over a :class:`~torch.utils.data.TensorDataset` of ``(x, y, index)``, its dataset indices."""
     out = {}
     for name, loader in loaders.items():
         tensors = getattr(loader.dataset, "tensors", None)
-        if not subset or tensors is None:
-            out[name] = int(subset)
-            continue
-        index = np.sort(tensors[-1].numpy())
-        out[name] = int(index[min(subset, len(index)) - 1]) + 1 if len(index) else 0
+        if tensors is not None:
+            out[name] = tensors[-1].numpy()
     return out
 
 
@@ -468,14 +460,16 @@ def predict_trainer(cfg: DictConfig, sets: Sequence[str] = ()) -> L.Trainer:
 
 
 def make_scorer(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, mixtures: Mapping[int, TorchMixture],
-                loaders: Mapping[str, Any], keep_samples: bool = False, n_samples: int | Mapping[str, int] | None = None) -> Scorer:
-    """A :class:`Scorer` with the run's eval settings (``n_samples`` overrides ``eval.n_samples``)."""
+                loaders: Mapping[str, Any], keep_samples: bool = False, n_samples: int | Mapping[str, int] | None = None,
+                models: Mapping[str, torch.nn.Module] | None = None) -> Scorer:
+    """A :class:`Scorer` with the run's eval settings and model-pass detectors (``n_samples`` overrides ``eval.n_samples``)."""
+    from fevae.detectors.registry import build_detectors
+
     return Scorer(
         vae.eval(), jigsaw.eval(), mixtures, list(loaders), layer=cfg.fe.layer, pre_activation=cfg.fe.pre_activation,
         n_samples=cfg.eval.n_samples if n_samples is None else n_samples, chunk_size=cfg.eval.chunk_size,
-        schemes=list(cfg.eval.schemes), seed=cfg.seed, detectors=list(cfg.eval.get("detectors") or []),
-        regret=cfg.eval.get("regret"), keep_samples=keep_samples,
-        regret_limits=regret_limits(loaders, int((cfg.eval.get("regret") or {}).get("subset", 0) or 0)),
+        schemes=list(cfg.eval.schemes), seed=cfg.seed, detectors=build_detectors(cfg)[0], keep_samples=keep_samples,
+        set_indices=set_indices(loaders), models={k: m.eval() for k, m in (models or {}).items()},
     )
 
 
@@ -485,15 +479,18 @@ def run_scoring(
     jigsaw: torch.nn.Module,
     mixtures: TorchMixture | Mapping[int, TorchMixture],
     loaders: Mapping[str, Any],
+    models: Mapping[str, torch.nn.Module] | None = None,
 ) -> Scoring:
     """Score every loader (items ``(x, y, index)``) with the trainer config.
+
+    ``models``: the extra trained models the run's detectors need (:func:`fevae.detectors.registry.needed_models`).
 
     ``mixtures`` maps Jigsaw layer -> mixture (``cfg.fe.layer`` gives fe/fevae, the others
     ``fevae_l<k>``). With ``cache.enabled`` (auto: in multirun) and one process, the model pass is
     read from / stored in :class:`fevae.cache.SamplesCache`, so only the mixture part is computed
     when the models and eval settings are unchanged.
     """
-    validate_eval_config(cfg.eval)
+    validate_eval_config(cfg.eval, cfg)
     if isinstance(mixtures, TorchMixture):
         mixtures = {int(cfg.fe.layer): mixtures}
     trainer = predict_trainer(cfg, list(loaders))
@@ -502,12 +499,12 @@ def run_scoring(
         size = _samples_bytes(cfg, loaders, jigsaw, list(mixtures))
         limit = float(cfg.cache.get("max_samples_gb", 4)) * 2**30
         if size <= limit:
-            cache = SamplesCache(cfg.paths.cache_dir, _samples_key(cfg, vae, jigsaw, loaders, list(mixtures)))
+            cache = SamplesCache(cfg.paths.cache_dir, _samples_key(cfg, vae, jigsaw, loaders, list(mixtures), models))
         else:
             log.info("scoring: not caching the model pass (%.1f GB > cache.max_samples_gb)", size / 2**30)
 
     def scorer(keep: bool) -> Scorer:
-        return make_scorer(cfg, vae, jigsaw, mixtures, loaders, keep)
+        return make_scorer(cfg, vae, jigsaw, mixtures, loaders, keep, models=models)
 
     if cache is None:
         module = scorer(keep=False)
@@ -523,13 +520,13 @@ def run_scoring(
                 log.info("scoring: decoding (hash %s; cached as %s)", cache.hash, cache.entry)
                 trainer.predict(module, dataloaders=list(loaders.values()), return_predictions=False)
                 samples = module.results
-                meta = {"seconds": dict(module.stopwatch.seconds), "n_images": module.n_images, "n_regret": module.n_regret}
+                meta = {"seconds": dict(module.stopwatch.seconds), "n_images": module.n_images, "n_own": module.n_own}
                 cache.store(samples, meta)
         mixture_clock = scorer(keep=False)  # times the mixture part of this job
         mixture_clock.to(trainer.strategy.root_device)
         scores = mixture_clock.scores_from_samples(samples)
         seconds = {**meta["seconds"], **{k: v for k, v in mixture_clock.stopwatch.seconds.items() if "/mixture/" in k}}
-        result = Scoring(scores, mixture_clock.costs(seconds, meta["n_images"], meta["n_regret"]), reused_samples=True)
+        result = Scoring(scores, mixture_clock.costs(seconds, meta["n_images"], meta["n_own"]), reused_samples=True)
     for set_name, scores in result.scores.items():
         for score_name, values in scores.items():
             bad = int((~np.isfinite(values)).sum())
@@ -590,11 +587,16 @@ def write_outputs(
 
     from fevae.data.datamodule import part_name
     from fevae.detectors import fit_detectors, save_fitted
-    from fevae.detectors.base import STATE_FILE
+    from fevae.detectors.base import STATE_FILE, fitted_costs
 
     if fitted:
         with stage(f"in-distribution-fitted detectors {[d.name for d in fitted]}", logger=log):
-            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"))
+            fit_seconds: dict[str, float] = {}
+            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"), fit_seconds)
+        if costs and fit_seconds:  # (none when the run has no validation part to fit on)
+            n_images = sum(max(len(v) for v in cols.values()) for cols in scores.values() if cols)
+            extra = fitted_costs(fitted, fit_seconds, n_images, costs)
+            costs = {k: {**dict(costs.get(k, {})), **extra.get(k, {})} for k in [*costs, *[k for k in extra if k not in costs]]}
     parts: dict[str, dict[str, dict[str, np.ndarray]]] = {"test": {}, "val": {}}
     for key, set_scores in scores.items():
         name, part = split_part(key)

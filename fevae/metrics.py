@@ -36,8 +36,6 @@ display order (:func:`order_sets`) and the default in-distribution name.
 
 from __future__ import annotations
 
-import json
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fevae.bootstrap import Resampler
 from fevae.errors import FevaeError
-from fevae.utils.io import atomic_open, write_bytes_atomic
+from fevae.utils.io import MCSE_PREFIX, load_all_scores, load_scores, save_scores, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 __all__ = [
     "IN_DISTRIBUTION",
@@ -74,8 +72,6 @@ IN_DISTRIBUTION = "fashionmnist"
 SCHEMES = ("PR", "APO", "other")
 #: TPR (fraction of ID test points accepted) at which the false-positive rate is reported.
 TPR_LEVEL = 0.95
-#: name prefix of a score's per-image Monte-Carlo standard error in a score file
-MCSE_PREFIX = "mcse__"
 
 _SUFFIXES = {"_pr": "PR", "_apo": "APO"}
 _PREFIX = "log_p_"
@@ -294,76 +290,3 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
         elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
             flat[path] = float(value)
     return flat
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic files
-# --------------------------------------------------------------------------------------------
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` via a temp file in the same folder + ``os.replace``."""
-    data = text.encode("utf-8")
-    return write_bytes_atomic(path, data)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically; NaN/inf are refused (strict JSON)."""
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    except ValueError as err:
-        raise FevaeError(
-            f"cannot write {path}: {err}", "metrics must be finite numbers; check the scores"
-        ) from err
-    return write_text_atomic(path, text)
-
-
-# --------------------------------------------------------------------------------------------
-# Score files (one .npz per set, one array per score)
-# --------------------------------------------------------------------------------------------
-def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
-                mc_se: Mapping[str, np.ndarray] | None = None) -> Path:
-    """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically; each
-    ``mc_se[name]`` (a score's per-image Monte-Carlo standard error) as ``mcse__<name>``."""
-    if not scores_for_one_set:
-        raise FevaeError(f"no scores to save to {path}", "pass at least one score array")
-    arrays = {}
-    both = {**scores_for_one_set, **{MCSE_PREFIX + k: v for k, v in dict(mc_se or {}).items()}}
-    for name, arr in both.items():
-        if not name or "/" in name or name.startswith("."):
-            raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
-        arrays[name] = np.asarray(arr, dtype=np.float64)
-    _set_size(str(path), arrays)
-    with atomic_open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-    return Path(path)
-
-
-def load_scores(path: str | Path, mc_se: bool = False) -> dict[str, np.ndarray]:
-    """Load a score file written by :func:`save_scores` (no pickles): the scores, or with
-    ``mc_se=True`` only their Monte-Carlo standard errors (keyed by score name)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FevaeError(f"score file {path} does not exist", "run the scoring stage first")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            out = {name: np.asarray(npz[name], dtype=np.float64) for name in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise FevaeError(
-            f"score file {path} is corrupt or not a score file ({type(err).__name__}: {err})",
-            "delete it and re-run the scoring stage",
-        ) from err
-    errors = {k[len(MCSE_PREFIX):]: out.pop(k) for k in [k for k in out if k.startswith(MCSE_PREFIX)]}
-    if not out:
-        raise FevaeError(f"score file {path} contains no scores", "re-run the scoring stage")
-    return errors if mc_se else out
-
-
-def load_all_scores(scores_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """Load every ``<set>.npz`` in ``scores_dir`` into ``{set: {score: array}}``."""
-    scores_dir = Path(scores_dir)
-    if not scores_dir.is_dir():
-        raise FevaeError(f"scores folder {scores_dir} does not exist", "run the scoring stage first")
-    files = sorted(p for p in scores_dir.glob("*.npz") if not p.name.startswith("."))
-    if not files:
-        raise FevaeError(f"no score files (*.npz) in {scores_dir}", "run the scoring stage first")
-    return {p.stem: load_scores(p) for p in files}
-

@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 
 MIXTURE_FILE = "mixture.npz"
 #: scoring settings a newer fevae added that a finished run takes from today's defaults when it lacks them
-UPGRADABLE = ("eval", "fe.extra_layers", "data.ood_sets")
+UPGRADABLE = ("eval", "fe.extra_layers", "data.ood_sets", "detector")
 #: of those, the ones filled only when the run lacks them as a whole (a run's own choice of sets is
 #: never topped up with today's), unresolved, so their interpolations read the run's own values
 #: (``data.ood_sets.mnist_saltpepper``'s p is ``${data.saltpepper_fraction}``: the run's fraction)
-FILL_WHOLE = ("data.ood_sets",)
+FILL_WHOLE = ("data.ood_sets", "detector")
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 #: config groups only a training builds (user-chosen ``_target_`` classes): dropped from a loaded run's config
 TRAINING_ONLY = ("callbacks", "logger")

@@ -31,6 +31,7 @@ from fevae.errors import FevaeError
 from fevae.evaluation import run_scoring
 from fevae.inputs import image_shape_of, read_images, to_model_input
 from fevae.mixture import TorchMixture
+from fevae.stages import detector_models
 from fevae.run import TrainedRun, load_run
 from fevae.utils.io import atomic_open
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
@@ -38,7 +39,7 @@ from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_error
 log = logging.getLogger("fevae.score")
 
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
-OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret"]
+OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio"]
 USAGE = "usage: python -m fevae.score run_dir=RUN_FOLDER input=IMAGES(.npy|PNG folder|IDX) output=OUT.csv"
 
 def score_images(
@@ -64,7 +65,8 @@ def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input"
     if run.missing_layers():
         log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
     mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
-    scores = run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}).scores[stream_name]
+    models = detector_models(run.cfg, run.run_dir)  # the detectors' extra models (the background VAE), from the run folder
+    scores = run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}, models=models).scores[stream_name]
     return {**scores, **fitted_scores(run, scores)}
 
 

@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.callbacks.mixture import MixtureCallback, fit_feature_mixtures, load_mixtures, save_mixtures, validate_fe_config
 from fevae.callbacks.separation import separation_callbacks
-from fevae.data.evalsets import check_data_sources, check_ood_sources, describe_ood_sets
+from fevae.data.evalsets import check_data_sources, check_ood_sources
 from fevae.evaluation import check_optimized_metric, example_images, fitted_detectors, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
+from fevae.stages import detector_models, make_datamodule, report_info
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
 from fevae.utils.log import log_config, route_lightning_logs, stage
@@ -35,33 +36,12 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def make_datamodule(cfg: DictConfig, batch_size: int) -> L.LightningDataModule:
-    dm = instantiate(cfg.data, batch_size=batch_size, eval_batch_size=cfg.eval.batch_size)
-    dm.setup()
-    return dm
-
-
-def report_info(cfg: DictConfig, timings: dict[str, float] | None = None) -> dict[str, Any]:
-    return {
-        "experiment": cfg.experiment_name,
-        "likelihood": cfg.model.vae.likelihood.name,
-        "preprocess": cfg.data.preprocess,
-        "n_samples": cfg.eval.n_samples,
-        "fe": OmegaConf.to_container(cfg.fe, resolve=True),
-        "eval_split": OmegaConf.to_container(cfg.data.eval_split, resolve=True) if cfg.data.get("eval_split") else cfg.data.get("eval_subset"),
-        "ood_sets": describe_ood_sets(cfg.data),
-        "profile": cfg.get("profile_name", "?"),
-        "seed": cfg.seed,
-        "wall_time_s": timings or {},
-    }
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """The train task: returns ``{"metrics": ..., "run_dir": ...}``."""
     validate_config(cfg)  # every setting, before any data is read or model trained (fevae/validation.py)
     run_dir = run_dir_of(cfg)
     timings: dict[str, float] = {}
-    validate_eval_config(cfg.eval)
+    validate_eval_config(cfg.eval, cfg)
     validate_fe_config(cfg.fe)
     check_optimized_metric(cfg)
     if is_rank_zero():
@@ -72,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
         validate_fe_config(cfg.fe, len(vae_data.train_set))
         vae = fit_model("vae", vae_data, cfg, run_dir, callbacks=separation_callbacks("vae", cfg, run_dir))
+    models = detector_models(cfg, run_dir, lambda: vae_data, timings=timings, train=True)  # the likelihood ratio's background VAE
 
     with stage("train Jigsaw (and fit the feature mixtures at its end)", timings, "train_jigsaw"):
         jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
@@ -90,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     with stage("scoring", timings, "score"):
         mixtures = {layer: TorchMixture(a) for layer, a in arrays.items()}
-        scoring = run_scoring(cfg, vae, jigsaw, mixtures, vae_data.eval_loaders())
+        scoring = run_scoring(cfg, vae, jigsaw, mixtures, vae_data.eval_loaders(), models=models)
 
     if not is_rank_zero():
         return {"metrics": None, "run_dir": str(run_dir)}

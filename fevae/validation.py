@@ -27,6 +27,8 @@ from fevae.errors import FevaeError, require
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "model.vae": ("fevae.models.vae.VAE", "fevae.models.VAE"),
     "model.jigsaw": ("fevae.models.jigsaw.Jigsaw", "fevae.models.Jigsaw"),
+    # the likelihood ratio's background VAE (built from model.vae by fevae.detectors.likelihood_ratio)
+    "model.background": ("fevae.models.background.BackgroundVAE",),
     "data": ("fevae.data.datamodule.FevaeDataModule", "fevae.data.FevaeDataModule"),
     "trainer": ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer"),
 }
@@ -45,10 +47,11 @@ _PLAIN = (str, bool, numbers.Real, type(None))
 
 def _model_classes() -> dict[str, type]:
     from fevae.data.datamodule import FevaeDataModule
+    from fevae.models.background import BackgroundVAE
     from fevae.models.jigsaw import Jigsaw
     from fevae.models.vae import VAE
 
-    return {"model.vae": VAE, "model.jigsaw": Jigsaw, "data": FevaeDataModule}
+    return {"model.vae": VAE, "model.jigsaw": Jigsaw, "model.background": BackgroundVAE, "data": FevaeDataModule}
 
 
 def _plain(node: Any, key: str) -> Any:
@@ -98,6 +101,11 @@ def check_targets(cfg: DictConfig, source: str = "the config", skip: tuple[str, 
     for container in _containers(cfg):
         for key, target in find_targets(container):
             if key.split(".")[0].split("[")[0] in skip:
+                continue
+            if key.startswith("detector.") and key.count(".") == 1:
+                from fevae.detectors.registry import detector_class
+
+                detector_class(key.split(".", 1)[1], target)  # a class of fevae.detectors only, or one error
                 continue
             allowed = ALLOWED_TARGETS.get(key)
             if allowed is None or target not in allowed:
@@ -160,13 +168,17 @@ def build(key: str, node: Any, **extra: Any) -> Any:
     for flag in [k for k in values if str(k).startswith("_") and str(k).endswith("_")]:
         values.pop(flag)  # hydra flags (_convert_, _recursive_, ...): meaningless here
     values.update(extra)
-    params = inspect.signature(cls.__init__).parameters
+    params: dict[str, inspect.Parameter] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's __init__(*args, its own, **kwargs) takes its bases' too
+        if "__init__" in vars(klass) and klass is not object:
+            params.update(inspect.signature(klass.__init__).parameters)
+    params = {k: p for k, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     unknown = sorted(str(k) for k in values if k not in params or k == "self")
     if unknown:
         raise FevaeError(f"{key} has unknown settings {unknown}", f"see {cls.__module__}.{cls.__name__} for the valid ones")
     for name, value in values.items():
         _require_plain(f"{key}.{name}", value)
-    if key == "model.vae":
+    if key in ("model.vae", "model.background"):
         lik = values.get("likelihood")
         require(isinstance(lik, dict), f"model.vae.likelihood={lik!r} is not a group of settings", "use likelihood=gaussian|bernoulli|continuous_bernoulli")
         require(lik.get("name") in LIKELIHOODS, f"model.vae.likelihood.name={lik.get('name')!r} is unknown", f"use one of {', '.join(LIKELIHOODS)}")
@@ -285,7 +297,7 @@ def validate_config(cfg: DictConfig, source: str = "the config", build_data: boo
     require(isinstance(ev, dict), "eval is missing", "use eval=default")
     require(isinstance(fe, dict), "fe is missing", "use fe=default")
     try:
-        validate_eval_config(ev)
+        validate_eval_config(ev, cfg)
         validate_fe_config(fe)
     except KeyError as err:
         raise FevaeError(f"setting {err} is missing from {source}", "use a config composed by fevae (conf/)") from err

@@ -63,6 +63,14 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
         else:  # marginal cost of a score computed alongside p_FEVAE: ~0, may come out negative by noise
             assert math.isfinite(entry["marginal_seconds_per_image"]) and math.isfinite(entry["ratio_to_fevae"]), name
 
+    d = bench["detectors"]  # every configured detector, by the run's own cost mechanism
+    names = {"PR/vae", "PR/fevae", "APO/fevae", "other/iwae", "other/input_complexity", "other/likelihood_regret",
+             "other/likelihood_ratio", "APO/standardised_fevae", "PR/standardised_fevae", "other/dose"}
+    assert names <= set(d["detectors"]) and d["repeats"] == 2 and d["extra_models"] == "untrained"
+    for name, entry in d["detectors"].items():
+        assert 0 < entry["min"] <= entry["median_s_per_image"] <= entry["max"], name
+    assert d["detectors"]["other/likelihood_ratio"]["median_s_per_image"] > d["detectors"]["other/iwae"]["median_s_per_image"]
+
     p = bench["peak_memory"]
     assert len(p["per_S"]) >= 2
     for s, entry in p["per_S"].items():
@@ -74,7 +82,7 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     assert s["total_seconds"] == pytest.approx(sum(NEW_TIMINGS.values()))
     assert sum(s["fraction"].values()) == pytest.approx(1.0)
 
-    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "baselines", "peak_memory", "stages"}
+    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "baselines", "detectors", "peak_memory", "stages"}
 
 
 def test_stage_times_reads_old_and_new_timings():

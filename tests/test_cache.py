@@ -43,7 +43,7 @@ def test_a_sweep_over_fe_trains_each_model_once_and_matches_fresh_training(tmp_p
         with caplog.at_level("INFO", logger="fevae.training"):
             train(cfg)
         runs.append(run_dir)
-    assert trained == ["vae", "jigsaw"]  # the second job reused both
+    assert trained == ["vae", "background", "jigsaw"]  # the second job reused all three (background: the likelihood ratio's)
     assert "reused trained model" in caplog.text
     fresh = tmp_path / "fresh"
     cfg = train_cfg(fresh, synthetic_data_dir, extra=["fe.C=3", "cache.enabled=false"])

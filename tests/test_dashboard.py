@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
 HIST_TAGS = {f"{scheme}/log_p_{sid}" for scheme in ("PR", "APO") for sid in (*IDS, "standardised_fevae")} | {
-    f"other/{d}" for d in ("iwae", "input_complexity", "likelihood_regret", "dose")}
+    f"other/{d}" for d in ("iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose")}
 
 
 def accumulator(folder: Path):

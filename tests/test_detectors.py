@@ -53,7 +53,8 @@ def test_detectors_are_wired_to_their_definitions(run_dir):
     np.testing.assert_allclose(scores["likelihood_regret"], regret.numpy(), rtol=0, atol=1e-3)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     costs = metrics["cost_s_per_image"]
-    assert set(costs["other"]) == {"iwae", "input_complexity", "likelihood_regret"}
+    assert set(costs["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
+    assert {"standardised_fevae"} <= set(costs["APO"]) and costs["other"]["dose"] > costs["APO"]["fevae"]  # reads PR and APO
     assert all(v > 0 for block in costs.values() for v in block.values())
     assert costs["other"]["likelihood_regret"] > costs["APO"]["fevae"]  # 3 encoder refits vs S=4 decodes... per image
     report = (run_dir / "report.md").read_text()
@@ -120,6 +121,8 @@ def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tm
     for key in ("detectors", "regret"):
         stored.eval.pop(key)
     stored.fe.pop("extra_layers")
+    stored.pop("detector")  # the detector configs (conf/detector/) are newer still
+    shutil.rmtree(old / "checkpoints" / "background")
     stored.eval.n_samples = 3  # a setting the run has: kept, not replaced by today's default
     OmegaConf.save(stored, old / ".hydra" / "config.yaml")
 
@@ -127,10 +130,11 @@ def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tm
     composed = compose_cfg("evaluate", out, [f"run_dir={old}", *TINY])
     with caplog.at_level("INFO"):
         evaluate(old, [], out, composed=composed)
-    assert "predates the settings eval.detectors, eval.regret, fe.extra_layers" in caplog.text
+    assert "predates the settings eval.detectors, eval.regret, fe.extra_layers, detector" in caplog.text
     assert "the run has no mixture for layers [2, 3, 4]" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret", "dose"}
+    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
+    assert (out / "checkpoints" / "background" / "best.ckpt").is_file()  # the likelihood ratio's model, trained for it
     assert {"fevae_l2", "fevae_l3", "fevae_l4"} <= set(metrics["ood"]["mnist"]["APO"])
     assert sorted(p.name for p in out.glob("mixture*.npz")) == ["mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz"]
     with np.load(old / "mixture.npz") as a, np.load(out / "mixture.npz") as b:

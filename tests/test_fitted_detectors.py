@@ -103,7 +103,7 @@ def test_state_is_plain_arrays_and_round_trips(tmp_path):
 
 
 def test_bad_names_and_missing_columns_are_one_error():
-    with pytest.raises(FevaeError, match="eval.fitted_detectors has an unknown detector 'lr'"):
+    with pytest.raises(FevaeError, match=r"eval.detectors has unknown detectors \['lr'\]"):
         build_fitted(["lr"])
     det = build_fitted(["dose"], ["PR", "APO"], ["iwae"])[0]
     with pytest.raises(FevaeError, match=r"dose needs the score columns \['iwae'\]"):

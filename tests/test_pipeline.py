@@ -17,11 +17,12 @@ pytestmark = pytest.mark.slow
 
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
-SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret"]
-#: the in-distribution-fitted detectors (eval.fitted_detectors): scored on every part, no Monte-Carlo error of their own
+SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio"]
+#: the in-distribution-fitted detectors (of eval.detectors): scored on every part, no Monte-Carlo error of their own
 FITTED = ["standardised_fevae_pr", "standardised_fevae_apo", "dose"]
-#: every score but likelihood regret is a Monte-Carlo log-mean-exp with a stored standard error
-MCSE = [f"mcse__{k}" for k in SCORES if k != "likelihood_regret"]
+#: every score but likelihood regret and the likelihood ratio (a difference of two estimates on common noise) is a
+#: Monte-Carlo log-mean-exp with a stored standard error
+MCSE = [f"mcse__{k}" for k in SCORES if k not in ("likelihood_regret", "likelihood_ratio")]
 #: TINY's split of the 32 synthetic images of each eval set: 12 validation + the other 20 for test
 N_VAL, N_TEST = 12, 20
 
@@ -55,7 +56,7 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
             assert set(ood) >= {"PR", "APO"}
             for scheme in ("PR", "APO"):
                 assert set(ood[scheme]) == {*IDS, "standardised_fevae"}
-            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret", "dose"}
+            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
             for scheme in ("PR", "APO", "other"):
                 for m in ood[scheme].values():
                     assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci"}
@@ -64,7 +65,8 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
                         assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= m[key] <= 1.0
     assert metrics["n_scored"] == {"likelihood_regret": {name: 8 for name in SETS}}  # smoke: eval.regret.subset=8
     assert metrics["n_scored_val"] == {"likelihood_regret": {name: 8 for name in SETS}}
-    assert set(json.loads((run_dir / "timings.json").read_text())) == {"train_vae", "train_jigsaw", "fit_mixture", "score", "write_outputs"}
+    assert set(json.loads((run_dir / "timings.json").read_text())) == {"train_vae", "train_background", "train_jigsaw", "fit_mixture", "score",
+                                                                             "write_outputs"}
     for name in SETS:
         for rel, n in ((f"{name}.npz", N_TEST), (f"val/{name}.npz", N_VAL)):
             with np.load(run_dir / "scores" / rel, allow_pickle=False) as z:

@@ -22,8 +22,8 @@ def test_smoke_sweep_reuses_models_summarises_and_survives_a_failed_job(tmp_path
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert log.count("vae: training (hash") == 1 and log.count("jigsaw: training (hash") == 1
-    assert log.count("reused trained model") == 2  # both models in the second good job (bad fe.n fails before)
+    assert all(log.count(f"{m}: training (hash") == 1 for m in ("vae", "background", "jigsaw"))
+    assert log.count("reused trained model") == 3  # every model in the second good job (bad fe.n fails before)
     with (sweep / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4

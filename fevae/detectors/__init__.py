@@ -1,18 +1,22 @@
-"""OOD detectors fitted on the in-distribution validation images (issue #13, first part).
+"""OOD detectors as plug-ins: one module per detector, one config file per detector (``conf/detector/``).
 
-A :class:`~fevae.detectors.base.FittedDetector` turns per-image statistics the model pass already
-yields (the score columns of a set: ``log_p_vae_apo``, ``log_p_fe_pr``, ``iwae``, ...) into one
-score per image, higher = more in-distribution. It is **fitted on the in-distribution set's
-validation part only** (never a test image, never an OOD image), then scores every part of every
-set; its fitted state is plain arrays (``detectors.npz`` of a run), never a pickle.
+Two kinds (:mod:`fevae.detectors.base`):
 
-* :class:`~fevae.detectors.fisher.StandardisedFevae` — ``standardised_fevae`` (per scheme): each
-  term of p_FEVAE turned into its in-distribution left-tail probability, combined by Fisher's method.
-* :class:`~fevae.detectors.dose.Dose` — ``dose``: a kernel density (bandwidth by cross-validated
-  likelihood on the ID validation images) over standardised per-image statistics (Morningstar et
-  al., 2021, DoSE).
+* :class:`~fevae.detectors.base.Detector` — scored in the shared model pass
+  (:class:`fevae.evaluation.Scorer` is the driver): :mod:`~fevae.detectors.fevae` (the paper's
+  log p_VAE / p_FE / p_FEVAE per scheme and layer, always scored), :mod:`~fevae.detectors.iwae`,
+  :mod:`~fevae.detectors.input_complexity`, :mod:`~fevae.detectors.regret` (likelihood regret),
+  :mod:`~fevae.detectors.likelihood_ratio` (Ren et al. 2019, with a background VAE).
+* :class:`~fevae.detectors.base.FittedDetector` — computed from a set's score columns and **fitted on
+  the in-distribution set's validation part only** (never a test image, never an OOD image); the fitted
+  state is plain arrays (``detectors.npz`` of a run), never a pickle:
+  :mod:`~fevae.detectors.fisher` (``standardised_fevae``: Fisher's combination of the two terms' ID
+  tail probabilities), :mod:`~fevae.detectors.dose` (DoSE: a KDE over standardised statistics).
+
+Every score is higher = more in-distribution. :mod:`fevae.detectors.registry` builds them from config.
 """
 
-from fevae.detectors.base import FITTED_DETECTORS, FittedDetector, build_fitted, fit_detectors, load_fitted, save_fitted
+from fevae.detectors.base import Detector, FittedDetector, fit_detectors, load_fitted, save_fitted
+from fevae.detectors.registry import SHIPPED, build_detectors, build_fitted
 
-__all__ = ["FITTED_DETECTORS", "FittedDetector", "build_fitted", "fit_detectors", "load_fitted", "save_fitted"]
+__all__ = ["SHIPPED", "Detector", "FittedDetector", "build_detectors", "build_fitted", "fit_detectors", "load_fitted", "save_fitted"]

@@ -1,11 +1,21 @@
-"""The fitted-detector interface, the registry and the plain-array storage of fitted states."""
+"""The two detector interfaces, and the plain-array storage of fitted states.
+
+* :class:`Detector` — scored in the shared model pass (:class:`fevae.evaluation.Scorer`): declares what
+  it reads from it (the APO importance weights, a second trained model), may compute its own per-image
+  values on each batch (timed: its cost per image), and turns them into its score columns.
+* :class:`FittedDetector` — computed afterwards from a set's score columns, fitted on the
+  in-distribution validation part.
+
+Both are chosen by config (``conf/detector/<name>.yaml``, :mod:`fevae.detectors.registry`).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -15,6 +25,59 @@ log = logging.getLogger(__name__)
 
 #: file of a run folder holding every fitted detector's state (plain arrays, ``<detector>/<key>``)
 STATE_FILE = "detectors.npz"
+
+
+class Detector:
+    """A detector scored in the shared model pass; subclasses set :attr:`name` (= its config's name).
+
+    The driver (:class:`fevae.evaluation.Scorer`) calls, per image batch of an evaluation set,
+    :meth:`batch` on the rows :meth:`rows` selects (timed as ``detector/<name>``: its own cost), keeps
+    what it returns by dataset index, and at the end calls :meth:`scores` with the set's shared
+    columns (the ``log_p_*`` scores and, when :attr:`uses_log_weights`, ``iwae``) and its own
+    gathered values. Higher scores = more in-distribution; the columns go to metrics.json ``other``.
+    """
+
+    name: ClassVar[str] = ""
+    #: reads the APO importance weights of the shared pass (the ``iwae`` column; needs APO in eval.schemes)
+    uses_log_weights: ClassVar[bool] = False
+    #: other trained models it needs (their names; trained, cached and stored with the run's own)
+    models: ClassVar[tuple[str, ...]] = ()
+
+    def outputs(self) -> list[str]:
+        return [self.name]
+
+    def check(self, schemes: Sequence[str]) -> None:
+        """Refuse settings it cannot score with (one :class:`~fevae.errors.FevaeError`)."""
+        if self.uses_log_weights and "APO" not in schemes:
+            raise FevaeError(f"{self.name} reuses the APO draws, but APO is not in eval.schemes",
+                             f"add APO to eval.schemes or drop {self.name} from eval.detectors")
+
+    def bind(self, scorer: Any) -> None:
+        """Called once by the driver before scoring (gives access to its models and settings)."""
+        self.scorer = scorer
+
+    def rows(self, index: Any, set_name: str) -> Any | None:
+        """Boolean mask of the batch rows it scores (None: all)."""
+        return None
+
+    def batch(self, x: Any, index: Any, set_name: str) -> dict[str, Any] | None:
+        """Its own per-image values ``{key: [b]}`` for the selected rows (None: it needs none)."""
+        return None
+
+    def scores(self, shared: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def cost(self, seconds: Mapping[str, float], n_images: int, n_own: int) -> float | None:
+        """Seconds per image: the shared pass it reads (APO decoding and weights) plus its own time."""
+        total = 0.0
+        if self.uses_log_weights:
+            total += (seconds.get("APO/decode", 0.0) + seconds.get("APO/log_w", 0.0)) / max(n_images, 1)
+        own = seconds.get(f"detector/{self.name}", 0.0)
+        if n_own:
+            total += own / n_own
+        elif not self.uses_log_weights:
+            return None
+        return total
 
 
 class FittedDetector:
@@ -51,51 +114,60 @@ class FittedDetector:
         missing = [c for c in self.needs() if c not in scores]
         if missing:
             raise FevaeError(f"detector {self.name} needs the score columns {missing}, which {what} lacks",
-                             "enable what computes them (eval.schemes, eval.detectors) or drop it from eval.fitted_detectors")
+                             "enable what computes them (eval.schemes, eval.detectors) or drop it from eval.detectors")
         x = np.column_stack([np.asarray(scores[c], dtype=np.float64) for c in self.needs()])
         if not np.isfinite(x).all():
             raise FevaeError(f"detector {self.name}: {what} has non-finite values in {self.needs()}", "check the run's scores")
         return x
 
 
-def _registry() -> dict[str, type[FittedDetector]]:
-    from fevae.detectors.dose import Dose
-    from fevae.detectors.fisher import StandardisedFevae
-
-    return {cls.name: cls for cls in (StandardisedFevae, Dose)}
-
-
-FITTED_DETECTORS = ("standardised_fevae", "dose")
-
-
-def build_fitted(names: Sequence[str] | None, schemes: Sequence[str] = ("PR", "APO"), detectors: Sequence[str] = ()) -> list[FittedDetector]:
-    """The detectors of ``eval.fitted_detectors`` for a run scoring ``schemes`` and the model-pass
-    ``detectors`` (``eval.detectors``); one error for an unknown name."""
-    registry = _registry()
-    out = []
-    for name in list(names or []):
-        if name not in registry:
-            raise FevaeError(f"eval.fitted_detectors has an unknown detector {name!r}", f"choose from {list(registry)} (or [] for none)")
-        out.append(registry[name].for_run(schemes, detectors))
-    return out
-
-
-def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping[str, np.ndarray]], id_val_key: str) -> dict[str, dict[str, np.ndarray]]:
+def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping[str, np.ndarray]], id_val_key: str,
+                  seconds: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit each detector on ``scores[id_val_key]`` (the in-distribution validation part) and add its
-    columns to every set of ``scores``; returns the new scores (the input is not modified)."""
+    columns to every set of ``scores``; returns the new scores (the input is not modified).
+    ``seconds`` (when given) receives each detector's ``fit/<name>`` and ``score/<name>`` wall time."""
+    clock = seconds if seconds is not None else {}
     if not fitted:
         return {k: dict(v) for k, v in scores.items()}
     if id_val_key not in scores:  # no validation part (data.eval_split.val=0, a legacy split): nothing to fit on
-        log.warning("eval.fitted_detectors %s are left out: they are fitted on the in-distribution validation images, and "
+        log.warning("the fitted detectors %s are left out: they are fitted on the in-distribution validation images, and "
                     "this run has none (data.eval_split.val=0)", [d.name for d in fitted])
         return {k: dict(v) for k, v in scores.items()}
     for det in fitted:
+        start = time.perf_counter()
         det.fit(scores[id_val_key])
+        clock[f"fit/{det.name}"] = time.perf_counter() - start
     out = {}
     for key, cols in scores.items():
         out[key] = dict(cols)
         for det in fitted:
+            start = time.perf_counter()
             out[key].update(det.score(cols))
+            clock[f"score/{det.name}"] = clock.get(f"score/{det.name}", 0.0) + time.perf_counter() - start
+    return out
+
+
+def fitted_costs(fitted: Sequence[FittedDetector], seconds: Mapping[str, float], n_images: int,
+                 costs: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Seconds per image of each fitted detector's columns, laid out like ``cost_s_per_image``: its own
+    scoring time per image plus, per scheme, the dearest model-pass column it reads (``costs``; the
+    other-block columns count as APO: they reuse its draws), i.e. what scoring one more image with it costs.
+    The one-off fit (``fit/<name>`` seconds) is not per image."""
+    from fevae.metrics import parse_score_name
+
+    out: dict[str, dict[str, float]] = {}
+    for det in fitted:
+        per_scheme: dict[str, float] = {}
+        for column in det.needs():
+            scheme, sid = parse_score_name(column)
+            cost = costs.get(scheme, {}).get(sid)
+            if cost is not None:
+                key = "APO" if scheme == "other" else scheme
+                per_scheme[key] = max(per_scheme.get(key, 0.0), cost)
+        total = sum(per_scheme.values()) + seconds.get(f"score/{det.name}", 0.0) / max(n_images, 1)
+        for name in det.outputs():
+            scheme, sid = parse_score_name(name)
+            out.setdefault(scheme, {})[sid] = total
     return out
 
 
@@ -115,7 +187,7 @@ def load_fitted(path: str | Path, fitted: Sequence[FittedDetector]) -> None:
         return
     if not path.is_file():
         raise FevaeError(f"{path} is missing: the run's fitted detectors cannot score new images",
-                         "re-score the run with python -m fevae.evaluate, or pass eval.fitted_detectors=[]")
+                         "re-score the run with python -m fevae.evaluate, or drop them from eval.detectors")
     with np.load(path, allow_pickle=False) as archive:
         for det in fitted:
             prefix = f"{det.name}/"

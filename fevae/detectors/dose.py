@@ -38,9 +38,12 @@ class Dose(FittedDetector):
         self._kde = None
 
     @classmethod
-    def for_run(cls, schemes: Sequence[str], detectors: Sequence[str]) -> "Dose":
+    def for_run(cls, schemes: Sequence[str], detectors: Sequence[str], folds: int = 5) -> "Dose":
+        """Built by :func:`fevae.detectors.registry.build_detectors`: the statistics a run scoring ``schemes`` and ``detectors`` has."""
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise FevaeError(f"detector.dose.folds={folds!r} is invalid", "set it to an integer ≥ 2 (cross-validation folds of the bandwidth)")
         stats = [f"log_p_{t}_{s.lower()}" for s in schemes for t in ("vae", "fe")] + [d for d in EXTRA_STATS if d in detectors]
-        return cls(stats)
+        return cls(stats, folds=folds)
 
     def needs(self) -> list[str]:
         return list(self.stats)
@@ -52,7 +55,7 @@ class Dose(FittedDetector):
         x = self.columns(id_val, "the in-distribution validation part")
         if len(x) < 2 * self.folds:
             raise FevaeError(f"dose is fitted on {len(x)} in-distribution validation images, fewer than 2 per fold of {self.folds}",
-                             "raise data.eval_split.val, or drop dose from eval.fitted_detectors")
+                             "raise data.eval_split.val, or drop dose from eval.detectors")
         self.mean, self.sd = x.mean(0), x.std(0)
         self.sd[self.sd == 0] = 1.0
         self.points = (x - self.mean) / self.sd

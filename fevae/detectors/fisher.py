@@ -39,6 +39,7 @@ class StandardisedFevae(FittedDetector):
 
     @classmethod
     def for_run(cls, schemes: Sequence[str], detectors: Sequence[str]) -> "StandardisedFevae":
+        """Built by :func:`fevae.detectors.registry.build_detectors` for a run scoring ``schemes`` and ``detectors``."""
         return cls(schemes)
 
     def _terms(self, scheme: str) -> list[str]:
