@@ -75,7 +75,7 @@ class Sizes:
     """How much work each measurement does (full ``make bench`` vs ``--quick``)."""
 
     scheme: str = "APO"
-    repeats: int = 2  # interleaved repeats of every timed variant; the fastest counts
+    repeats: int = 5  # interleaved repeats of every timed variant: medians and min-max spreads are reported
     throughput_images: int = 512
     throughput_batch: int = 256
     throughput_samples: int = 100
@@ -98,7 +98,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(repeats=1, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
+QUICK = Sizes(repeats=2, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
               mixture_repeats=1, baseline_images=32, regret_images=4, detector_repeats=2, fit_n=200, fit_max_iter=100,
               memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True)
 
@@ -108,12 +108,37 @@ def log(message: str) -> None:
 
 
 def row(section: str, name: str, value: float | None, unit: str, ratio: float | None = None,
-        target: str = "", note: str = "") -> dict[str, Any]:
-    return {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio, "target": target, "note": note}
+        target: str = "", note: str = "", ratio_range: tuple[float, float] | None = None) -> dict[str, Any]:
+    return {"section": section, "name": name, "value": value, "unit": unit, "ratio": ratio, "ratio_range": ratio_range,
+            "target": target, "note": note}
+
+
+def spread(values: list[float] | np.ndarray) -> dict[str, Any]:
+    """Median and min-max of repeated measurements (the spread every reported number comes with)."""
+    v = np.asarray(values, dtype=float)
+    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "n": int(v.size), "values": v.tolist()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, Any]:
+    """Per-round ratios of two interleaved measurements (round k of one / round k of the other): their spread."""
+    return spread([a / b for a, b in zip(numerator, denominator)])
+
+
+IMPOSSIBLE = "IMPOSSIBLE (noise)"
+
+
+def superset_check(ratio: dict[str, Any]) -> dict[str, Any]:
+    """A superset of work (p_FEVAE vs p_VAE alone) cannot be faster than its subset: a ratio whose whole
+    spread lies below 1 is flagged as noise, not reported as a finding; one straddling 1 is "within noise"."""
+    if ratio["max"] < 1.0:
+        return {"impossible": True, "verdict": IMPOSSIBLE}
+    if ratio["min"] < 1.0:
+        return {"impossible": False, "verdict": "within noise of 1"}
+    return {"impossible": False, "verdict": ""}
 
 
 def best_of(variants: dict[str, Callable[[], Any]], repeats: int, device: torch.device) -> dict[str, list[float]]:
-    """Time every variant ``repeats`` times, interleaved (the order flips each round)."""
+    """Time every variant ``repeats`` times, interleaved (the order flips each round); every round's time is kept."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(repeats):
@@ -154,20 +179,26 @@ class Bench:
             self._score(x[: s.throughput_batch], s.throughput_batch, n_samples=s.chunk_size, **common, **kw)
         times = best_of({name: (lambda kw=kw: self._score(x, s.throughput_batch, n_samples=s.throughput_samples, **common, **kw))
                          for name, kw in variants.items()}, s.repeats, self.device)
-        best = {name: min(t) for name, t in times.items()}
-        ratio = best["fevae"] / best["vae"]
+        med = {name: spread(t) for name, t in times.items()}
+        ratio = paired_ratio(times["fevae"], times["vae"])  # p_FEVAE does strictly more work than p_VAE alone
+        check = superset_check(ratio)
         result = {
             "images": what, "n_images": len(x), "batch_size": s.throughput_batch, "scheme": s.scheme,
             "n_samples": s.throughput_samples, "chunk_size": s.chunk_size, "repeats": s.repeats,
-            **{name: {"seconds": best[name], "seconds_all": times[name], "images_per_s": len(x) / best[name],
-                      "decoded_images_per_s": len(x) * s.throughput_samples / best[name]} for name in variants},
-            "ratio_fevae_to_vae": ratio, "target_ratio": THROUGHPUT_TARGET, "meets_target": ratio <= THROUGHPUT_TARGET,
+            **{name: {"seconds": med[name]["median"], "seconds_spread": med[name], "images_per_s": len(x) / med[name]["median"],
+                      "images_per_s_range": [len(x) / med[name]["max"], len(x) / med[name]["min"]],
+                      "decoded_images_per_s": len(x) * s.throughput_samples / med[name]["median"]} for name in variants},
+            "ratio_fevae_to_vae": ratio["median"], "ratio_spread": ratio, **check,
+            "target_ratio": THROUGHPUT_TARGET, "meets_target": ratio["median"] <= THROUGHPUT_TARGET,
         }
         tag = f"({s.scheme}, S={s.throughput_samples})"
+        verdict = check["verdict"] or f"<= {THROUGHPUT_TARGET}x {'ok' if result['meets_target'] else 'MISSED'}"
         rows = [
-            row("throughput", f"p_VAE alone {tag}", result["vae"]["images_per_s"], "img/s"),
-            row("throughput", f"p_FEVAE {tag}", result["fevae"]["images_per_s"], "img/s", ratio,
-                f"<= {THROUGHPUT_TARGET}x {'ok' if result['meets_target'] else 'MISSED'}", "ratio = time / p_VAE time"),
+            row("throughput", f"p_VAE alone {tag}", result["vae"]["images_per_s"], "img/s", None, "",
+                _range_note(result["vae"]["images_per_s_range"], s.repeats)),
+            row("throughput", f"p_FEVAE {tag}", result["fevae"]["images_per_s"], "img/s", ratio["median"], verdict,
+                f"ratio = time / p_VAE time, per round; {_range_note(result['fevae']['images_per_s_range'], s.repeats)}",
+                (ratio["min"], ratio["max"])),
         ]
         return result, rows
 
@@ -189,26 +220,30 @@ class Bench:
         sk.score_samples(feats[:100])
         times = best_of({"torch": lambda: self.mixture.score_samples(ft), "sklearn": lambda: sk.score_samples(feats)},
                         s.mixture_repeats, self.device)
-        best = {name: min(t) for name, t in times.items()}
+        med = {name: spread(t) for name, t in times.items()}
+        best = {name: m["median"] for name, m in med.items()}
+        ratio_spread = paired_ratio(times["torch"], times["sklearn"])
         a = self.mixture.score_samples(ft).cpu().numpy()
         b = sk.score_samples(feats)
         diff = np.abs(a - b)
         agree = float(np.mean(self.mixture.predict(ft).cpu().numpy() == sk.predict(feats)))
-        ratio = best["torch"] / best["sklearn"]
+        ratio = ratio_spread["median"]
         result = {
             "features": what, "n_features": int(feats.shape[0]), "d": int(feats.shape[1]), "C": self.arrays.n_components,
             "covariance_type": self.arrays.covariance_type, "device": str(self.device), "repeats": s.mixture_repeats,
             "torch_seconds": best["torch"], "sklearn_seconds": best["sklearn"],
-            "torch_seconds_all": times["torch"], "sklearn_seconds_all": times["sklearn"],
+            "torch_seconds_spread": med["torch"], "sklearn_seconds_spread": med["sklearn"], "ratio_spread": ratio_spread,
             "ratio_torch_to_sklearn": ratio, "speedup_torch_vs_sklearn": 1.0 / ratio,
             "max_abs_diff": float(diff.max()), "max_rel_diff": float(np.max(diff / np.maximum(np.abs(b), 1.0))),
             "predict_agreement": agree, "target_agreement": AGREEMENT_TARGET, "meets_target": agree >= AGREEMENT_TARGET,
         }
         n = f"{feats.shape[0]}x{feats.shape[1]}"
         rows = [
-            row("mixture", f"sklearn score_samples ({n})", best["sklearn"], "s"),
+            row("mixture", f"sklearn score_samples ({n})", best["sklearn"], "s", None, "",
+                _range_note((med["sklearn"]["min"], med["sklearn"]["max"]), s.mixture_repeats)),
             row("mixture", f"TorchMixture score_samples ({self.device.type})", best["torch"], "s", ratio, "",
-                "ratio = time / sklearn time"),
+                f"ratio = time / sklearn time, per round; {_range_note((med['torch']['min'], med['torch']['max']), s.mixture_repeats)}",
+                (ratio_spread["min"], ratio_spread["max"])),
             row("mixture", "max |torch - sklearn| log-density", result["max_abs_diff"], "nats"),
             row("mixture", "predict agreement", agree, "fraction", None,
                 f">= {AGREEMENT_TARGET} {'ok' if result['meets_target'] else 'MISSED'}"),
@@ -270,17 +305,24 @@ class Bench:
                 fn()
         likelihood_regret_score(xrd[:2], idxr[:2], vae=vae, steps=2, lr=1e-4, n_samples=s.regret_samples, seed=self.seed)
         times = best_of(variants, s.repeats, self.device)
-        per_image = {name: min(t) / n_of[name] for name, t in times.items()}
+        per_round = {name: [t / n_of[name] for t in ts] for name, ts in times.items()}  # seconds per image, per round
+        per_image = {name: float(np.median(v)) for name, v in per_round.items()}
         ref = per_image["fevae"]
         entries: dict[str, dict[str, Any]] = {}
         for name in variants:
-            entries[name] = {"n_images": n_of[name], "seconds_all": times[name],
-                             "seconds_per_image": per_image[name], "ratio_to_fevae": per_image[name] / ref}
-        marginal = {"iwae_alongside": ("fevae+iwae", "iwae computed with p_FEVAE (iwae=True, same draws)"),
-                    "layers_alongside": ("fevae+layers", f"{', '.join(extra)} computed with p_FEVAE (extra=)")}
-        for name, (combined, note) in marginal.items():
-            extra_cost = per_image[combined] - ref
-            entries[name] = {"marginal_seconds_per_image": extra_cost, "ratio_to_fevae": extra_cost / ref, "what": note}
+            r = paired_ratio(per_round[name], per_round["fevae"])
+            entries[name] = {"n_images": n_of[name], "seconds_spread": spread(times[name]), "seconds_per_image": per_image[name],
+                             "ratio_to_fevae": r["median"], "ratio_spread": r}
+        # supersets of work: a score computed alongside p_FEVAE costs at least p_FEVAE; input complexity at least IWAE
+        marginal = {"iwae_alongside": ("fevae+iwae", "fevae", "iwae computed with p_FEVAE (iwae=True, same draws)"),
+                    "layers_alongside": ("fevae+layers", "fevae", f"{', '.join(extra)} computed with p_FEVAE (extra=)"),
+                    "png_over_iwae": ("input_complexity", "iwae", "input complexity over IWAE alone (the PNG code length)")}
+        for name, (combined, subset, note) in marginal.items():
+            diffs = spread([a - b for a, b in zip(per_round[combined], per_round[subset])])
+            ratio = paired_ratio(per_round[combined], per_round[subset])
+            check = superset_check(ratio)
+            entries[name] = {"marginal_seconds_per_image": diffs["median"], "marginal_spread": diffs,
+                             "ratio_to_fevae": diffs["median"] / ref, "superset_ratio": ratio, **check, "what": note}
         result = {
             "images": what, "scheme": s.scheme, "n_samples": s.baseline_samples, "chunk_size": s.chunk_size,
             "repeats": s.repeats, "regret": {"steps": s.regret_steps, "lr": 1e-4, "n_samples": s.regret_samples},
@@ -292,13 +334,20 @@ class Bench:
                  "likelihood_regret": f"{s.regret_steps} Adam steps, {s.regret_samples} eval samples"}
         rows = [row("baselines", f"p_FEVAE ({s.scheme}, S={s.baseline_samples}) per image", ref * 1e3, "ms/img", 1.0, "",
                     notes["fevae"])]
-        order = ["iwae", "iwae_alongside", "input_complexity", "png_code_length", "likelihood_regret", *extra, "layers_alongside"]
+        order = ["iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "likelihood_regret", *extra,
+                 "layers_alongside"]
         for name in order:
             e = entries[name]
-            cost = e.get("seconds_per_image", e.get("marginal_seconds_per_image"))
-            label = name if "seconds_per_image" in e else f"{name} (marginal)"
-            rows.append(row("baselines", label, cost * 1e3, "ms/img", e["ratio_to_fevae"], "",
-                            notes.get(name, e.get("what", "standalone"))))
+            if "seconds_per_image" in e:
+                r = e["ratio_spread"]
+                rows.append(row("baselines", name, e["seconds_per_image"] * 1e3, "ms/img", e["ratio_to_fevae"], "",
+                                notes.get(name, "standalone"), (r["min"], r["max"])))
+            else:  # the extra cost of a superset over its subset, per round: never below 0 beyond the spread
+                d = e["marginal_spread"]
+                rows.append(row("baselines", f"{name} (marginal)", e["marginal_seconds_per_image"] * 1e3, "ms/img",
+                                e["superset_ratio"]["median"], e["verdict"],
+                                f"{e['what']}; ratio = superset / subset time; marginal range {d['min'] * 1e3:.3g} to {d['max'] * 1e3:.3g} ms",
+                                (e["superset_ratio"]["min"], e["superset_ratio"]["max"])))
         return result, rows
 
     # ---------------------------------------------------------------- 3b. every configured detector
@@ -362,7 +411,8 @@ class Bench:
         for n, e in entries.items():
             lo, hi = e["ratio_to_fevae_apo_range"]
             rows.append(row("detectors", n, e["median_s_per_image"] * 1e3, "ms/img", e["ratio_to_fevae_apo_median"], "",
-                            f"median of {s.detector_repeats}; range {e['min'] * 1e3:.3g}-{e['max'] * 1e3:.3g} ms, ratio {lo:.2f}-{hi:.2f}"))
+                            f"ratio = cost / APO p_FEVAE's, per repeat; median of {s.detector_repeats}; range "
+                            f"{e['min'] * 1e3:.3g}-{e['max'] * 1e3:.3g} ms", (lo, hi)))
         return result, rows
 
     # ---------------------------------------------------------------- 4. peak memory
@@ -456,9 +506,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt_ratio(r: dict[str, Any]) -> str:
+    if r["ratio"] is None:
+        return "-"
+    spread_ = r.get("ratio_range")
+    return f"{r['ratio']:.3f}x" + (f" [{spread_[0]:.3f}-{spread_[1]:.3f}]" if spread_ else "")
+
+
+def _range_note(bounds: tuple[float, float] | list[float], repeats: int) -> str:
+    return f"median of {repeats}; range {_fmt(float(bounds[0]))}-{_fmt(float(bounds[1]))}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ("section", "measurement", "value", "unit", "ratio", "target", "note")
-    body = [(r["section"], r["name"], _fmt(r["value"]), r["unit"], "-" if r["ratio"] is None else f"{r['ratio']:.3f}x",
+    body = [(r["section"], r["name"], _fmt(r["value"]), r["unit"], _fmt_ratio(r),
              r["target"] or "-", r["note"]) for r in rows]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     align = ["<", "<", ">", "<", ">", "<", "<"]

@@ -93,7 +93,7 @@ def binned(values: np.ndarray, lo: float, hi: float, bins: int = HIST_BINS) -> t
     return edges, counts, int(v.size - inside.size)
 
 
-def _histogram_summary(tag: str, edges: np.ndarray, counts: np.ndarray, display_name: str, description: str):
+def histogram_summary(tag: str, edges: np.ndarray, counts: np.ndarray, display_name: str, description: str):
     """A histogram summary with exactly these buckets (TensorBoard drops nothing, so every set of
     a tag has the same bins; ``add_histogram`` would trim empty end buckets per set)."""
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -105,7 +105,7 @@ def _histogram_summary(tag: str, edges: np.ndarray, counts: np.ndarray, display_
     return Summary(value=[Summary.Value(tag=tag, metadata=meta, tensor=tensor_util.make_tensor_proto(buckets))])
 
 
-def _set_dir(name: str) -> str:
+def set_dir(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
@@ -143,7 +143,7 @@ def _write_histograms(tb_dir: Path, rows: Sequence[Mapping[str, Any]], in_distri
 
     sets = [s for s in dict.fromkeys(s for row in rows for s in row["sets"])]
     all_sets = SummaryWriter(log_dir=str(tb_dir / EVAL_RUN))
-    one_set = {s: SummaryWriter(log_dir=str(tb_dir / EVAL_RUN / _set_dir(s))) for s in sets}
+    one_set = {s: SummaryWriter(log_dir=str(tb_dir / EVAL_RUN / set_dir(s))) for s in sets}
     try:
         for row in rows:
             rng = f"[{row['lo']:.4g}, {row['hi']:.4g}]"
@@ -154,9 +154,9 @@ def _write_histograms(tb_dir: Path, rows: Sequence[Mapping[str, Any]], in_distri
                            f"Values outside the range are left out: {outside}.")
             for s in row["sets"]:
                 b = row["per_set"][s]
-                all_sets.file_writer.add_summary(_histogram_summary(
+                all_sets.file_writer.add_summary(histogram_summary(
                     row["tag"], b["edges"], b["counts"], f"{row['tag']} — step {steps}", description), global_step=row["step"][s])
-                one_set[s].file_writer.add_summary(_histogram_summary(
+                one_set[s].file_writer.add_summary(histogram_summary(
                     row["tag"], b["edges"], b["counts"],
                     f"{row['tag']} — {s} (n={b['n']}, {b['outside']} outside {rng})", description), global_step=0)
     finally:

@@ -45,7 +45,10 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     t = bench["throughput"]
     assert positive(t["vae"]["images_per_s"]) and positive(t["fevae"]["images_per_s"])
     assert positive(t["ratio_fevae_to_vae"])
-    assert t["ratio_fevae_to_vae"] == pytest.approx(t["fevae"]["seconds"] / t["vae"]["seconds"])
+    r = t["ratio_spread"]  # per-round ratios of the interleaved repeats: median and min-max
+    assert r["n"] == 2 and r["min"] <= t["ratio_fevae_to_vae"] == r["median"] <= r["max"]
+    assert r["values"] == pytest.approx([f / v for f, v in zip(t["fevae"]["seconds_spread"]["values"], t["vae"]["seconds_spread"]["values"])])
+    assert t["impossible"] == (r["max"] < 1) and (t["verdict"] == "IMPOSSIBLE (noise)") == t["impossible"]
 
     m = bench["mixture"]
     assert all(positive(m[k]) for k in ("torch_seconds", "sklearn_seconds", "ratio_torch_to_sklearn"))
@@ -53,15 +56,16 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     assert m["predict_agreement"] >= 0.99
 
     scores = bench["baselines"]["scores"]
-    expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_code_length", "likelihood_regret",
+    expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "likelihood_regret",
                 "fevae_l2", "fevae_l3", "fevae_l4", "layers_alongside"}
     assert expected <= set(scores)
     assert scores["fevae"]["ratio_to_fevae"] == pytest.approx(1.0)
     for name, entry in scores.items():
         if "seconds_per_image" in entry:
             assert positive(entry["seconds_per_image"]) and positive(entry["ratio_to_fevae"]), name
-        else:  # marginal cost of a score computed alongside p_FEVAE: ~0, may come out negative by noise
+        else:  # marginal cost of a superset of work: may come out negative by noise, and is then flagged
             assert math.isfinite(entry["marginal_seconds_per_image"]) and math.isfinite(entry["ratio_to_fevae"]), name
+            assert entry["impossible"] == (entry["superset_ratio"]["max"] < 1), name
 
     d = bench["detectors"]  # every configured detector, by the run's own cost mechanism
     names = {"PR/vae", "PR/fevae", "APO/fevae", "other/iwae", "other/input_complexity", "other/likelihood_regret",
@@ -94,3 +98,15 @@ def test_stage_times_reads_old_and_new_timings():
     for bad in ({}, {"train_vae": -1.0}, {"train_vae": float("nan")}, {"other": "x"}):
         with pytest.raises(FevaeError):
             stage_times(bad)
+
+
+def test_a_superset_faster_than_its_subset_beyond_the_spread_is_flagged_not_reported():
+    from benchmarks.run import IMPOSSIBLE, format_table, paired_ratio, row, superset_check
+
+    assert superset_check(paired_ratio([0.8, 0.85, 0.9], [1.0, 1.0, 1.0])) == {"impossible": True, "verdict": IMPOSSIBLE}
+    assert superset_check(paired_ratio([0.9, 1.1], [1.0, 1.0]))["verdict"] == "within noise of 1"
+    assert superset_check(paired_ratio([1.2, 1.3], [1.0, 1.0])) == {"impossible": False, "verdict": ""}
+    r = paired_ratio([2.0, 3.0, 4.0], [1.0, 1.0, 2.0])
+    assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 2.0, 3.0, 3)
+    table = format_table([row("s", "x", 1.0, "s", r["median"], "", "", (r["min"], r["max"]))])
+    assert "2.000x [2.000-3.000]" in table

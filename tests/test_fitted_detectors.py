@@ -130,3 +130,15 @@ def test_a_run_reports_them_and_the_score_api_applies_the_stored_fit(tmp_path, s
     load_fitted(run_dir / "detectors.npz", [det])
     np.testing.assert_array_equal(det.score({c: frame[c].to_numpy() for c in det.needs()})["standardised_fevae_apo"],
                                   frame["standardised_fevae_apo"].to_numpy())
+
+
+def test_fitted_costs_add_their_own_time_to_the_dearest_column_they_read_per_scheme():
+    from fevae.detectors.base import fitted_costs
+
+    costs = {"PR": {"vae": 1.0, "fe": 2.0, "fevae": 2.0}, "APO": {"vae": 3.0, "fe": 4.0, "fevae": 4.0},
+             "other": {"iwae": 5.0, "input_complexity": 6.0}}
+    fitted = build_fitted(["standardised_fevae", "dose"], ["PR", "APO"], ["iwae", "input_complexity"])
+    seconds = {"score/standardised_fevae": 10.0, "score/dose": 20.0, "fit/dose": 99.0}  # the fit is one-off: not per image
+    out = fitted_costs(fitted, seconds, 10, costs)
+    assert out["PR"]["standardised_fevae"] == 2.0 + 1.0 and out["APO"]["standardised_fevae"] == 4.0 + 1.0
+    assert out["other"]["dose"] == 2.0 + 6.0 + 2.0  # PR's dearest + APO's (other-block columns reuse its draws) + its own

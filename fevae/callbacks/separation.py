@@ -312,18 +312,18 @@ class SeparationCallback(L.Callback):
     def _write_histogram(self, tb_dir: Path, name: str, edges: np.ndarray, counts: np.ndarray, epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from fevae.dashboard import HIST_BINS, _histogram_summary, _set_dir
+        from fevae.dashboard import HIST_BINS, histogram_summary, set_dir
 
         writer = self._writers.get(name)
         if writer is None:
-            writer = self._writers[name] = SummaryWriter(log_dir=str(tb_dir / RUN / _set_dir(name)))
+            writer = self._writers[name] = SummaryWriter(log_dir=str(tb_dir / RUN / set_dir(name)))
         role = "in-distribution" if name == self.in_distribution else "OOD"
         n = len(self.images[name][0])
         description = (f"{self.about} of the first {n} images of the validation part of `{name}` ({role}), step = epochs completed. "
                        f"{HIST_BINS} bins over a range shared by every set at that epoch (union of each set's 0.5–99.5 percentiles, "
                        f"≤3 IQR beyond its quartiles, widened 2%); values outside are left out (counted in train.log and "
                        f"separation_{self.model}.json). The AUROCs are the scalars {AUROC_TAG}/<set> of the {self.model} run.")
-        writer.file_writer.add_summary(_histogram_summary(self.tag, edges, counts, f"{self.tag} — {name} ({role}), step = epoch",
+        writer.file_writer.add_summary(histogram_summary(self.tag, edges, counts, f"{self.tag} — {name} ({role}), step = epoch",
                                                           description), global_step=epoch)
         writer.flush()
 

@@ -157,17 +157,19 @@ def fitted_costs(fitted: Sequence[FittedDetector], seconds: Mapping[str, float],
 
     out: dict[str, dict[str, float]] = {}
     for det in fitted:
-        per_scheme: dict[str, float] = {}
-        for column in det.needs():
-            scheme, sid = parse_score_name(column)
-            cost = costs.get(scheme, {}).get(sid)
-            if cost is not None:
-                key = "APO" if scheme == "other" else scheme
-                per_scheme[key] = max(per_scheme.get(key, 0.0), cost)
-        total = sum(per_scheme.values()) + seconds.get(f"score/{det.name}", 0.0) / max(n_images, 1)
+        own = seconds.get(f"score/{det.name}", 0.0) / max(n_images, 1)
         for name in det.outputs():
-            scheme, sid = parse_score_name(name)
-            out.setdefault(scheme, {})[sid] = total
+            scheme_out, sid = parse_score_name(name)
+            per_scheme: dict[str, float] = {}
+            for column in det.needs():
+                scheme, need = parse_score_name(column)
+                if scheme_out in ("PR", "APO") and scheme != scheme_out:
+                    continue  # a per-scheme column reads its own scheme's scores only
+                cost = costs.get(scheme, {}).get(need)
+                if cost is not None:
+                    key = "APO" if scheme == "other" else scheme
+                    per_scheme[key] = max(per_scheme.get(key, 0.0), cost)
+            out.setdefault(scheme_out, {})[sid] = sum(per_scheme.values()) + own
     return out
 
 
