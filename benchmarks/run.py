@@ -1,7 +1,9 @@
 """``make bench`` / ``python -m benchmarks.run``: what scoring costs, as a table and a JSON file.
 
 Every comparison is a ratio of two measurements taken in the same process, on the same images,
-interleaved and repeated (the fastest repeat counts):
+interleaved and repeated: every time is the median of the rounds with its min-max, every ratio the
+median of the per-round ratios with their min-max, and a superset of work measured faster than its
+subset beyond that spread is flagged ``IMPOSSIBLE (noise)`` (:func:`superset_check`), not reported:
 
 1. ``throughput``: images/s of p_VAE alone vs p_FEVAE (APO, S=100, chunk 10); target ratio <= 1.25.
 2. ``mixture``: :class:`fevae.mixture.TorchMixture` vs sklearn ``score_samples`` on the same
