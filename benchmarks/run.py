@@ -64,7 +64,7 @@ from fevae.baselines import compressed_bits, input_complexity_score, iwae_score,
 from fevae.errors import FevaeError
 from fevae.metrics import write_json_atomic
 from fevae.mixture import MixtureArrays, TorchMixture
-from fevae.scoring import score_batch
+from fevae.scoring import channels_last_decode, score_batch
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")
 THROUGHPUT_TARGET = 1.25  # p_FEVAE time / p_VAE time
@@ -166,7 +166,7 @@ class Bench:
         for lo in range(0, len(x), batch_size):
             xb = x[lo : lo + batch_size].to(self.device)
             idx = torch.arange(lo, lo + len(xb))
-            score_batch(xb, idx, seed=self.seed, **self.model_kwargs, **kwargs)
+            score_batch(xb, idx, seed=self.seed, **{**self.model_kwargs, **kwargs})
 
     def _fe(self) -> dict[str, Any]:
         return {"features": self.features, "mixture": self.mixture}
@@ -176,7 +176,8 @@ class Bench:
         s = self.sizes
         x, what = eval_images(self.dm, s.throughput_images)
         common = dict(scheme=s.scheme, chunk_size=s.chunk_size)
-        variants = {"vae": {}, "fevae": self._fe()}
+        # fevae_cl: the decoder in channels-last memory format (eval.channels_last, the default of runs)
+        variants = {"vae": {}, "fevae": self._fe(), "fevae_cl": {**self._fe(), "decode": channels_last_decode(self.models.vae)}}
         for kw in variants.values():  # warm-up: one chunk of one batch
             self._score(x[: s.throughput_batch], s.throughput_batch, n_samples=s.chunk_size, **common, **kw)
         times = best_of({name: (lambda kw=kw: self._score(x, s.throughput_batch, n_samples=s.throughput_samples, **common, **kw))
@@ -192,6 +193,7 @@ class Bench:
                       "decoded_images_per_s": len(x) * s.throughput_samples / med[name]["median"]} for name in variants},
             "ratio_fevae_to_vae": ratio["median"], "ratio_spread": ratio, **check,
             "target_ratio": THROUGHPUT_TARGET, "meets_target": ratio["median"] <= THROUGHPUT_TARGET,
+            "speedup_channels_last": paired_ratio(times["fevae"], times["fevae_cl"]),
         }
         tag = f"({s.scheme}, S={s.throughput_samples})"
         verdict = check["verdict"] or f"<= {THROUGHPUT_TARGET}x {'ok' if result['meets_target'] else 'MISSED'}"
@@ -201,6 +203,11 @@ class Bench:
             row("throughput", f"p_FEVAE {tag}", result["fevae"]["images_per_s"], "img/s", ratio["median"], verdict,
                 f"ratio = time / p_VAE time, per round; {_range_note(result['fevae']['images_per_s_range'], s.repeats)}",
                 (ratio["min"], ratio["max"])),
+            row("throughput", f"p_FEVAE, channels-last decoder {tag}", result["fevae_cl"]["images_per_s"], "img/s",
+                result["speedup_channels_last"]["median"], "",
+                f"ratio = speedup over p_FEVAE (eval.channels_last, the runs' default), per round; "
+                f"{_range_note(result['fevae_cl']['images_per_s_range'], s.repeats)}",
+                (result["speedup_channels_last"]["min"], result["speedup_channels_last"]["max"])),
         ]
         return result, rows
 

@@ -75,6 +75,7 @@ def iwae_score(
     chunk_size: int,
     seed: int,
     stream: int = 0,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Importance-weighted log-likelihood ``[B]`` (float64, nats; higher = more in-distribution)::
 
@@ -87,7 +88,8 @@ def iwae_score(
 
     ``vae`` is duck-typed: ``encode(x) -> (mu, logvar)`` each ``[B, L]``, ``decode(z [s, B, L]) -> h``
     and ``log_likelihood(x, h) -> [s, B]``; the latent size is read from ``mu``. Put a VAE in
-    eval mode first. z, log p(z) and log q(z|x) are computed in float64 (z is cast to ``mu``'s
+    eval mode first; ``decode`` replaces ``vae.decode`` (e.g. :func:`fevae.scoring.channels_last_decode`).
+    z, log p(z) and log q(z|x) are computed in float64 (z is cast to ``mu``'s
     dtype for decoding); log p(x|z) is cast to float64 before the sum.
     """
     n_samples = _check_positive_int(n_samples, "eval.n_samples")
@@ -103,7 +105,7 @@ def iwae_score(
             s = min(chunk_size, n_samples - start)
             eps = _posterior_noise(index, seed=seed, stream=stream, n=s, dim=mu.shape[-1], offset=start)
             z = mu64 + std64 * eps.to(mu.device)  # [s, B, L]
-            ll = vae.log_likelihood(x, vae.decode(z.to(mu.dtype))).to(torch.float64)
+            ll = vae.log_likelihood(x, (decode or vae.decode)(z.to(mu.dtype))).to(torch.float64)
             if ll.shape != (s, x.shape[0]):
                 raise FevaeError(
                     f"log_likelihood returned shape {tuple(ll.shape)}, expected {(s, x.shape[0])}",

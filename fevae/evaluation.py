@@ -32,7 +32,7 @@ from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
 from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX, parse_score_name
 from fevae.mixture import TorchMixture
-from fevae.scoring import sample_chunks
+from fevae.scoring import channels_last_decode, sample_chunks
 from fevae.training import cache_enabled, progress_settings
 from fevae.utils.log import stage
 from fevae.utils.timing import Stopwatch
@@ -77,6 +77,8 @@ def validate_eval_config(ev: Mapping[str, Any], cfg: DictConfig | None = None) -
     for scheme, s in per_scheme.items():
         if isinstance(s, bool) or not isinstance(s, int) or s < 1:
             raise FevaeError(f"eval.n_samples={ev['n_samples']!r} is not a positive integer for {scheme}", "set eval.n_samples to an integer ≥ 1 (or {PR: S, APO: S})")
+    if not isinstance(ev.get("channels_last", False), bool):
+        raise FevaeError(f"eval.channels_last={ev.get('channels_last')!r} is not true or false", "set eval.channels_last=true or false")
     for key in ("chunk_size", "batch_size"):
         if not isinstance(ev[key], int) or ev[key] < 1:
             raise FevaeError(f"eval.{key}={ev[key]!r} is not a positive integer", f"set eval.{key} to an integer ≥ 1")
@@ -180,9 +182,13 @@ class Scorer(L.LightningModule):
         keep_samples: bool = False,
         set_indices: Mapping[str, np.ndarray] | None = None,
         models: Mapping[str, torch.nn.Module] | None = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.vae, self.jigsaw = vae, jigsaw
+        #: decode of the model pass (``eval.channels_last``: :func:`fevae.scoring.channels_last_decode`)
+        self.channels_last = bool(channels_last)
+        self.decode = channels_last_decode(vae) if channels_last else vae.decode
         if isinstance(mixtures, TorchMixture):
             mixtures = {layer: mixtures}
         self.mixtures = torch.nn.ModuleDict({f"l{k}": m for k, m in mixtures.items()})
@@ -236,7 +242,7 @@ class Scorer(L.LightningModule):
 
     def chunks(self, x: torch.Tensor, index: torch.Tensor, set_name: str, scheme: str):
         return sample_chunks(
-            x, index, decode=self.vae.decode, log_likelihood=self.vae.log_likelihood, phi=self.vae.phi,
+            x, index, decode=self.decode, log_likelihood=self.vae.log_likelihood, phi=self.vae.phi,
             features=self.feature_fns(), encode=self.vae.encode, scheme=scheme, n_samples=self.n_samples[scheme],
             chunk_size=self.chunk_size, seed=self.seed, stream=score_stream(set_name, scheme),
             log_weights=self.log_weights, stopwatch=self.stopwatch,
@@ -419,7 +425,7 @@ def _samples_key(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module,
         "vae": weights_hash(vae),
         "jigsaw": weights_hash(jigsaw),
         "images": images,
-        "eval": {k: ev.get(k) for k in ("n_samples", "chunk_size", "schemes", "detectors", "regret")},
+        "eval": {k: ev.get(k) for k in ("n_samples", "chunk_size", "schemes", "detectors", "regret", "channels_last")},
         "detectors": {name: detector_config(cfg, name) for name in selected_names(cfg)},
         "models": {name: weights_hash(m) for name, m in sorted((models or {}).items())},
         "format": 2,  # each detector's own values under own/<detector>/ (fevae/detectors)
@@ -470,6 +476,7 @@ def make_scorer(cfg: DictConfig, vae: torch.nn.Module, jigsaw: torch.nn.Module, 
         n_samples=cfg.eval.n_samples if n_samples is None else n_samples, chunk_size=cfg.eval.chunk_size,
         schemes=list(cfg.eval.schemes), seed=cfg.seed, detectors=build_detectors(cfg)[0], keep_samples=keep_samples,
         set_indices=set_indices(loaders), models={k: m.eval() for k, m in (models or {}).items()},
+        channels_last=bool(cfg.eval.get("channels_last", False)),
     )
 
 

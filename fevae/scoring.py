@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 
@@ -190,6 +190,21 @@ def _draw_latents(x, index, *, encode, scheme, seed, stream, latent_dim):
     else:
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     return mu, std, dim, dtype
+
+
+def channels_last_decode(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``vae.decode`` (:class:`fevae.models.vae.VAE`) with the decoder's activations in channels-last
+    memory format: the same computation, which oneDNN runs about twice as fast on this CPU; float32
+    rounding differs from ``vae.decode``'s (per-image scores within 1e-4 relative; README).
+    Scoring only (``eval.channels_last``): training keeps ``vae.decode``, so trained weights are unchanged."""
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h = vae.decoder_input(z.reshape(-1, z.shape[-1])).view(-1, *vae._decoder_grid)
+        out = vae.decoder(h.contiguous(memory_format=torch.channels_last))
+        return out.contiguous().view(*lead, *vae.image_shape)
+
+    return decode
 
 
 def sample_chunks(

@@ -351,3 +351,22 @@ def test_vae_alone_and_extra_mixtures(toy):
     torch.testing.assert_close(both["fevae_l2"], main["fevae"], rtol=0, atol=0)
     torch.testing.assert_close(both["fevae"], full["fevae"], rtol=0, atol=0)
     assert "fe_l2" not in both
+
+
+def test_channels_last_decoding_is_the_same_computation_within_float32_rounding():
+    """eval.channels_last: the decoder in channels-last memory format gives the plain decoder's logits and
+    log-likelihoods up to float32 rounding (the documented tolerance: 1e-6 relative on log p(x|z))."""
+    from fevae.models.vae import VAE
+    from fevae.scoring import channels_last_decode
+
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        torch.manual_seed(0)
+        vae = VAE(likelihood={"name": "gaussian", "sigma": "scalar"}, image_shape=shape).eval()
+        z = torch.randn(3, 17, 20)
+        x = torch.rand(17, *shape)
+        with torch.no_grad():
+            plain, fast = vae.decode(z), channels_last_decode(vae)(z)
+            assert fast.shape == plain.shape == (3, 17, *shape) and fast.is_contiguous()
+            torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+            ll_plain, ll_fast = vae.log_likelihood(x, plain).double(), vae.log_likelihood(x, fast).double()
+            assert ((ll_fast - ll_plain).abs() / ll_plain.abs()).max() < 1e-6

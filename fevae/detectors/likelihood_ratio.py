@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fevae.baselines import iwae_score
 from fevae.detectors.base import Detector
 from fevae.errors import FevaeError
+from fevae.scoring import channels_last_decode
 
 BACKGROUND = "background"
 
@@ -51,8 +52,9 @@ class LikelihoodRatio(Detector):
     def batch(self, x: torch.Tensor, index: torch.Tensor, set_name: str) -> dict[str, torch.Tensor]:
         s = self.scorer
         background = s.models[BACKGROUND]
+        decode = channels_last_decode(background) if s.channels_last else None  # as the run's own VAE is decoded
         log_p = iwae_score(x, index, vae=background, n_samples=s.n_samples["APO"], chunk_size=s.chunk_size, seed=s.seed,
-                           stream=s.stream(set_name, "APO"))
+                           stream=s.stream(set_name, "APO"), decode=decode)
         return {"log_p_background": log_p}
 
     def scores(self, shared: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
