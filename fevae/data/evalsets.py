@@ -226,15 +226,12 @@ def read_path_source(spec: OodSet, image_shape: tuple[int, int, int] | None = No
 
 
 def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: str) -> None:
-    """A set of ``n`` images must hold ``val`` validation and ``test`` (None: ≥ 1) test images."""
+    """The OOD set ``spec_name`` of ``n`` images must hold ``val`` validation and ``test`` (None: ≥ 1) test images."""
     need = val + (test if test is not None else 1)
     if n >= need:
         return
     key = f"data.ood_sets.{spec_name}"
     asked = f"{val} validation + {test if test is not None else 'at least 1'} test images"
-    if spec_name == ID_SET:
-        raise FevaeError(f"data.eval_split asks for {asked} but the evaluation set {ID_SET} ({what}) holds {n}",
-                         f"set data.eval_split.val + data.eval_split.test to at most {n}")
     share = val / (val + test) if test else 1 / 3
     v = max(0, min(n - 1, int(n * share)))
     raise FevaeError(
