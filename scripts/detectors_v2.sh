@@ -7,7 +7,8 @@
 set -euo pipefail
 out=${OUT:-outputs}
 split='eval_split: {val: 1000, test: 2000}'
-for k in "${@:-0 1 2}"; do
+[ $# -gt 0 ] || set -- 0 1 2
+for k in "$@"; do
   bash "$(dirname "$0")/rescore_detectors.sh" "$out/seeds_v2/$k" "$out/detectors_v2/$k" \
     "+data.ood_sets.fmnist_vflip={source: in_distribution, corruptions: [vflip], $split}" \
     "+data.ood_sets.fmnist_rot90={source: in_distribution, corruptions: [{name: rotate, degrees: 90}], $split}" \
