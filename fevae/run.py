@@ -144,6 +144,17 @@ def model_weights(run_dir: Path, name: str) -> Path:
     )
 
 
+def load_model(run_dir: Path, name: str, node: Any, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """The allow-listed model ``model.<name>`` built from ``node`` with the run's trained weights, in eval mode."""
+    weights = model_weights(run_dir, name)
+    module = build(f"model.{name}", node)
+    try:
+        module.load_state_dict(load_state_dict(weights, map_location=map_location))
+    except (RuntimeError, KeyError, OSError, TypeError, ValueError) as err:
+        raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
+    return module.eval()
+
+
 def load_run(
     run_dir: str | Path, overrides: Iterable[str] = (), composed: DictConfig | None = None, map_location: str | torch.device = "cpu"
 ) -> TrainedRun:
@@ -152,15 +163,7 @@ def load_run(
     cfg = run_config(run_dir, overrides, composed)
     # the folder's config is data: allow-listed targets only, every value checked (nothing built from it yet)
     validate_config(cfg, source=str(run_dir / CONFIG_FILE), skip=())
-    models = {}
-    for name in ("vae", "jigsaw"):
-        weights = model_weights(run_dir, name)
-        module = build(f"model.{name}", cfg.model[name])
-        try:
-            module.load_state_dict(load_state_dict(weights, map_location=map_location))
-        except (RuntimeError, KeyError, OSError, TypeError, ValueError) as err:
-            raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
-        models[name] = module.eval()
+    models = {name: load_model(run_dir, name, cfg.model[name], map_location) for name in ("vae", "jigsaw")}
     mixture_path = run_dir / MIXTURE_FILE
     if not mixture_path.exists():
         raise FevaeError(

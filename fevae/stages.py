@@ -64,22 +64,15 @@ def detector_models(cfg: DictConfig, run_dir: Path, datamodule: Callable[[], L.L
     ``datamodule``, is one error naming the fix. ``datamodule()`` gives the training data (VAE batch size).
     """
     from fevae.detectors.registry import needed_models
-    from fevae.run import model_weights
-    from fevae.training import checkpoint_dir, fit_model, load_state_dict
+    from fevae.run import load_model
+    from fevae.training import checkpoint_dir, fit_model
     from fevae.utils.log import stage
-    from fevae.validation import build
 
     models: dict[str, torch.nn.Module] = {}
     for name, node in needed_models(cfg).items():
         folder = checkpoint_dir(Path(run_dir), name)
         if not train and any((folder / f).exists() for f in ("best.ckpt", "last.ckpt")):
-            weights = model_weights(Path(run_dir), name)
-            module = build(f"model.{name}", node)
-            try:
-                module.load_state_dict(load_state_dict(weights))
-            except (RuntimeError, KeyError, OSError, TypeError, ValueError) as err:
-                raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
-            models[name] = module.eval()
+            models[name] = load_model(Path(run_dir), name, node)
             continue
         if datamodule is None:
             raise FevaeError(f"{run_dir} has no trained {name} model, which the detectors {_users(cfg, name)} need",
