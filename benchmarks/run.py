@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -63,7 +64,7 @@ from benchmarks.memory import MARKER
 from fevae.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
 from fevae.metrics import write_json_atomic
-from fevae.mixture import MixtureArrays, TorchMixture
+from fevae.mixture import MixtureArrays, TorchMixture, fit_mixtures
 from fevae.scoring import channels_last_decode, score_batch
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")
@@ -92,6 +93,8 @@ class Sizes:
     detector_repeats: int = 5  # repeats of the detectors section (median and min-max reported)
     fit_n: int = 2000  # training images of the mixtures the bench fits (layers 2-4; layer 1 if untrained)
     fit_max_iter: int = 500
+    fits_n: int = 2000  # training images of the "fits" section (every layer's mixture, the run's fe settings)
+    fits_repeats: int = 5
     memory_images: int = 20_000
     memory_samples: tuple[int, ...] = (10, 30)
     memory_chunk: int = 10
@@ -102,6 +105,7 @@ class Sizes:
 FULL = Sizes()
 QUICK = Sizes(repeats=2, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
               mixture_repeats=1, baseline_images=32, regret_images=4, detector_repeats=2, fit_n=200, fit_max_iter=100,
+              fits_n=300, fits_repeats=2,
               memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True)
 
 
@@ -256,6 +260,60 @@ class Bench:
             row("mixture", "max |torch - sklearn| log-density", result["max_abs_diff"], "nats"),
             row("mixture", "predict agreement", agree, "fraction", None,
                 f">= {AGREEMENT_TARGET} {'ok' if result['meets_target'] else 'MISSED'}"),
+        ]
+        return result, rows
+
+    # ---------------------------------------------------------------- 2b. fitting the layers' mixtures
+    def fits(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Fitting every layer's mixture (``fe.layer`` + ``fe.extra_layers``, the run's C and settings) on
+        the features of ``fits_n`` training images, three ways, interleaved: sklearn as it comes (BLAS on
+        every core, one layer after another: the code before), :func:`fevae.mixture.fit_mixtures` one
+        after another (one BLAS thread each), and side by side in one process per core (``fe.n_jobs=-1``)."""
+        from sklearn.mixture import BayesianGaussianMixture
+
+        from fevae.callbacks.mixture import fit_workers, mixture_layers
+
+        s, fe = self.sizes, self.models.cfg.fe
+        x = train_images(self.dm, s.fits_n, self.seed)
+        feats = {layer: extract_features(self.models.features_fn(layer), x, self.device) for layer in mixture_layers(fe)}
+        kwargs = {"n_components": min(int(fe["C"]), s.fits_n), "covariance_type": str(fe["covariance_type"]),
+                  "max_iter": int(fe["max_iter"]), "reg_covar": float(fe["reg_covar"]), "n_init": int(fe["n_init"]),
+                  "random_state": self.seed}
+        workers = fit_workers(-1, len(feats))
+        fitted: dict[str, Any] = {}
+
+        def sklearn_as_is() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for f in feats.values():
+                    BayesianGaussianMixture(**kwargs).fit(f)
+
+        def ours(n_jobs: int) -> None:
+            fitted[n_jobs] = fit_mixtures(feats, n_jobs, **kwargs)
+
+        ours(workers)  # warm-up: starts the worker processes (kept for the next fits, as in a sweep)
+        times = best_of({"sklearn": sklearn_as_is, "sequential": lambda: ours(1), "parallel": lambda: ours(workers)},
+                        s.fits_repeats, self.device)
+        identical = all(np.array_equal(a, b) for k in feats
+                        for a, b in zip(fitted[1][k][0].to_dict().values(), fitted[workers][k][0].to_dict().values()))
+        med = {name: spread(t) for name, t in times.items()}
+        result = {"n": s.fits_n, "layers": {k: f.shape[1] for k, f in feats.items()}, "fe": kwargs, "workers": workers,
+                  "repeats": s.fits_repeats, **{name: {"seconds": m["median"], "seconds_spread": m} for name, m in med.items()},
+                  "speedup_parallel": paired_ratio(times["sklearn"], times["parallel"]),
+                  "speedup_one_thread": paired_ratio(times["sklearn"], times["sequential"]),
+                  "identical_parallel_sequential": identical}
+        tag = f"({len(feats)} layers, n={s.fits_n}, C={kwargs['n_components']})"
+        rows = [
+            row("fits", f"sklearn as it comes, one layer after another {tag}", med["sklearn"]["median"], "s", None, "",
+                _range_note((med["sklearn"]["min"], med["sklearn"]["max"]), s.fits_repeats)),
+            row("fits", "one BLAS thread per fit, one after another", med["sequential"]["median"], "s",
+                result["speedup_one_thread"]["median"], "",
+                f"ratio = speedup over sklearn as it comes, per round; {_range_note((med['sequential']['min'], med['sequential']['max']), s.fits_repeats)}",
+                (result["speedup_one_thread"]["min"], result["speedup_one_thread"]["max"])),
+            row("fits", f"side by side, {workers} processes (fe.n_jobs=-1)", med["parallel"]["median"], "s",
+                result["speedup_parallel"]["median"], "same bits as one after another" if identical else "DIFFERENT BITS",
+                f"ratio = speedup over sklearn as it comes, per round; {_range_note((med['parallel']['min'], med['parallel']['max']), s.fits_repeats)}",
+                (result["speedup_parallel"]["min"], result["speedup_parallel"]["max"])),
         ]
         return result, rows
 
@@ -609,6 +667,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     steps: list[tuple[str, Callable[[], tuple[dict[str, Any], list[dict[str, Any]]]]]] = [
         ("throughput", b.throughput),
         ("mixture", b.mixture_vs_sklearn),
+        ("fits", b.fits),
         ("baselines", b.baselines),
         ("detectors", b.detectors),
         ("peak_memory", lambda: b.peak_memory(worker_args)),

@@ -45,28 +45,39 @@ def weighted_ood_metrics(s_in: np.ndarray, s_out: np.ndarray, w_in: np.ndarray, 
     ``s_*`` are 1-D scores (higher = more in-distribution), ``w_*`` ``[R, n_*]`` non-negative
     weights (counts of a bootstrap resample; ones for the plain metric). Returns ``[R]`` arrays.
     """
-    s = np.concatenate([np.asarray(s_in, np.float64), np.asarray(s_out, np.float64)])
+    s_in, s_out = np.asarray(s_in, np.float64), np.asarray(s_out, np.float64)
+    s = np.concatenate([s_in, s_out])
     y = np.concatenate([np.ones(len(s_in)), np.zeros(len(s_out))])
     order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    ends = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last position of each distinct threshold
-    w_all = np.concatenate([np.atleast_2d(w_in), np.atleast_2d(w_out)], axis=1)
-    out = {m: np.empty(len(w_all)) for m in METRICS}
-    for lo in range(0, len(w_all), BLOCK):
-        w = w_all[lo : lo + BLOCK][:, order]
-        tp = np.cumsum(w * y, axis=1)[:, ends]
-        fp = np.cumsum(w * (1 - y), axis=1)[:, ends]
+    ends = np.r_[np.nonzero(np.diff(s[order]))[0], len(s) - 1]  # last position of each distinct threshold
+    # Weighted TP / FP at each threshold = the cumulative weight of the ID / OOD images scoring at least
+    # that much: cumulative sums over each class sorted on its own, read at the class's count there.
+    n_in_at = np.cumsum(y[order])[ends].astype(np.intp)
+    n_out_at = (ends + 1) - n_in_at
+    order_in, order_out = np.argsort(-s_in, kind="mergesort"), np.argsort(-s_out, kind="mergesort")
+    w_in, w_out = np.atleast_2d(w_in), np.atleast_2d(w_out)
+    out = {m: np.empty(len(w_in)) for m in METRICS}
+    for lo in range(0, len(w_in), BLOCK):
+        tp = _cumulative(w_in[lo : lo + BLOCK], order_in, n_in_at)
+        fp = _cumulative(w_out[lo : lo + BLOCK], order_out, n_out_at)
+        rows = len(tp)
         tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
-        zero = np.zeros((len(w), 1))
+        zero = np.zeros((rows, 1))
         d_fpr = np.diff(np.hstack([zero, fpr]), axis=1)
         tpr0 = np.hstack([zero, tpr])
-        out["auroc"][lo : lo + len(w)] = np.sum(d_fpr * (tpr0[:, 1:] + tpr0[:, :-1]) / 2, axis=1)
+        out["auroc"][lo : lo + rows] = np.sum(d_fpr * (tpr0[:, 1:] + tpr0[:, :-1]) / 2, axis=1)
         denom = tp + fp
         precision = np.divide(tp, denom, out=np.ones_like(tp), where=denom > 0)
-        out["auprc"][lo : lo + len(w)] = np.sum(np.diff(tpr0, axis=1) * precision, axis=1)
+        out["auprc"][lo : lo + rows] = np.sum(np.diff(tpr0, axis=1) * precision, axis=1)
         first = np.argmax(tpr >= tpr_level - 1e-12, axis=1)
-        out["fpr95"][lo : lo + len(w)] = fpr[np.arange(len(w)), first]
+        out["fpr95"][lo : lo + rows] = fpr[np.arange(rows), first]
     return out
+
+
+def _cumulative(w: np.ndarray, order: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``[R, len(counts)]``: the sum of each row's weights over the first ``counts[j]`` items of ``order``."""
+    c = np.cumsum(w[:, order], axis=1)
+    return np.concatenate([np.zeros((len(w), 1)), c], axis=1)[:, counts]
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -588,7 +589,7 @@ def write_outputs(
     """
     from fevae.bootstrap import Resampler
     from fevae.dashboard import write_dashboard
-    from fevae.metrics import compute_split_metrics, save_scores, write_json_atomic
+    from fevae.metrics import check_split_scores, compute_split_metrics, save_scores, write_json_atomic
     from fevae.plots import plot_all, plot_detector_aurocs
     from fevae.report import write_report
 
@@ -610,22 +611,26 @@ def write_outputs(
         parts[part][name] = set_scores
     boot = dict(bootstrap or {})
     resampler = Resampler(boot.get("n_resamples", 0), boot.get("level", 0.95), int(info.get("seed") or 0))
-    with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
-        metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)  # validates finiteness before anything is written
-    if costs:
-        metrics["cost_s_per_image"] = dict(costs)
-    for key, set_scores in scores.items():
-        save_scores(out_dir / "scores" / f"{key}.npz", set_scores, (mc_se or {}).get(key))
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    if fitted and part_name(in_distribution, "val") in scores:
-        save_fitted(out_dir / STATE_FILE, fitted)
-    if split:
-        write_json_atomic(out_dir / "eval_split.json", split)
-    scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
-    with stage("figures", logger=log):
-        figures = plot_all(scores, out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
-                           in_distribution=in_distribution)
-        figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
+    check_split_scores(parts["test"], parts["val"], in_distribution)  # every error the metrics would raise, before any file is written
+    with ThreadPoolExecutor(max_workers=1) as drawing:
+        # The figures (matplotlib: Python-bound) are drawn on a thread while the metrics' numpy work runs.
+        figures_done = drawing.submit(plot_all, parts["test"], out_dir / "figures", run_label=info.get("experiment", ""),
+                                      examples=examples, in_distribution=in_distribution)
+        with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
+            metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)
+        if costs:
+            metrics["cost_s_per_image"] = dict(costs)
+        for key, set_scores in scores.items():
+            save_scores(out_dir / "scores" / f"{key}.npz", set_scores, (mc_se or {}).get(key))
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        if fitted and part_name(in_distribution, "val") in scores:
+            save_fitted(out_dir / STATE_FILE, fitted)
+        if split:
+            write_json_atomic(out_dir / "eval_split.json", split)
+        scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
+        with stage("figures (drawn beside the metrics)", logger=log):
+            figures = figures_done.result()
+            figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     with stage("TensorBoard dashboards", logger=log):
         write_dashboard(out_dir, scores, metrics, info, figures)
     info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}

@@ -36,7 +36,9 @@ display order (:func:`order_sets`) and the default in-distribution name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ __all__ = [
     "ood_metrics",
     "compute_metrics",
     "compute_split_metrics",
+    "check_split_scores",
     "flatten_metrics",
     "parse_score_name",
     "index_scores",
@@ -205,16 +208,9 @@ def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
     return max(sizes.values())
 
 
-def compute_metrics(
-    scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION,
-    resampler: Resampler | None = None,
-) -> dict[str, Any]:
-    """Compute the public metrics dict (see module docstring) for every OOD set and score.
-
-    Every set other than ``in_distribution`` is treated as OOD. A score is evaluated for an OOD
-    set when both the ID set and that OOD set have it. Values are plain Python floats/ints. With
-    a ``resampler`` (``n_resamples`` > 0) every metric gets its bootstrap interval ``<metric>_ci``.
-    """
+def _metric_tasks(scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str):
+    """The sets' sizes, the empty ``{set: {scheme: {}}}`` blocks and one task per (OOD set, scheme, score)
+    that :func:`compute_metrics` evaluates: ``(ood set, scheme, score id, ID column, OOD column)``."""
     if in_distribution not in scores:
         raise FevaeError(
             f"no scores for the in-distribution set {in_distribution!r} (have: {sorted(scores)})",
@@ -228,27 +224,65 @@ def compute_metrics(
         )
     n = {name: _set_size(name, scores[name]) for name in order_sets(scores)}
     id_index = index_scores(scores[in_distribution])
-
-    ood: dict[str, Any] = {}
+    tasks: list[tuple[str, str, str, str, str]] = []
+    blocks: dict[str, dict[str, Any]] = {ood_set: {} for ood_set in ood_sets}
     for ood_set in ood_sets:
         out_index = index_scores(scores[ood_set])
-        per_scheme: dict[str, Any] = {}
         for scheme in SCHEMES:
             ids = [sid for (sch, sid) in id_index if sch == scheme and (sch, sid) in out_index]
-            block = {}
-            for sid in order_score_ids(ids):
-                id_name, out_name = id_index[(scheme, sid)], out_index[(scheme, sid)]
-                s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
-                block[sid] = ood_metrics(
-                    s_in, s_out, in_label=f"set {in_distribution!r} score {id_name!r}",
-                    out_label=f"set {ood_set!r} score {out_name!r}",
-                )
-                if resampler is not None and resampler.n_resamples > 0:
-                    block[sid].update(resampler.intervals(np.asarray(s_in, np.float64), np.asarray(s_out, np.float64), in_distribution, ood_set))
-            if block or scheme != "other":
-                per_scheme[scheme] = block
-        ood[ood_set] = per_scheme
-    out: dict[str, Any] = {"in_distribution": in_distribution, "n": n, "ood": ood}
+            if ids or scheme != "other":
+                blocks[ood_set][scheme] = {}
+            tasks += [(ood_set, scheme, sid, id_index[(scheme, sid)], out_index[(scheme, sid)]) for sid in order_score_ids(ids)]
+    return n, blocks, tasks
+
+
+def _labels(task: tuple[str, str, str, str, str], in_distribution: str) -> dict[str, str]:
+    ood_set, _, _, id_name, out_name = task
+    return {"in_label": f"set {in_distribution!r} score {id_name!r}", "out_label": f"set {ood_set!r} score {out_name!r}"}
+
+
+def check_split_scores(test: Mapping[str, Mapping[str, np.ndarray]], val: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                       in_distribution: str = IN_DISTRIBUTION) -> None:
+    """Raise what :func:`compute_split_metrics` would raise on these scores (a missing set, a malformed or
+    non-finite score) without computing any metric: a writer checks this before its first file."""
+    for part in (test, val):
+        if part or part is test:
+            _, _, tasks = _metric_tasks(part, in_distribution)
+            for task in tasks:
+                labels = _labels(task, in_distribution)
+                _as_scores(part[in_distribution][task[3]], labels["in_label"])
+                _as_scores(part[task[0]][task[4]], labels["out_label"])
+
+
+def compute_metrics(
+    scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION,
+    resampler: Resampler | None = None,
+) -> dict[str, Any]:
+    """Compute the public metrics dict (see module docstring) for every OOD set and score.
+
+    Every set other than ``in_distribution`` is treated as OOD. A score is evaluated for an OOD
+    set when both the ID set and that OOD set have it. Values are plain Python floats/ints. With
+    a ``resampler`` (``n_resamples`` > 0) every metric gets its bootstrap interval ``<metric>_ci``.
+    """
+    n, blocks, tasks = _metric_tasks(scores, in_distribution)
+    bootstrap = resampler is not None and resampler.n_resamples > 0
+
+    def one(task: tuple[str, str, str, str, str]) -> dict[str, float]:
+        ood_set, _, _, id_name, out_name = task
+        s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
+        values = ood_metrics(s_in, s_out, **_labels(task, in_distribution))
+        if bootstrap:
+            values.update(resampler.intervals(np.asarray(s_in, np.float64), np.asarray(s_out, np.float64), in_distribution, ood_set))
+        return values
+
+    if bootstrap:  # draw every set pair's resamples once, before the scores are spread over threads
+        for ood_set, _, _, id_name, out_name in tasks:
+            resampler.weights(len(scores[in_distribution][id_name]), len(scores[ood_set][out_name]), in_distribution, ood_set)
+    # The metrics of one score are numpy work that releases the GIL: scores run side by side on threads.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), os.cpu_count() or 1))) as pool:
+        for (ood_set, scheme, sid, _, _), values in zip(tasks, pool.map(one, tasks)):
+            blocks[ood_set][scheme][sid] = values
+    out: dict[str, Any] = {"in_distribution": in_distribution, "n": n, "ood": blocks}
     subsets: dict[str, dict[str, int]] = {}
     for set_name in order_sets(scores):
         for name, values in scores[set_name].items():

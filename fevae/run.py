@@ -185,7 +185,7 @@ STATE_DIR = ".fevae"
 #: settings that may differ when a run is resumed: where things are read from and written to, and
 #: what is shown while training; none of them changes a trained weight or a score
 RESUME_MAY_CHANGE = (
-    "resume", "paths", "cache", "optimized_metric", "logger", "progress_every_s", "separation",
+    "resume", "paths", "cache", "optimized_metric", "logger", "progress_every_s", "separation", "fe.n_jobs",
     "data.data_dir", "data.download", "data.download_dir", "data.num_workers", "data.pin_memory",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "budget.vae.trainer.log_every_n_steps", "budget.jigsaw.trainer.log_every_n_steps",

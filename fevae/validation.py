@@ -267,6 +267,9 @@ def _check_fe_extra(fe: Mapping[str, Any]) -> None:
     _positive_int("fe.n_init", fe.get("n_init"))
     _positive_int("fe.feature_batch_size", fe.get("feature_batch_size"))
     require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
+    from fevae.callbacks.mixture import fit_workers
+
+    fit_workers(fe.get("n_jobs", -1), 1)
 
 
 def _check_separation(cfg: DictConfig) -> None:

@@ -55,6 +55,14 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     assert m["n_features"] == 2000 and m["max_abs_diff"] < 1e-6
     assert m["predict_agreement"] >= 0.99
 
+    f = bench["fits"]  # every layer's mixture: sklearn as it comes, one BLAS thread each, side by side
+    assert set(f["layers"]) == {"1", "2", "3", "4"} and f["n"] == 300 and f["repeats"] == 2
+    assert f["identical_parallel_sequential"] is True  # the parallel fits are the same bits
+    for name in ("sklearn", "sequential", "parallel"):
+        assert positive(f[name]["seconds"]) and f[name]["seconds_spread"]["n"] == 2, name
+    assert f["speedup_parallel"]["values"] == pytest.approx([a / b for a, b in zip(
+        f["sklearn"]["seconds_spread"]["values"], f["parallel"]["seconds_spread"]["values"])])
+
     scores = bench["baselines"]["scores"]
     expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "likelihood_regret",
                 "fevae_l2", "fevae_l3", "fevae_l4", "layers_alongside"}
@@ -86,7 +94,7 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     assert s["total_seconds"] == pytest.approx(sum(NEW_TIMINGS.values()))
     assert sum(s["fraction"].values()) == pytest.approx(1.0)
 
-    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "baselines", "detectors", "peak_memory", "stages"}
+    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "stages"}
 
 
 def test_stage_times_reads_old_and_new_timings():

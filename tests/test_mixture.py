@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture
 
 from fevae.errors import FevaeError
-from fevae.mixture import COVARIANCE_TYPES, MixtureArrays, TorchMixture, fit_mixture
+from fevae.mixture import COVARIANCE_TYPES, MixtureArrays, TorchMixture, fit_mixture, fit_mixtures
 
 RTOL = 1e-8
 
@@ -163,6 +163,35 @@ def test_fit_mixture_equals_direct_sklearn_fit():
         np.testing.assert_array_equal(getattr(arrays, name), getattr(ref, name))
     assert arrays.n_samples_fit == len(train) and arrays.converged
     assert arrays.weights.dtype == np.float64
+
+
+def test_fit_mixtures_side_by_side_equal_one_after_another_bit_for_bit():
+    feats = {4: _blobs(3, seed=1), 1: _blobs(6, seed=2), 2: _blobs(4, seed=3)}  # not in width order
+    kwargs = {"n_components": 4, "covariance_type": "full", "random_state": 0}
+    one = fit_mixtures(feats, 1, **kwargs)
+    two = fit_mixtures(feats, 2, **kwargs)  # worker processes
+    assert list(one) == list(two) == [4, 1, 2]  # the caller's order, whatever order they ran in
+    for key, f in feats.items():
+        direct = fit_mixture(f, **kwargs).to_dict()
+        for arrays, seconds in (one[key], two[key]):
+            assert seconds > 0
+            got = arrays.to_dict()
+            assert all(np.array_equal(got[name], direct[name]) for name in direct), key
+
+
+def test_fit_mixtures_passes_a_workers_error_on():
+    feats = {1: _blobs(3), 2: np.full((50, 3), np.nan)}
+    with pytest.raises(FevaeError, match="contain NaN/inf"):
+        fit_mixtures(feats, 2, n_components=2)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_fe_n_jobs_must_be_a_number_of_processes(bad):
+    from fevae.callbacks.mixture import fit_workers
+
+    with pytest.raises(FevaeError, match="fe.n_jobs"):
+        fit_workers(bad, 4)
+    assert fit_workers(-1, 1) == 1 and fit_workers(3, 2) == 2 and fit_workers(1, 4) == 1
 
 
 def test_dtype_casts_keep_float64():

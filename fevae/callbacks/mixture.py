@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fevae.errors import FevaeError
-from fevae.mixture import MixtureArrays, fit_mixture
+from fevae.mixture import MixtureArrays, fit_mixtures
 from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
@@ -78,37 +79,44 @@ def load_mixtures(run_dir: str | Path, fe: Mapping[str, Any]) -> dict[int, Mixtu
     return {layer: MixtureArrays.load(p) for layer, p in paths.items()}
 
 
-def fit_feature_mixture(
-    jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int, layer: int | None = None
-) -> MixtureArrays:
-    """Fit the Bayesian Gaussian mixture on the layer-``layer`` (default ``fe.layer``) features of
-    ``fe.n`` random training images (the same images for every layer)."""
-    validate_fe_config(fe, len(train_set))
-    layer = int(fe["layer"] if layer is None else layer)
-    index = np.sort(np.random.default_rng(seed).choice(len(train_set), size=fe["n"], replace=False))
-    with stage(f"layer-{layer} Jigsaw features of {fe['n']} training images", logger=log):
-        features = extract_features(jigsaw, Subset(train_set, index.tolist()), layer, fe["pre_activation"], fe["feature_batch_size"])
-    with stage(f"fitting the layer-{layer} feature mixture (C={fe['C']}, {fe['covariance_type']} covariances)", logger=log):
-        mixture = fit_mixture(
-            features,
-            n_components=fe["C"],
-            covariance_type=fe["covariance_type"],
-            max_iter=fe["max_iter"],
-            reg_covar=fe["reg_covar"],
-            n_init=fe["n_init"],
-            random_state=seed,
-        )
-    log.info("feature mixture (layer %d) fitted: %s", layer, mixture.summary())
-    if not mixture.converged:
-        log.warning("the layer-%d feature mixture did not converge in fe.max_iter=%d iterations; consider raising it", layer, fe["max_iter"])
-    return mixture
+def fit_workers(n_jobs: Any, n_fits: int) -> int:
+    """Processes for ``n_fits`` mixture fits: ``fe.n_jobs`` (-1 = one per CPU core), at most one per fit."""
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise FevaeError(f"fe.n_jobs={n_jobs!r} is not a number of processes", "set fe.n_jobs to -1 (one per CPU core) or an integer >= 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(n_fits, cores if n_jobs == -1 else n_jobs))
 
 
 def fit_feature_mixtures(
     jigsaw: torch.nn.Module, train_set: Dataset, fe: Mapping[str, Any], seed: int, layers: Iterable[int] | None = None
 ) -> dict[int, MixtureArrays]:
-    """One mixture per layer (default: every layer of :func:`mixture_layers`): ``{layer: MixtureArrays}``."""
-    return {layer: fit_feature_mixture(jigsaw, train_set, fe, seed, layer) for layer in (mixture_layers(fe) if layers is None else layers)}
+    """One Bayesian Gaussian mixture per layer (default: every layer of :func:`mixture_layers`), each
+    on the features of the same ``fe.n`` random training images: ``{layer: MixtureArrays}``.
+
+    The features are extracted here; the fits run side by side in ``fe.n_jobs`` worker processes
+    (joblib, widest layer first), each on one BLAS thread (:func:`fevae.mixture.fit_mixture`), so
+    the mixtures are the same bits whatever ``fe.n_jobs`` and the machine's core count.
+    """
+    validate_fe_config(fe, len(train_set))
+    layers = mixture_layers(fe) if layers is None else [int(k) for k in layers]
+    index = np.sort(np.random.default_rng(seed).choice(len(train_set), size=fe["n"], replace=False))
+    subset = Subset(train_set, index.tolist())
+    features = {}
+    with stage(f"Jigsaw features of {fe['n']} training images (layers {', '.join(map(str, layers))})", logger=log):
+        for layer in layers:
+            features[layer] = extract_features(jigsaw, subset, layer, fe["pre_activation"], fe["feature_batch_size"])
+    kwargs = {"n_components": fe["C"], "covariance_type": fe["covariance_type"], "max_iter": fe["max_iter"],
+              "reg_covar": fe["reg_covar"], "n_init": fe["n_init"], "random_state": seed}
+    workers = fit_workers(fe.get("n_jobs", -1), len(layers))
+    with stage(f"fitting {len(layers)} feature mixture(s) (C={fe['C']}, {fe['covariance_type']} covariances) "
+               f"in {workers} process(es)", logger=log):
+        mixtures = fit_mixtures(features, workers, **kwargs)
+    for layer in layers:
+        mixture, seconds = mixtures[layer]
+        log.info("feature mixture (layer %d) fitted in %.1f s: %s", layer, seconds, mixture.summary())
+        if not mixture.converged:
+            log.warning("the layer-%d feature mixture did not converge in fe.max_iter=%d iterations; consider raising it", layer, fe["max_iter"])
+    return {layer: mixtures[layer][0] for layer in layers}
 
 
 class MixtureCallback(L.Callback):
