@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ContextManager
 
 import torch
+from torch import nn
 
 from fevae.errors import FevaeError
 from fevae.utils.timing import no_timing
@@ -195,14 +196,19 @@ def _draw_latents(x, index, *, encode, scheme, seed, stream, latent_dim):
 def channels_last_decode(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """``vae.decode`` (:class:`fevae.models.vae.VAE`) with the decoder's activations in channels-last
     memory format: the same computation, which oneDNN runs about twice as fast on this CPU; float32
-    rounding differs from ``vae.decode``'s (per-image scores within 1e-4 relative; README).
-    Scoring only (``eval.channels_last``): training keeps ``vae.decode``, so trained weights are unchanged."""
+    rounding differs from ``vae.decode``'s (per-image scores within 1e-4 relative; README). The
+    decoder's ReLUs run in place on their convolution's fresh output (bit-identical, no allocation:
+    about 17% less decoding time here). Scoring only (``eval.channels_last``): training keeps
+    ``vae.decode``, so trained weights are unchanged."""
+    layers = [torch.relu_ if isinstance(m, nn.ReLU) else m for m in vae.decoder]
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         lead = z.shape[:-1]
         h = vae.decoder_input(z.reshape(-1, z.shape[-1])).view(-1, *vae._decoder_grid)
-        out = vae.decoder(h.contiguous(memory_format=torch.channels_last))
-        return out.contiguous().view(*lead, *vae.image_shape)
+        h = h.contiguous(memory_format=torch.channels_last)
+        for layer in layers:
+            h = layer(h)
+        return h.contiguous().view(*lead, *vae.image_shape)
 
     return decode
 
