@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.bootstrap import METRICS
@@ -612,10 +613,12 @@ def write_outputs(
     boot = dict(bootstrap or {})
     resampler = Resampler(boot.get("n_resamples", 0), boot.get("level", 0.95), int(info.get("seed") or 0))
     check_split_scores(parts["test"], parts["val"], in_distribution)  # every error the metrics would raise, before any file is written
-    with ThreadPoolExecutor(max_workers=1) as drawing:
-        # The figures (matplotlib: Python-bound) are drawn on a thread while the metrics' numpy work runs.
-        figures_done = drawing.submit(plot_all, parts["test"], out_dir / "figures", run_label=info.get("experiment", ""),
-                                      examples=examples, in_distribution=in_distribution)
+    # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
+    # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
+    drawing = Parallel(n_jobs=2 if (os.cpu_count() or 1) > 1 else 1, return_as="generator")(
+        [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
+                           in_distribution=in_distribution)])
+    try:
         with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
             metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)
         if costs:
@@ -629,8 +632,11 @@ def write_outputs(
             write_json_atomic(out_dir / "eval_split.json", split)
         scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
         with stage("figures (drawn beside the metrics)", logger=log):
-            figures = figures_done.result()
+            figures = next(drawing)
             figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
+    finally:
+        for _ in drawing:  # (on an error above: wait for the drawing, never leave it writing behind us)
+            pass
     with stage("TensorBoard dashboards", logger=log):
         write_dashboard(out_dir, scores, metrics, info, figures)
     info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}
