@@ -74,6 +74,9 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
         else:  # marginal cost of a superset of work: may come out negative by noise, and is then flagged
             assert math.isfinite(entry["marginal_seconds_per_image"]) and math.isfinite(entry["ratio_to_fevae"]), name
             assert entry["impossible"] == (entry["superset_ratio"]["max"] < 1), name
+            assert {"whole_pass_difference", "whole_pass_ratio"} <= set(entry), name
+    log_w = scores["iwae_alongside"]  # timed by its own stopwatch section inside the pass: a positive cost
+    assert log_w["marginal_spread"]["min"] > 0 and log_w["superset_ratio"]["min"] > 1 and not log_w["impossible"]
 
     d = bench["detectors"]  # every configured detector, by the run's own cost mechanism
     names = {"PR/vae", "PR/fevae", "APO/fevae", "other/iwae", "other/input_complexity", "other/likelihood_regret",
