@@ -615,6 +615,7 @@ def write_outputs(
     check_split_scores(parts["test"], parts["val"], in_distribution)  # every error the metrics would raise, before any file is written
     # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
     # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
+    # (`joblib.parallel_config(backend=...)` moves it: the backend is joblib's default, not fixed here.)
     drawing = Parallel(n_jobs=2 if (os.cpu_count() or 1) > 1 else 1, return_as="generator")(
         [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
                            in_distribution=in_distribution)])

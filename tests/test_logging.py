@@ -38,8 +38,8 @@ def test_train_log_tells_the_story_and_extra_callbacks_and_loggers_are_built(tmp
     first = text.splitlines()[0]
     assert "composed config" in first  # the config is the first thing in the log
     for expected in ("├── model", "Seed set to 12345", "GPU available", "train VAE: done in", "vae epoch 1/1: val/",
-                     "val/loss", "jigsaw epoch 1/1: val/", "fitting the layer-1 feature mixture", "scoring mnist: done in",
-                     "scoring val/fashionmnist: done in", "figures: done in", "run folder:"):
+                     "val/loss", "jigsaw epoch 1/1: val/", "feature mixture (layer 1) fitted in", "scoring mnist: done in",
+                     "scoring val/fashionmnist: done in", "figures (drawn beside the metrics): done in", "run folder:"):
         assert expected in text, expected
     assert (run_dir / "config_tree.log").read_text().startswith("config\n")
     # Lightning's own console handlers are gone: each of its messages is printed once, in fevae's format

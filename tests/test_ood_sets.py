@@ -345,6 +345,14 @@ class FigureTexts:
             return save(fig, out_base)
 
         monkeypatch.setattr(plots, "_save", spy)
+        # write_outputs draws the figures in a worker process; the spy needs them drawn in this one
+        import functools
+
+        from joblib import Parallel
+
+        from fevae import evaluation
+
+        monkeypatch.setattr(evaluation, "Parallel", functools.partial(Parallel, backend="threading"))
 
 
 @pytest.fixture(scope="module")
