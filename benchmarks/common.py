@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays, fit_mixture
+from fevae.utils.parallel import usable_cores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "conf"
@@ -326,7 +327,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores_usable": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.bootstrap import METRICS
 from fevae.cache import SamplesCache, weights_hash
+from fevae.utils.parallel import usable_cores
 from fevae.detectors.base import Detector
 from fevae.detectors.fevae import FevaeTerms
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
@@ -616,7 +616,7 @@ def write_outputs(
     # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
     # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
     # (`joblib.parallel_config(backend=...)` moves it: the backend is joblib's default, not fixed here.)
-    drawing = Parallel(n_jobs=2 if (os.cpu_count() or 1) > 1 else 1, return_as="generator")(
+    drawing = Parallel(n_jobs=min(2, usable_cores()), return_as="generator")(
         [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
                            in_distribution=in_distribution)])
     try:

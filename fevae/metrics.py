@@ -36,7 +36,6 @@ display order (:func:`order_sets`) and the default in-distribution name.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,6 +46,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fevae.bootstrap import Resampler
 from fevae.errors import FevaeError
+from fevae.utils.parallel import usable_cores
 from fevae.utils.io import MCSE_PREFIX, load_all_scores, load_scores, save_scores, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -279,7 +279,7 @@ def compute_metrics(
         for ood_set, _, _, id_name, out_name in tasks:
             resampler.weights(len(scores[in_distribution][id_name]), len(scores[ood_set][out_name]), in_distribution, ood_set)
     # The metrics of one score are numpy work that releases the GIL: scores run side by side on threads.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(len(tasks), usable_cores()))) as pool:
         for (ood_set, scheme, sid, _, _), values in zip(tasks, pool.map(one, tasks)):
             blocks[ood_set][scheme][sid] = values
     out: dict[str, Any] = {"in_distribution": in_distribution, "n": n, "ood": blocks}

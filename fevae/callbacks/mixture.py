@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fevae.errors import FevaeError
 from fevae.mixture import MixtureArrays, fit_mixtures
 from fevae.utils.log import stage
+from fevae.utils.parallel import usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def fit_workers(n_jobs: Any, n_fits: int) -> int:
     """Processes for ``n_fits`` mixture fits: ``fe.n_jobs`` (-1 = one per CPU core), at most one per fit."""
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
         raise FevaeError(f"fe.n_jobs={n_jobs!r} is not a number of processes", "set fe.n_jobs to -1 (one per CPU core) or an integer >= 1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(n_fits, cores if n_jobs == -1 else n_jobs))
+    return max(1, min(n_fits, usable_cores() if n_jobs == -1 else n_jobs))
 
 
 def fit_feature_mixtures(
