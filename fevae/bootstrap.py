@@ -20,10 +20,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["METRICS", "Resampler", "resample_weights", "weighted_ood_metrics", "percentile_interval", "stream_rng",
+__all__ = ["METRICS", "METRIC_DIRECTIONS", "metric_direction", "Resampler", "resample_weights", "weighted_ood_metrics", "percentile_interval", "stream_rng",
            "weighted_std"]
 
 METRICS = ("auroc", "auprc", "fpr95")
+#: which way each metric is better: AUROC and AUPRC higher, FPR95 (the share of OOD images accepted at
+#: the threshold that keeps 95% of the in-distribution images) lower
+METRIC_DIRECTIONS = {"auroc": "maximize", "auprc": "maximize", "fpr95": "minimize"}
+
+
+def metric_direction(key: str | None) -> str:
+    """``"maximize"`` or ``"minimize"``: the direction of the metric a name or flattened metrics.json key
+    ends in (``ood_val/mnist/APO/fevae/fpr95`` → ``"minimize"``). ``None`` (no metric) → ``"maximize"``;
+    any other ending is a :class:`ValueError` naming the known metrics."""
+    if key is None:
+        return "maximize"
+    metric = str(key).rsplit("/", 1)[-1]
+    if metric not in METRIC_DIRECTIONS:
+        raise ValueError(f"{key!r} does not end in a known metric ({', '.join(METRICS)})")
+    return METRIC_DIRECTIONS[metric]
 #: resamples evaluated at once: BLOCK x n float64 arrays that stay in the CPU cache (32: 1.5x faster than 200 here)
 BLOCK = 32
 

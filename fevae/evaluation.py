@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.bootstrap import METRICS
+from fevae.bootstrap import METRICS, stream_rng
 from fevae.cache import SamplesCache, weights_hash
 from fevae.utils.parallel import usable_cores
 from fevae.detectors.base import Detector
@@ -32,7 +32,7 @@ from fevae.detectors.fevae import FevaeTerms
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
 from fevae.data.datamodule import split_part
 from fevae.errors import FevaeError
-from fevae.metrics import IN_DISTRIBUTION, MCSE_PREFIX, parse_score_name
+from fevae.metrics import ESS_PREFIX, IN_DISTRIBUTION, MCSE_PREFIX, parse_score_name
 from fevae.mixture import TorchMixture
 from fevae.scoring import channels_last_decode, sample_chunks
 from fevae.training import cache_enabled, progress_settings
@@ -99,6 +99,8 @@ def validate_eval_config(ev: Mapping[str, Any], cfg: DictConfig | None = None) -
 
 
 VAL_METRICS_KEY = "ood_val"
+#: seed of the random image subsets of detectors scored on a subset (:meth:`Scorer.subset_images`)
+SUBSET_SEED = 0
 
 
 def selectable_metrics(cfg: DictConfig) -> list[str]:
@@ -142,6 +144,13 @@ def check_optimized_metric(cfg: DictConfig) -> None:
         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
         raise FevaeError(f"optimized_metric={key} is not a metric this run writes",
                          f"use e.g. {close[0] if close else known[0]} (keys: ood_val/<set>/<PR|APO|other>/<score>/<auroc|auprc|fpr95>)")
+    in_sample = {parse_score_name(name) for det in fitted_detectors(cfg) for name in det.outputs()}
+    parts = str(key).split("/")
+    if len(parts) == 5 and (parts[2], parts[3]) in in_sample:
+        raise FevaeError(f"optimized_metric={key} is a fitted detector's validation number, which is in-sample "
+                         "(the detector is fitted on the same in-distribution validation images, so it looks better there "
+                         "than on new images) and cannot select",
+                         f"select on a score that is not fitted, e.g. optimized_metric={VAL_METRICS_KEY}/{parts[1]}/APO/fevae/{parts[4]}")
 
 
 def _flat(key: str) -> str:
@@ -235,6 +244,19 @@ class Scorer(L.LightningModule):
     def stream(set_name: str, scheme: str) -> int:
         return score_stream(set_name, scheme)
 
+    def subset_images(self, set_name: str, k: int) -> np.ndarray | None:
+        """The dataset indices (ascending) of a seeded random sample of ``k`` of set ``set_name``'s images — all
+        of them when it holds at most ``k`` —, or None when its indices are unknown. The sample depends only on
+        the set (part) name and its indices (:data:`SUBSET_SEED`), never on the run's seed: every seed scores
+        the same images, and a detector scored on a subset is compared on a random, not a first-k, sample."""
+        index = self.set_indices.get(set_name)
+        if index is None:
+            return None
+        if k >= len(index):
+            return index
+        rng = stream_rng(SUBSET_SEED, "subset", set_name)
+        return np.sort(rng.choice(index, size=int(k), replace=False))
+
     def first_images(self, set_name: str, k: int) -> int:
         """The dataset index below which set ``set_name``'s first ``k`` images lie (``k`` when unknown)."""
         index = self.set_indices.get(set_name)
@@ -252,7 +274,7 @@ class Scorer(L.LightningModule):
 
     def finish(self, shared: Mapping[str, np.ndarray], own: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """A set's columns: the paper's scores and each detector's, from the shared ones and its own values."""
-        out = {k: v for k, v in shared.items() if k.startswith(("log_p_", MCSE_PREFIX + "log_p_"))}
+        out = {k: v for k, v in shared.items() if k.startswith(("log_p_", MCSE_PREFIX + "log_p_", MCSE_PREFIX + ESS_PREFIX + "log_p_"))}
         for det in self.detectors:
             out.update(det.scores(shared, own.get(det.name, {})))
         return out

@@ -28,7 +28,9 @@ validation parts, see :func:`compute_split_metrics`)::
      "bootstrap": {"n_resamples": 1000, "level": 0.95, "seed": ..},   # how the *_ci were made
      "cost_s_per_image": {"PR": {"vae": .., ..}, "APO": {..}, "other": {..}}}  # added by runs
 
-A score array shorter than its set covers the set's *first* ``len`` examples. The set names are
+A score array shorter than its set covers the set's *first* ``len`` examples, unless the set also holds
+``index__<score>``: the dataset indices of the images it covers (``likelihood_regret``'s seeded random
+subset); ``index__`` arrays are never scores. The set names are
 the scores' (a run's: ``fashionmnist`` and the keys of ``data.ood_sets``), so ``ood.<set>`` /
 ``ood_val.<set>`` hold one entry per configured OOD set; nothing here names a set except the
 display order (:func:`order_sets`) and the default in-distribution name.
@@ -47,7 +49,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from fevae.bootstrap import Resampler
 from fevae.errors import FevaeError
 from fevae.utils.parallel import usable_cores
-from fevae.utils.io import MCSE_PREFIX, load_all_scores, load_scores, save_scores, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from fevae.utils.io import ESS_PREFIX, INDEX_PREFIX, MCSE_PREFIX, load_all_scores, load_scores, save_scores, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 __all__ = [
     "IN_DISTRIBUTION",
@@ -108,9 +110,12 @@ def parse_score_name(name: str) -> tuple[str, str]:
 
 
 def index_scores(names) -> dict[tuple[str, str], str]:
-    """Map ``(scheme, score_id) -> score name`` for ``names``; refuses ambiguous duplicates."""
+    """Map ``(scheme, score_id) -> score name`` for ``names`` (less the ``index__<score>`` subset records);
+    refuses ambiguous duplicates."""
     out: dict[tuple[str, str], str] = {}
     for name in names:
+        if str(name).startswith(INDEX_PREFIX):
+            continue
         key = parse_score_name(name)
         if key in out:
             raise FevaeError(
@@ -286,7 +291,7 @@ def compute_metrics(
     subsets: dict[str, dict[str, int]] = {}
     for set_name in order_sets(scores):
         for name, values in scores[set_name].items():
-            if len(values) < n[set_name]:
+            if len(values) < n[set_name] and not name.startswith(INDEX_PREFIX):
                 subsets.setdefault(parse_score_name(name)[1], {})[set_name] = int(len(values))
     if subsets:
         out["n_scored"] = subsets  # detectors scored on the first k examples of a set only

@@ -17,6 +17,7 @@ TINY = [
     "data.train_subset=null",
     "data.val_size=16",
     "data.eval_split.val=12",
+    "data.eval_split.val_pool=0.375",  # 12 of the synthetic sets' 32 images: the validation pool
     "data.eval_split.test=null",
     "fe.n=32",
     "fe.C=2",

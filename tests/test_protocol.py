@@ -205,7 +205,7 @@ def test_sweep_best_row_and_heatmap_read_validation_only(tmp_path):
     sweep = _sweep(tmp_path, jobs)
     written = write_summary(sweep, "ood_val/mnist/APO/fevae/auroc")
     text = (sweep / "summary.md").read_text()
-    assert "Best job by ood_val/mnist/APO/fevae/auroc (validation): job 0" in text
+    assert "Best job by ood_val/mnist/APO/fevae/auroc (validation, higher is better): job 0" in text
     import pandas as pd
 
     frame = pd.read_csv(sweep / "summary.csv").fillna({"error": ""})

@@ -1,7 +1,8 @@
 """A Hydra callback that summarises a multirun sweep: summary.csv, summary.md and AUROC heatmaps.
 
-What selects reads validation only: the best row is the job with the highest ``optimized_metric``
-(an ``ood_val/...`` key) and the heatmap shows validation AUROCs. Sweeps over ``seed`` are
+What selects reads validation only: the best row is the job with the best ``optimized_metric``
+(an ``ood_val/...`` key) in that metric's direction (highest AUROC/AUPRC, lowest FPR95:
+:data:`fevae.bootstrap.METRIC_DIRECTIONS`) and the heatmap shows that validation metric. Sweeps over ``seed`` are
 aggregated (``summary_seeds.csv``): per group of jobs that differ only in their seed, every
 metric's mean, standard deviation and 95% t-interval of the mean.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from fevae.bootstrap import metric_direction
 from fevae.metrics import flatten_metrics, order_sets, write_text_atomic
 from fevae.utils.io import atomic_open
 from fevae.utils.log import stage
@@ -78,9 +80,9 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def best_job(frame, optimized_metric: str | None) -> tuple[Any, str]:
-    """The row with the highest ``optimized_metric`` among finished jobs, and a sentence saying so.
-
-    Only a validation metric (``ood_val/...``) may select; any other key selects nothing.
+    """The row with the best ``optimized_metric`` among finished jobs — the highest, or the lowest for a
+    metric where lower is better (``fpr95``, :func:`fevae.bootstrap.metric_direction`) — and a sentence
+    saying so. Only a validation metric (``ood_val/...``) may select; any other key selects nothing.
     """
     if not optimized_metric:
         return None, "No optimized_metric: no best job chosen."
@@ -88,10 +90,16 @@ def best_job(frame, optimized_metric: str | None) -> tuple[Any, str]:
         return None, f"optimized_metric={optimized_metric} is not a validation metric: no best job chosen (selection reads {SELECT_PREFIX}... only)."
     if optimized_metric not in frame.columns or frame[optimized_metric].isna().all():
         return None, f"No job reported {optimized_metric}: no best job chosen."
-    row = frame.loc[frame[optimized_metric].idxmax()]
+    try:
+        direction = metric_direction(optimized_metric)
+    except ValueError:
+        return None, f"optimized_metric={optimized_metric} is not a metric: no best job chosen."
+    values = frame[optimized_metric]
+    row = frame.loc[values.idxmin() if direction == "minimize" else values.idxmax()]
     test_key = "ood/" + optimized_metric[len(SELECT_PREFIX):]
     test = f"; its test value {row[test_key]:.3f}" if test_key in frame.columns else ""
-    return row, (f"Best job by {optimized_metric} (validation): job {int(row['job'])} ({row['overrides']}), "
+    better = "lower" if direction == "minimize" else "higher"
+    return row, (f"Best job by {optimized_metric} (validation, {better} is better): job {int(row['job'])} ({row['overrides']}), "
                  f"{row[optimized_metric]:.3f}{test} (reported, not used to choose).")
 
 
@@ -191,7 +199,7 @@ def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[
             table = head.pivot_table(index="metric", columns="group", values="value", aggfunc="first").reindex(
                 [m for m in rows if m in set(head["metric"])])
             lines += [_markdown_table(table.reset_index()), ""]
-    heatmaps = plot_heatmaps(frame, sweep_dir)
+    heatmaps = plot_heatmaps(frame, sweep_dir, heatmap_metric(optimized_metric))
     lines += [f"![{p.stem}]({p.name})" for p in heatmaps if p.suffix == ".png"]
     write_text_atomic(written[1], "\n".join(lines) + "\n")
     return written + heatmaps
@@ -209,9 +217,22 @@ def _markdown_table(frame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
-    """Validation AUROC of log p_FEVAE (against :func:`headline_set`: MNIST by default) over fe.n x fe.C, one panel per experiment and scheme
-    (what a reader picks a cell from, so it shows validation, never test)."""
+def heatmap_metric(optimized_metric: str | None) -> str:
+    """The metric the n x C heatmap shows: the one ``optimized_metric`` ends in (``auroc``, ``auprc``,
+    ``fpr95``), so a reader picks a cell by what selects; ``auroc`` when it names none."""
+    metric = str(optimized_metric or "").rsplit("/", 1)[-1]
+    try:
+        metric_direction(metric)
+    except ValueError:
+        return "auroc"
+    return metric
+
+
+def plot_heatmaps(frame, sweep_dir: Path, metric: str = "auroc") -> list[Path]:
+    """Validation ``metric`` (AUROC by default) of log p_FEVAE (against :func:`headline_set`: MNIST by default)
+    over fe.n x fe.C, one panel per experiment and scheme (what a reader picks a cell from, so it shows
+    validation, never test). The colour scale follows the metric's direction (the better, the brighter)
+    and each panel's best cell is outlined."""
     if not {"fe.n", "fe.C"} <= set(frame.columns):
         return []
     import matplotlib
@@ -223,21 +244,30 @@ def plot_heatmaps(frame, sweep_dir: Path) -> list[Path]:
     group = "+experiment" if "+experiment" in frame.columns else ("experiment" if "experiment" in frame.columns else None)
     groups = sorted(frame[group].dropna().unique()) if group else [None]
     ood = headline_set(frame.columns)
-    schemes = [s for s in ("PR", "APO") if f"{SELECT_PREFIX}{ood}/{s}/{HEATMAP_SCORE}/auroc" in frame.columns]
+    schemes = [s for s in ("PR", "APO") if f"{SELECT_PREFIX}{ood}/{s}/{HEATMAP_SCORE}/{metric}" in frame.columns]
     if not schemes:
         return []
+    minimize = metric_direction(metric) == "minimize"
+    better = "lower" if minimize else "higher"
     fig, axes = plt.subplots(len(groups), len(schemes), figsize=(4.5 * len(schemes), 3.6 * len(groups)), squeeze=False)
     for i, g in enumerate(groups):
         sub = frame if g is None else frame[frame[group] == g]
         for j, scheme in enumerate(schemes):
-            col = f"{SELECT_PREFIX}{ood}/{scheme}/{HEATMAP_SCORE}/auroc"
+            col = f"{SELECT_PREFIX}{ood}/{scheme}/{HEATMAP_SCORE}/{metric}"
             grid = sub.assign(n=sub["fe.n"].astype(int), C=sub["fe.C"].astype(int)).pivot_table(index="n", columns="C", values=col, aggfunc="mean")
-            sns.heatmap(grid, annot=True, fmt=".3f", vmin=0.5, vmax=1.0, cmap="viridis", ax=axes[i][j], cbar=j == len(schemes) - 1)
-            axes[i][j].set_title(f"{g or ''} {scheme}: validation AUROC log p_FEVAE ({ood})".strip())
+            low, high = (0.0, 1.0) if metric == "fpr95" else (0.5, 1.0)
+            ax = axes[i][j]
+            sns.heatmap(grid, annot=True, fmt=".3f", vmin=low, vmax=high, cmap="viridis_r" if minimize else "viridis", ax=ax,
+                        cbar=j == len(schemes) - 1)
+            if grid.notna().to_numpy().any():
+                values = grid.to_numpy(dtype=float)
+                r, c = np.unravel_index(np.nanargmin(values) if minimize else np.nanargmax(values), values.shape)
+                ax.add_patch(plt.Rectangle((c, r), 1, 1, fill=False, edgecolor="red", linewidth=2))
+            ax.set_title(f"{g or ''} {scheme}: validation {metric.upper()} log p_FEVAE ({ood}; {better} is better)".strip(), fontsize=9)
     fig.tight_layout()
     paths = []
     for suffix in (".png", ".pdf"):
-        path = sweep_dir / f"heatmap_auroc_n_C{suffix}"
+        path = sweep_dir / f"heatmap_{metric}_n_C{suffix}"
         fig.savefig(path, dpi=130)
         paths.append(path)
     plt.close(fig)

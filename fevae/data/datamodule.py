@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -46,7 +47,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fevae.data.corruptions import apply_corruptions
-from fevae.data.evalsets import BUILTIN_OOD_SETS, ID_SET, ID_SOURCE, OodSet, check_split_size, plain, read_path_source, resolve_ood_sets
+from fevae.data.evalsets import (BUILTIN_OOD_SETS, ID_SET, ID_SOURCE, OodSet, check_split_size, plain, read_path_source, resolve_ood_sets,
+                                  validation_pool)
 from fevae.data.own import OWN_KINDS, load_own
 from fevae.data.transforms import PREPROCESS_MODES
 from fevae.errors import FevaeError, require
@@ -73,17 +75,34 @@ def split_part(key: str) -> tuple[str, str]:
     return (key[len(VAL_PREFIX):], "val") if key.startswith(VAL_PREFIX) else (key, "test")
 
 
-def split_eval_indices(n: int, val: int, test: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_eval_indices(n: int, val: int, test: int | None, seed: int, val_pool: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint sorted positions ``(val, test)`` of an eval set of ``n`` images.
 
-    A permutation of ``range(n)`` from ``numpy.random.default_rng(seed)``: its first ``val``
-    entries are the validation part, the next ``test`` (``None``: all the rest) the test part.
+    Every image gets a fixed rank from a permutation of ``range(n)`` (``numpy.random.default_rng(seed)``).
+    With ``val_pool`` (a fraction, ``data.eval_split.val_pool``) the first ``ceil(val_pool * n)`` ranks
+    are the **validation pool** and the rest the **test pool**, whatever the sizes: the validation part
+    is the first ``val`` ranks of the validation pool, the test part the first ``test`` (``None``: all)
+    ranks of the test pool. So no profile's test image is ever in any profile's validation part (the
+    smoke, cpu and paper profiles differ only in how much of each pool they take). Without ``val_pool``
+    (runs made before it existed) the validation part is the first ``val`` ranks and the test part the
+    next ``test``, which made the parts depend on the sizes.
     """
-    require(val + (test or 0) <= n, f"data.eval_split asks for {val} validation + {test} test images "
-            f"but an evaluation set holds {n}", f"set data.eval_split.val + data.eval_split.test to at most {n}")
+    pool = validation_pool(n, val_pool)
+    if val_pool is not None:
+        require(val <= pool, f"data.eval_split.val={val} exceeds the validation pool of an evaluation set of {n} images "
+                f"({pool} = data.eval_split.val_pool={val_pool} of them)",
+                f"set data.eval_split.val to at most {pool} (or raise data.eval_split.val_pool, which moves images "
+                "from every test part into the validation pool)")
+        require(test is None or test <= n - pool, f"data.eval_split.test={test} exceeds the test pool of an evaluation set "
+                f"of {n} images ({n - pool} after the validation pool of data.eval_split.val_pool={val_pool})",
+                f"set data.eval_split.test to at most {n - pool}, or null (all of the test pool)")
+    else:
+        require(val + (test or 0) <= n, f"data.eval_split asks for {val} validation + {test} test images "
+                f"but an evaluation set holds {n}", f"set data.eval_split.val + data.eval_split.test to at most {n}")
     perm = np.random.default_rng(seed).permutation(n)
+    start = pool if val_pool is not None else val
     val_idx = perm[:val]
-    test_idx = perm[val:] if test is None else perm[val : val + test]
+    test_idx = perm[start:] if test is None else perm[start : start + test]
     return np.sort(val_idx), np.sort(test_idx)
 
 
@@ -157,8 +176,11 @@ class FevaeDataModule(lightning.LightningDataModule):
         if eval_split is None:  # a run made before eval_split existed: its first eval_subset images were its test set
             eval_split = {"val": 0, "test": eval_subset, "seed": None}
         eval_split = dict(eval_split)
-        unknown = sorted(set(eval_split) - {"val", "test", "seed"})
-        require(not unknown, f"data.eval_split has unknown keys {unknown}", "use data.eval_split.{val,test,seed}")
+        unknown = sorted(set(eval_split) - {"val", "test", "seed", "val_pool"})
+        require(not unknown, f"data.eval_split has unknown keys {unknown}", "use data.eval_split.{val,test,seed,val_pool}")
+        pool = eval_split.get("val_pool")
+        require(pool is None or (isinstance(pool, numbers.Real) and not isinstance(pool, bool) and 0.0 < pool < 1.0),
+                f"data.eval_split.val_pool={pool!r} is invalid", "set data.eval_split.val_pool to a fraction in (0, 1), e.g. 0.2")
         _require_int("eval_split.val", eval_split.get("val", 0), 0)
         _require_int("eval_split.test", eval_split.get("test"), 1, optional=True)
         _require_int("eval_split.seed", eval_split.get("seed"), 0, optional=True)
@@ -175,9 +197,11 @@ class FevaeDataModule(lightning.LightningDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.num_workers, self.pin_memory = int(num_workers), pin_memory
         self.train_subset = train_subset
-        #: ``{"val": int, "test": int | None, "seed": int | None}``; seed None = the legacy split
-        #: (no validation part, the test part is the *first* ``test`` images)
-        self.eval_split = {"val": int(eval_split.get("val", 0)), "test": eval_split.get("test"), "seed": eval_split.get("seed")}
+        #: ``{"val": int, "test": int | None, "seed": int | None, "val_pool": float | None}``; seed None = the
+        #: legacy split (no validation part, the test part is the *first* ``test`` images); val_pool None =
+        #: the split of runs made before the fixed validation pool (:func:`split_eval_indices`)
+        self.eval_split = {"val": int(eval_split.get("val", 0)), "test": eval_split.get("test"), "seed": eval_split.get("seed"),
+                           "val_pool": None if pool is None else float(pool)}
         self.saltpepper_fraction = float(saltpepper_fraction)
         #: the checked ``data.ood_sets`` (None: the built-in mnist and mnist_saltpepper), in config order
         self.dataset, self.image_shape, self.path, self.test_size = dataset, image_shape, path, test_size
@@ -194,6 +218,8 @@ class FevaeDataModule(lightning.LightningDataModule):
         self.train_indices: torch.Tensor | None = None
         self.val_indices: torch.Tensor | None = None
         self._sources: dict[str, tuple[str, str | None]] = {}
+        #: eval set -> its size and the size of its validation pool (None: the legacy split has none)
+        self._pools: dict[str, dict[str, int | None]] = {}
 
     @property
     def eval_set_names(self) -> list[str]:
@@ -237,6 +263,8 @@ class FevaeDataModule(lightning.LightningDataModule):
         for name, (images, labels) in raw.items():
             spec = self.ood_sets.get(name)
             val_idx, test_idx = self.split_indices(len(images), spec)
+            pool = self.eval_split["val_pool"] if self.eval_split["seed"] is not None else None
+            self._pools[name] = {"n": len(images), "val_pool": validation_pool(len(images), pool) if pool is not None else None}
             self.eval_sets[name] = self._eval_set(images, labels, test_idx)
             self.eval_val_sets[name] = self._eval_set(images, labels, val_idx)
 
@@ -285,13 +313,14 @@ class FevaeDataModule(lightning.LightningDataModule):
         the sizes of ``spec.eval_split`` when the OOD set ``spec`` has its own."""
         split = {**self.eval_split, **(spec.eval_split if spec is not None and spec.eval_split else {})}
         if spec is not None and (spec.path is not None or spec.eval_split):  # a user's set: name it, and the fix
-            check_split_size(spec.name, n, split["val"] if split["seed"] is not None else 0, split["test"], spec.describe())
+            check_split_size(spec.name, n, split["val"] if split["seed"] is not None else 0, split["test"], spec.describe(),
+                             split.get("val_pool") if split["seed"] is not None else None)
         if split["seed"] is None:  # legacy: the first `test` images, no validation part
             k = n if split["test"] is None else split["test"]
             require(k <= n, f"data.eval_subset={k} exceeds the {n} images of an eval set",
                     f"set it to at most {n}, or use data.eval_split")
             return np.arange(0), np.arange(k)
-        return split_eval_indices(n, split["val"], split["test"], split["seed"])
+        return split_eval_indices(n, split["val"], split["test"], split["seed"], split.get("val_pool"))
 
     def _setup_train(self, train: tuple[np.ndarray, np.ndarray], given_val: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Seeded hold-out of ``val_size`` images (unless the files give a validation part), then the optional seeded ``train_subset``."""
@@ -331,10 +360,12 @@ class FevaeDataModule(lightning.LightningDataModule):
                              torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
     def split_record(self) -> dict[str, Any]:
-        """The split as data (``eval_split.json`` of a run): settings, each part's image positions, and
-        (``sets``) where each OOD set's images came from; an OOD set with its own sizes adds ``per_set``."""
+        """The split as data (``eval_split.json`` of a run): settings, each part's image positions,
+        (``pools``) each set's size and validation pool (its first ``pools.<set>.val_pool`` ranks, from which
+        every profile's validation part is drawn; the test part never touches them), and (``sets``) where
+        each OOD set's images came from; an OOD set with its own sizes adds ``per_set``."""
         self.setup()
-        record = {"settings": dict(self.eval_split),
+        record = {"settings": dict(self.eval_split), "pools": dict(self._pools),
                   **{part: {name: ds.tensors[2].tolist() for name, ds in sets.items()}
                      for part, sets in (("val", self.eval_val_sets), ("test", self.eval_sets))},
                   "sets": {name: spec.describe() for name, spec in self.ood_sets.items()}}

@@ -35,6 +35,8 @@ checking: no file is read.
 
 from __future__ import annotations
 
+import math
+
 import numbers
 import re
 from collections.abc import Mapping
@@ -48,7 +50,7 @@ from fevae.data.corruptions import check_corruptions, describe_chain
 from fevae.errors import FevaeError
 
 __all__ = ["ID_SET", "ID_SOURCE", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names",
-           "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_data_sources", "check_split_size", "source_title"]
+           "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_data_sources", "check_split_size", "validation_pool", "source_title"]
 
 #: name of the default in-distribution evaluation set (FashionMNIST test); a run's own is :func:`id_set_name`
 ID_SET = "fashionmnist"
@@ -225,18 +227,34 @@ def read_path_source(spec: OodSet, image_shape: tuple[int, int, int] | None = No
     return read_images(Path(spec.path).expanduser(), key=f"{spec.key}.path", image_shape=image_shape or DEFAULT_IMAGE_SHAPE)
 
 
-def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: str) -> None:
-    """The OOD set ``spec_name`` of ``n`` images must hold ``val`` validation and ``test`` (None: ≥ 1) test images."""
-    need = val + (test if test is not None else 1)
-    if n >= need:
+def validation_pool(n: int, val_pool: float | None) -> int:
+    """How many of an eval set's ``n`` images form its validation pool: the first ``ceil(val_pool * n)``
+    positions of the split permutation (``val_pool`` None: the legacy prefix split, no fixed pool → ``n``)."""
+    return n if val_pool is None else int(math.ceil(float(val_pool) * n - 1e-9))
+
+
+def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: str, val_pool: float | None = None) -> None:
+    """The OOD set ``spec_name`` of ``n`` images must hold ``val`` validation and ``test`` (None: ≥ 1) test images;
+    with ``val_pool`` the validation part comes from its first ``ceil(val_pool * n)`` ranks, the test part from the rest."""
+    pool = validation_pool(n, val_pool)
+    if val_pool is None:
+        fits = n >= val + (test if test is not None else 1)
+    else:
+        fits = val <= pool and (test if test is not None else 1) <= n - pool
+    if fits:
         return
     key = f"data.ood_sets.{spec_name}"
     asked = f"{val} validation + {test if test is not None else 'at least 1'} test images"
-    share = val / (val + test) if test else 1 / 3
-    v = max(0, min(n - 1, int(n * share)))
+    if val_pool is None:
+        share = val / (val + test) if test else 1 / 3
+        v = max(0, min(n - 1, int(n * share)))
+        t = n - v
+    else:
+        v, t = min(val, pool), n - pool
+        asked += f" (validation from its pool of {pool} = val_pool {val_pool} of the images, test from the other {n - pool})"
     raise FevaeError(
         f"{key} ({what}) holds {n} images, fewer than the {asked} of its split",
-        f"give this set its own sizes, e.g. +{key}.eval_split.val={v} +{key}.eval_split.test={n - v} "
+        f"give this set its own sizes, e.g. +{key}.eval_split.val={v} +{key}.eval_split.test={t} "
         "(or lower data.eval_split.val/test, which changes every set)")
 
 
@@ -253,7 +271,7 @@ def check_ood_sources(data_cfg: Any) -> None:
             continue
         n = len(read_path_source(spec, image_shape_of(data)))
         sizes = spec.eval_split or split
-        check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path)
+        check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path, split.get("val_pool"))
 
 
 def check_data_sources(data_cfg: Any) -> None:

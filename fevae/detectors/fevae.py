@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fevae.metrics import MCSE_PREFIX
+from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
 from fevae.scoring import ScoreAccumulator
 
 
@@ -39,11 +39,13 @@ class FevaeTerms:
             for chunk in chunks_of(scheme):
                 acc.update(chunk)
             errors = acc.compute_se() if self.n_samples[scheme] > 1 else {}  # one sample has no error estimate
+            ess = acc.compute_ess() if self.n_samples[scheme] > 1 else {}
             for key, value in acc.compute().items():
                 name = key if key == "iwae" else f"log_p_{key}_{scheme.lower()}"
                 out[name] = value
                 if key in errors:
                     out[MCSE_PREFIX + name] = errors[key]
+                    out[MCSE_PREFIX + ESS_PREFIX + name] = ess[key]
         return out
 
     def cost(self, seconds: Mapping[str, float], n_images: int) -> dict[str, dict[str, float]]:

@@ -1,7 +1,9 @@
 """Likelihood regret (Xiao et al., 2020, "Likelihood Regret: An Out-of-Distribution Detection Score
 for Variational Auto-encoder"): minus the ELBO gain of an encoder copy refitted to the image
 (:func:`fevae.baselines.likelihood_regret_score`). It costs ~0.1 s per image on 2 CPU cores, so only
-the first ``subset`` images of each part (validation, test) of each evaluation set are scored.
+a seeded random sample of ``subset`` images of each part (validation, test) of each evaluation set is
+scored: the same images for every run seed (:meth:`fevae.evaluation.Scorer.subset_images`); their dataset
+indices are stored next to the scores (``index__likelihood_regret`` in ``scores/<set>.npz``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from fevae.baselines import likelihood_regret_score
 from fevae.detectors.base import Detector
 from fevae.errors import FevaeError
+from fevae.utils.io import INDEX_PREFIX
 from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,10 @@ class LikelihoodRegret(Detector):
         self.subset, self.steps, self.lr, self.n_samples, self.batch_size = subset, steps, float(lr), n_samples, batch_size
 
     def rows(self, index: torch.Tensor, set_name: str) -> torch.Tensor:
-        return index < self.scorer.first_images(set_name, self.subset)
+        chosen = self.scorer.subset_images(set_name, self.subset)
+        if chosen is None:  # images without known indices (none of the run's sets): the first `subset`
+            return index < self.subset
+        return torch.from_numpy(np.isin(index.cpu().numpy(), chosen)).to(index.device)
 
     def batch(self, x: torch.Tensor, index: torch.Tensor, set_name: str) -> dict[str, torch.Tensor] | None:
         if not len(x):
@@ -44,7 +50,12 @@ class LikelihoodRegret(Detector):
                                         n_samples=self.n_samples, seed=self.scorer.seed, stream=self.scorer.stream(set_name, "APO"))
                 for i in range(0, len(x), step)
             ]
-        return {"score": torch.cat(values)}
+        return {"score": torch.cat(values), "image_index": index.to(torch.float64)}
 
     def scores(self, shared: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {self.name: own["score"]} if "score" in own else {}
+        if "score" not in own:
+            return {}
+        out = {self.name: own["score"]}
+        if "image_index" in own:
+            out[INDEX_PREFIX + self.name] = np.asarray(own["image_index"], dtype=np.float64)
+        return out

@@ -18,6 +18,12 @@ from fevae.errors import FevaeError
 
 #: name prefix of a score's per-image Monte-Carlo standard error in a score file
 MCSE_PREFIX = "mcse__"
+#: a score's per-image effective sample size of its S Monte-Carlo weights: ``ess__<score>`` in the score
+#: files, and in a run's Monte-Carlo error mapping (``mc_se[set]["ess__<score>"]``) next to the score's SE
+ESS_PREFIX = "ess__"
+#: a detector scored on a subset of a set stores the dataset indices of the images it scored as
+#: ``index__<score>`` next to ``<score>`` (same length, ascending): not a score, never a metrics column
+INDEX_PREFIX = "index__"
 
 
 @contextlib.contextmanager
@@ -98,11 +104,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
                 mc_se: Mapping[str, np.ndarray] | None = None) -> Path:
     """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically; each
-    ``mc_se[name]`` (a score's per-image Monte-Carlo standard error) as ``mcse__<name>``."""
+    ``mc_se[name]`` (a score's per-image Monte-Carlo standard error) as ``mcse__<name>``, and each
+    ``mc_se["ess__<name>"]`` (its effective sample size) as ``ess__<name>``."""
     if not scores_for_one_set:
         raise FevaeError(f"no scores to save to {path}", "pass at least one score array")
     arrays = {}
-    both = {**scores_for_one_set, **{MCSE_PREFIX + k: v for k, v in dict(mc_se or {}).items()}}
+    both = {**scores_for_one_set, **{k if k.startswith(ESS_PREFIX) else MCSE_PREFIX + k: v for k, v in dict(mc_se or {}).items()}}
     for name, arr in both.items():
         if not name or "/" in name or name.startswith("."):
             raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
@@ -117,7 +124,8 @@ def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
 
 def load_scores(path: str | Path, mc_se: bool = False) -> dict[str, np.ndarray]:
     """Load a score file written by :func:`save_scores` (no pickles): the scores, or with
-    ``mc_se=True`` only their Monte-Carlo standard errors (keyed by score name)."""
+    ``mc_se=True`` only their Monte-Carlo standard errors (keyed by score name) and effective sample
+    sizes (keyed ``ess__<score>``)."""
     path = Path(path)
     if not path.is_file():
         raise FevaeError(f"score file {path} does not exist", "run the scoring stage first")
@@ -130,6 +138,7 @@ def load_scores(path: str | Path, mc_se: bool = False) -> dict[str, np.ndarray]:
             "delete it and re-run the scoring stage",
         ) from err
     errors = {k[len(MCSE_PREFIX):]: out.pop(k) for k in [k for k in out if k.startswith(MCSE_PREFIX)]}
+    errors.update({k: out.pop(k) for k in [k for k in out if k.startswith(ESS_PREFIX)]})
     if not out:
         raise FevaeError(f"score file {path} contains no scores", "re-run the scoring stage")
     return errors if mc_se else out
