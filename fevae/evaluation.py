@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fevae.bootstrap import METRICS, stream_rng
 from fevae.cache import SamplesCache, weights_hash
-from fevae.utils.parallel import usable_cores
+from fevae.utils.parallel import pool_args, usable_cores
 from fevae.detectors.base import Detector
 from fevae.detectors.fevae import FevaeTerms
 from fevae.dashboard import hparams_of  # noqa: F401  (re-exported: the HParams view's settings)
@@ -250,12 +250,7 @@ class Scorer(L.LightningModule):
         the set (part) name and its indices (:data:`SUBSET_SEED`), never on the run's seed: every seed scores
         the same images, and a detector scored on a subset is compared on a random, not a first-k, sample."""
         index = self.set_indices.get(set_name)
-        if index is None:
-            return None
-        if k >= len(index):
-            return index
-        rng = stream_rng(SUBSET_SEED, "subset", set_name)
-        return np.sort(rng.choice(index, size=int(k), replace=False))
+        return None if index is None else random_subset(index, k, set_name)
 
     def first_images(self, set_name: str, k: int) -> int:
         """The dataset index below which set ``set_name``'s first ``k`` images lie (``k`` when unknown)."""
@@ -466,6 +461,16 @@ def _samples_bytes(cfg: DictConfig, loaders: Mapping[str, Any], jigsaw: torch.nn
     return sum(len(loader.dataset) for loader in loaders.values()) * total_s * per_sample
 
 
+def random_subset(index: np.ndarray, k: int, set_name: str) -> np.ndarray:
+    """A seeded random sample of ``k`` of the dataset indices ``index`` (ascending; all of them when there are at
+    most ``k``), seeded by :data:`SUBSET_SEED` and ``set_name`` only (see :meth:`Scorer.subset_images`)."""
+    index = np.sort(np.asarray(index))
+    if k >= len(index):
+        return index
+    rng = stream_rng(SUBSET_SEED, "subset", set_name)
+    return np.sort(rng.choice(index, size=int(k), replace=False))
+
+
 def set_indices(loaders: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Per loader over a :class:`~torch.utils.data.TensorDataset` of ``(x, y, index)``, its dataset indices."""
     out = {}
@@ -638,7 +643,7 @@ def write_outputs(
     # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
     # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
     # (`joblib.parallel_config(backend=...)` moves it: the backend is joblib's default, not fixed here.)
-    drawing = Parallel(n_jobs=min(2, usable_cores()), return_as="generator")(
+    drawing = Parallel(n_jobs=min(2, usable_cores()), return_as="generator", **pool_args())(  # (its worker dies with this process)
         [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
                            in_distribution=in_distribution)])
     try:

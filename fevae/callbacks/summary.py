@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.bootstrap import metric_direction
+from fevae.errors import FevaeError
 from fevae.metrics import flatten_metrics, order_sets, write_text_atomic
 from fevae.utils.io import atomic_open
+from fevae.utils.cli import SWEEP, one_line
 from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
@@ -274,8 +277,61 @@ def plot_heatmaps(frame, sweep_dir: Path, metric: str = "auroc") -> list[Path]:
     return paths
 
 
+def search_space_bounds(params: Any) -> dict[str, tuple[float, float]]:
+    """``{key: (lowest, highest)}`` of the numeric sweeper parameters (``hydra.sweeper.params``: ``choice(…)``,
+    ``interval(…)``, ``range(…)``, ``int(…)``/``tag(…)`` of them, or a plain value), parsed by Hydra's own override
+    parser; a key whose values are not all numbers is left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    parser = OverridesParser.create()
+    out = {}
+    for key, spec in dict(params or {}).items():
+        value = parser.parse_override(f"{key}={spec}").value()
+        if isinstance(value, IntervalSweep):
+            lo, hi = value.start, value.end
+        elif isinstance(value, RangeSweep):
+            items = list(value)
+            lo, hi = (min(items), max(items)) if items else (None, None)
+        elif isinstance(value, ChoiceSweep):
+            items = value.list
+            lo, hi = (min(items), max(items)) if items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) else (None, None)
+        else:
+            lo = hi = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if lo is not None:
+            out[str(key)] = (float(lo), float(hi))
+    return out
+
+
+def check_search_space(config: DictConfig) -> None:
+    """Refuse, before the first trial, a search space no trial can run with: ``fe.n`` (the images the feature
+    mixture is fitted on) above the training images the run keeps (``data.train_subset``, less nothing: the
+    subset is drawn after the ``val_size`` hold-out)."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) if sweeper is not None else None
+    if not params:
+        return
+    bounds = search_space_bounds(OmegaConf.to_container(params, resolve=True))
+    subset = OmegaConf.select(config, "data.train_subset", default=None)
+    if "fe.n" in bounds and subset is not None and bounds["fe.n"][1] > int(subset):
+        lo, hi = bounds["fe.n"]
+        raise FevaeError(f"the search space of hydra.sweeper.params has fe.n up to {hi:g} but the run trains on "
+                         f"data.train_subset={subset} images, so those trials cannot fit their mixture",
+                         f"search fe.n within the data, e.g. hydra.sweeper.params.fe.n='choice({max(2, int(subset) // 4)},{max(2, int(subset) // 2)},{int(subset)})', "
+                         "or use a profile with more training images (profile=cpu)")
+
+
 class SweepSummary(Callback):
-    """Writes ``<sweep dir>/summary.csv``, ``summary.md`` and the n x C heatmap after a multirun."""
+    """Checks the search space before the first job (:func:`check_search_space`); writes
+    ``<sweep dir>/summary.csv``, ``summary.md`` and the n x C heatmap after a multirun."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SWEEP["dir"] = str(config.hydra.sweep.dir)  # for the error line of a sweep whose every trial failed
+        try:
+            check_search_space(config)
+        except FevaeError as err:  # Hydra turns a callback's exception into a warning: leave with one line instead
+            print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
+            raise SystemExit(FevaeError.exit_code) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
