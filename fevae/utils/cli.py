@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from fevae.bootstrap import metric_direction
 from fevae.errors import FevaeError
 
 #: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
@@ -29,11 +30,23 @@ def first_ood_set(ood_sets: Any) -> str:
     return names[0] if names else "none"
 
 
+def optimized_direction(key: Any) -> str:
+    """``${optimized_direction:${optimized_metric}}`` (conf/hparams_search/optuna.yaml's ``direction``):
+    ``minimize`` for a metric where lower is better (``.../fpr95``), else ``maximize``; an unknown
+    ending is left to :func:`fevae.evaluation.check_optimized_metric`'s error, so it maximises here."""
+    try:
+        return metric_direction(None if key is None else str(key))
+    except ValueError:
+        return "maximize"
+
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("first_ood_set"):
         OmegaConf.register_new_resolver("first_ood_set", first_ood_set)
+    if not OmegaConf.has_resolver("optimized_direction"):
+        OmegaConf.register_new_resolver("optimized_direction", optimized_direction)
 
 
 _register_resolvers()
@@ -145,6 +158,23 @@ def release_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+#: the multirun in progress: ``{"dir": sweep folder}`` (set by :class:`fevae.callbacks.summary.SweepSummary`)
+SWEEP: dict[str, str] = {}
+
+
+def failed_sweep_error(err: BaseException) -> FevaeError | None:
+    """The one-line error of a sweep none of whose trials finished: Optuna's ``study.best_trial`` then raises
+    ``ValueError('No trials are completed yet.')`` after the last trial; each job's own error is in its
+    ``error.txt`` (:func:`user_errors`), and the first of them is quoted. ``None`` for any other error."""
+    if not isinstance(err, ValueError) or "No trials are completed yet" not in str(err):
+        return None
+    sweep = Path(SWEEP["dir"]) if SWEEP.get("dir") else None
+    errors = sorted(sweep.glob("*/error.txt"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0) if sweep else []
+    first = f" (job {errors[0].parent.name}: {one_line(errors[0].read_text())})" if errors else ""
+    return FevaeError(f"every trial of the sweep failed, so there is no best trial{first}",
+                      f"fix that setting or the search space (hydra.sweeper.params); each job's error is in {sweep or '<sweep dir>'}/<job>/error.txt")
 
 
 def override_key(override: str) -> str:
