@@ -50,18 +50,29 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
+#: the stages running now, outermost first (what an interrupted run names: fevae.utils.signals)
+_running: list[str] = []
+
+
+def running_stages() -> list[str]:
+    """The names of the :func:`stage` blocks running now, outermost first."""
+    return list(_running)
+
+
 @contextmanager
 def stage(name: str, timings: MutableMapping[str, float] | None = None, key: str | None = None,
           logger: logging.Logger = log) -> Iterator[None]:
     """Log ``name …`` at the start and ``name: done in <duration>`` at the end (``failed after`` on an
     exception); add the seconds to ``timings[key]`` when given."""
-    logger.info("%s ...", name)
     start = time.perf_counter()
     ok = False
+    _running.append(name)
     try:
+        logger.info("%s ...", name)
         yield
         ok = True
     finally:
+        _running.remove(name)
         seconds = time.perf_counter() - start
         if timings is not None and key is not None:
             timings[key] = timings.get(key, 0.0) + seconds
