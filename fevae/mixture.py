@@ -428,7 +428,9 @@ def fit_mixtures(features: Mapping[Any, np.ndarray], n_jobs: int = 1, **kwargs: 
     from joblib import Parallel, delayed
 
     n_jobs = max(1, min(int(n_jobs), len(order)))
-    fitted = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential")(
+    from fevae.utils.parallel import pool_args
+
+    fitted = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential", **pool_args())(  # workers die with this process
         delayed(_fit_timed)(features[k], kwargs) for k in order)
     return {k: fitted[order.index(k)] for k in features}
 
