@@ -81,8 +81,17 @@ def compose_config(config_name: str, overrides: Iterable[str] = (), return_hydra
         GlobalHydra.instance().hydra = saved
 
 
-def _scoring_overrides(overrides: Iterable[str]) -> list[str]:
-    overrides = [str(o) for o in overrides]
+def _overrides_list(overrides: Iterable[str] | str | None) -> list[str]:
+    """Overrides as a list: one string is one override (``"eval.n_samples=5"``), never its characters."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, (str, bytes)):
+        overrides = [overrides.decode() if isinstance(overrides, bytes) else overrides]
+    return [str(o) for o in overrides]
+
+
+def _scoring_overrides(overrides: Iterable[str] | str) -> list[str]:
+    overrides = _overrides_list(overrides)
     hydra_keys = [o for o in overrides if override_key(o) == "hydra" or override_key(o).startswith("hydra.")]
     if hydra_keys:
         raise FevaeError(f"overrides {hydra_keys} set Hydra's own settings, which scoring does not use", "leave them out")
@@ -130,15 +139,39 @@ def as_images(images: Any, name: str = "images", image_shape: tuple[int, int, in
     (:func:`fevae.inputs.validate_images`) against ``image_shape`` (C, H, W): [N,H,W] (or [N,1,H,W])
     for one channel, [N,H,W,C] for colour; uint8 pixels or floats in [0,1]."""
     if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
+        images = _tensor_array(images, name, image_shape)
+    if isinstance(images, np.ma.MaskedArray):
+        raise FevaeError(f"input={name} is a masked array, and scoring has no notion of masked pixels",
+                         "fill the masked pixels (images.filled(0)) or drop those images, then pass a plain array")
     if not isinstance(images, np.ndarray):
         raise FevaeError(f"input={name} is a {type(images).__name__}, not a numpy array or torch tensor", shape_help(image_shape))
-    return validate_images(np.ascontiguousarray(images), name, image_shape=image_shape)
+    if images.dtype.kind == "c":
+        raise FevaeError(f"input={name} has complex dtype {images.dtype}", "pass real pixel values: " + shape_help(image_shape))
+    return validate_images(np.ascontiguousarray(np.asarray(images)), name, image_shape=image_shape)
+
+
+def _tensor_array(images: torch.Tensor, name: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """A dense, real torch tensor as a numpy array; bfloat16/float16 become float32 (exact: every
+    half-precision value is a float32 one); sparse, meta, quantized, nested and complex tensors are refused."""
+    kind = ("a meta tensor (shape only, no values)" if images.is_meta else
+            f"a sparse tensor ({images.layout})" if images.layout != torch.strided else
+            "a quantized tensor" if images.is_quantized else
+            "a nested tensor" if getattr(images, "is_nested", False) else
+            f"a complex tensor ({images.dtype})" if images.is_complex() else None)
+    if kind is not None:
+        fix = {"a meta": "pass a tensor that holds its pixel values", "a sparse": "pass images.to_dense()",
+               "a quantized": "pass images.dequantize()", "a nested": "pass a regular [N,...] tensor (torch.stack)"}
+        raise FevaeError(f"input={name} is {kind}, which is not scored",
+                         next((v for k, v in fix.items() if kind.startswith(k)), "pass real pixel values: " + shape_help(image_shape)))
+    images = images.detach()
+    if images.dtype in (torch.bfloat16, torch.float16):
+        images = images.float()
+    return images.cpu().numpy()
 
 
 def scores_frame(scores: dict[str, np.ndarray]):
     """The scores as a DataFrame: one row per image, the score CLI's columns in its order
-    (:func:`fevae.score.output_columns`); a detector scored on the first k images only is NaN below."""
+    (:func:`fevae.score.output_columns`); a detector scored on a subset of the images only is NaN elsewhere."""
     import pandas as pd
 
     n = max(len(v) for v in scores.values())
@@ -250,7 +283,7 @@ def train_run(overrides: Iterable[str] = (), quiet: bool = False) -> Path:
     ``sys.stdout`` unless ``quiet`` (the run's ``train.log`` has it either way). A user error (bad
     setting, missing data, folder in use) is the CLI's :class:`FevaeError`; a sweep (``-m``) is refused.
     """
-    overrides = [str(o) for o in overrides]
+    overrides = _overrides_list(overrides)
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
         raise FevaeError(f"train_run trains one run; {flags} are command-line flags", "leave them out; sweep with `python -m fevae.train -m ...`")

@@ -33,7 +33,7 @@ from fevae.metrics import compute_split_metrics, parse_score_name, write_json_at
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
 from fevae.stages import make_datamodule
-from fevae.utils.cli import CONFIG_DIR, task_overrides, user_errors
+from fevae.utils.cli import CONFIG_DIR, run_cli, task_overrides, user_errors
 from fevae.utils.io import atomic_open
 
 log = logging.getLogger("fevae.convergence")
@@ -152,4 +152,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

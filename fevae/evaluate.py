@@ -20,7 +20,7 @@ from fevae.evaluation import example_images, fitted_detectors, run_scoring, writ
 from fevae.mixture import TorchMixture
 from fevae.run import load_run
 from fevae.stages import detector_models, make_datamodule, report_info
-from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, task_overrides, user_errors
 from fevae.utils.log import log_config, route_lightning_logs
 
 log = logging.getLogger("fevae.evaluate")
@@ -64,4 +64,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

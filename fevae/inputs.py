@@ -9,6 +9,7 @@ are scaled to [0,1] (value / 65535), never clipped. Arrays are read without pick
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from fevae.data.idx import read_idx
 from fevae.data.transforms import channels_first, preprocess
 from fevae.errors import FevaeError
+from fevae.limits import check_shape, check_size, current, regular_file
 from fevae.models.likelihoods import IMAGE_SHAPE as DEFAULT_IMAGE_SHAPE
 from fevae.models.likelihoods import check_image_shape
 
@@ -59,7 +61,8 @@ def input_format(path: Path, key: str = "input") -> str:
 
     ``key`` names the setting in error messages (``input``, ``data.ood_sets.<set>.path``).
     """
-    if path.is_dir():
+    info = regular_file(path, key, allow_dir=True, fix=FORMAT_HELP)  # before any open: a pipe or device would hang it
+    if stat.S_ISDIR(info.st_mode):
         return "png-folder"
     try:
         with path.open("rb") as handle:
@@ -94,6 +97,32 @@ def _is_npz(path: Path) -> bool:
     return bool(names) and all(n.endswith(".npy") for n in names)
 
 
+def npy_header(handle: Any) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of the ``.npy`` stream at ``handle``'s start, from its header only
+    (numpy's :func:`numpy.lib.format.read_magic` / ``read_array_header_*``); ``ValueError`` when it is none."""
+    fmt = np.lib.format
+    version = fmt.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(handle)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+    return tuple(int(d) for d in shape), np.dtype(dtype), handle.tell()
+
+
+def check_npy(what: str, shape: tuple[int, ...], dtype: np.dtype, available: int | None = None) -> None:
+    """Refuse, before it is read, an array whose header declares more than the limits (:mod:`fevae.limits`),
+    pickled objects, or (``available``: the bytes after the header) more data than the file holds."""
+    if dtype.hasobject:
+        raise FevaeError(f"{what} holds Python objects, which are never unpickled", "save plain numbers: np.save(path, images.astype(np.uint8))")
+    check_shape(what, shape, dtype.itemsize)
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if available is not None and available < need:
+        raise FevaeError(f"{what} is truncated: its header declares {list(shape)} {dtype} ({need} bytes) but it holds {available}",
+                         "save the array again (np.save)")
+
+
 def read_images(path: str | Path, key: str = "input", image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
     """Images of ``image_shape`` ``(C, H, W)``, as ``[N, H, W]`` (one channel) or ``[N, H, W, C]``
     (channels last): uint8 (raw pixels) or float (already in [0,1]); validated.
@@ -110,6 +139,9 @@ def read_images(path: str | Path, key: str = "input", image_shape: tuple[int, in
         images = _read_pngs([path], image_shape)
     elif kind == "npy":
         try:
+            with path.open("rb") as handle:  # the header first: the shape it declares, checked against the limits
+                shape, dtype, offset = npy_header(handle)
+            check_npy(f"{key}={path}", shape, dtype, available=path.stat().st_size - offset)
             images = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise FevaeError(f"{key}={path} is not a readable .npy array ({str(err).splitlines()[0]})", shape_help(image_shape)) from err
@@ -132,7 +164,11 @@ def _read_npz(path: Path, key: str) -> np.ndarray:
             if len(names) != 1 and NPZ_KEY not in names:
                 raise FevaeError(f"{key}={path} holds the arrays {names or '(none)'}, so which one to read is unclear",
                                  f"save one array (np.savez(path, images)) or name it '{NPZ_KEY}' (np.savez(path, {NPZ_KEY}=x))")
-            return np.asarray(archive[names[0] if len(names) == 1 else NPZ_KEY])
+            member = names[0] if len(names) == 1 else NPZ_KEY
+            with archive.zip.open(f"{member}.npy") as handle:  # its header first, checked against the limits
+                shape, dtype, _ = npy_header(handle)
+            check_npy(f"{key}={path} (array {member!r})", shape, dtype)
+            return np.asarray(archive[member])
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise FevaeError(f"{key}={path} is not a readable .npz archive ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
                          FORMAT_HELP) from err
@@ -176,20 +212,32 @@ def _read_png_folder(folder: Path, key: str = "input", image_shape: tuple[int, i
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
     if not files:
         raise FevaeError(f"{key}={folder} holds no .png files", shape_help(image_shape))
+    check_size(f"{key}={folder}", len(files), 1)  # the number of images; each one's size is checked from its header
     return _read_pngs(files, image_shape)
 
 
 def _read_pngs(files: list[Path], image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
-    """PNGs of ``image_shape``: one channel — 8-bit grayscale as uint8, and if any is 16-bit, all as
-    float32 in [0,1] (16-bit ones / 65535); three channels — RGB (or RGBA, alpha dropped) as uint8 ``[N, H, W, 3]``."""
+    """PNGs of ``image_shape``: one channel — 8-bit grayscale (mode L or 1, or a palette whose colours
+    in use are all grey) as uint8, and if any is 16-bit, all as float32 in [0,1] (16-bit ones / 65535);
+    three channels — RGB (or RGBA, alpha dropped, or any palette) as uint8 ``[N, H, W, 3]``. RGB and
+    coloured palettes are refused for one channel alike.
+
+    Each file's header is read first: a file that is not regular, or whose declared width × height ×
+    bands exceeds ``limits.max_pixels_per_image`` or is not the run's size, is refused before its pixels
+    are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = image_shape
     help_ = shape_help(image_shape)
     images = []
     for file in files:
+        regular_file(file, "input", fix=help_)
         try:
-            with Image.open(file) as img:
+            with Image.open(file) as img:  # lazy: the header only
+                width, height = img.size
+                check_size(str(file), 1, width * height * len(img.getbands()))
+                if (height, width) != (h, w):
+                    raise FevaeError(f"{file} is {width}x{height} pixels, not {w}x{h}", help_)
                 if c == 3:
                     if img.mode not in ("RGB", "RGBA", "P"):
                         raise FevaeError(f"{file} is a {img.mode} image, not RGB, but the run's images have 3 channels", help_)
@@ -201,17 +249,31 @@ def _read_pngs(files: list[Path], image_shape: tuple[int, int, int] = DEFAULT_IM
                     if wide.min() < 0 or wide.max() > 65535:
                         raise FevaeError(f"{file} has pixel values outside 0..65535", "save it as 8- or 16-bit grayscale")
                     images.append((wide / 65535.0).astype(np.float32))  # scaled, not clipped to 0..255
-                elif img.mode in ("L", "1", "P"):
+                elif img.mode in ("L", "1"):
                     images.append(np.asarray(img.convert("L"), dtype=np.uint8))
+                elif img.mode == "P" and _grey_palette(img):
+                    images.append(np.asarray(img.convert("RGB"), dtype=np.uint8)[..., 0])  # grey: R = G = B
+                elif img.mode == "P":
+                    raise FevaeError(f"{file} is a palette image with coloured entries, not grayscale, and the run's images "
+                                     "have 1 channel", "convert it to 8-bit grayscale (mode L), as for an RGB image")
                 else:
                     raise FevaeError(f"{file} is a {img.mode} image, not grayscale", "convert it to 8-bit grayscale (mode L)")
+        except Image.DecompressionBombError as err:
+            raise FevaeError(f"{file} declares more pixels than Pillow decodes ({str(err).split('.')[0]})", help_) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise FevaeError(f"{file} is not a readable PNG ({type(err).__name__})", help_) from err
-        if images[-1].shape[:2] != (h, w):
-            raise FevaeError(f"{file} is {images[-1].shape[1]}x{images[-1].shape[0]} pixels, not {w}x{h}", help_)
     if any(im.dtype != np.uint8 for im in images):
         images = [im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im for im in images]
     return np.stack(images)
+
+
+def _grey_palette(img: Any) -> bool:
+    """Whether every palette entry a palette (mode P) image uses is grey (R = G = B)."""
+    palette = np.asarray(img.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(np.asarray(img))
+    used = used[used < len(palette)]
+    entries = palette[used]
+    return bool((entries[:, 0] == entries[:, 1]).all() and (entries[:, 1] == entries[:, 2]).all())
 
 
 def to_model_input(images: np.ndarray, mode: str) -> torch.Tensor:

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fevae.callbacks.mixture import mixture_file, mixture_layers
 from fevae.errors import FevaeError
+from fevae.limits import load_yaml_config
 from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
 from fevae.utils.cli import override_key
@@ -80,8 +81,8 @@ def run_config(run_dir: str | Path, overrides: Iterable[str] = (), composed: Dic
         raise FevaeError(f"run_dir={run_dir} does not exist", "pass the folder of a `python -m fevae.train` run (see outputs/train/)")
     if not path.exists():
         raise FevaeError(f"{run_dir} has no {CONFIG_FILE}", "pass the folder of a `python -m fevae.train` run, not a sub-folder")
-    try:
-        cfg = OmegaConf.load(path)
+    try:  # a regular file whose YAML aliases expand to a bounded size (fevae.limits), read as OmegaConf.load reads it
+        cfg = load_yaml_config(path, "use a run folder written by `python -m fevae.train`")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as err:
         raise FevaeError(f"{path} is not a readable YAML config ({type(err).__name__})", "use a run folder written by `python -m fevae.train`") from err
     if not isinstance(cfg, DictConfig):
@@ -148,11 +149,45 @@ def load_model(run_dir: Path, name: str, node: Any, map_location: str | torch.de
     """The allow-listed model ``model.<name>`` built from ``node`` with the run's trained weights, in eval mode."""
     weights = model_weights(run_dir, name)
     module = build(f"model.{name}", node)
+    state = load_state_dict(weights, map_location=map_location)
     try:
-        module.load_state_dict(load_state_dict(weights, map_location=map_location))
+        module.load_state_dict(state)
     except (RuntimeError, KeyError, OSError, TypeError, ValueError) as err:
         raise FevaeError(f"cannot load {weights}: {str(err).splitlines()[0]}", "the checkpoint is corrupt or from another config: retrain the run") from err
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise FevaeError(f"checkpoint {weights} has non-finite (NaN or infinite) weights in {bad[0]}"
+                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}", "retrain the run (or re-evaluate a copy that has sound weights)")
     return module.eval()
+
+
+def check_device(map_location: Any) -> None:
+    """Refuse a ``map_location`` this machine has no device for (or that is no device), before any file is read."""
+    if map_location is None or callable(map_location) or isinstance(map_location, dict):
+        return  # torch.load's own forms: a function or a remapping, checked by torch
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise FevaeError(f"map_location={map_location!r} is not a device ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+                         "use map_location='cpu' (or 'cuda' on a machine with a GPU)") from None
+    available = {"cpu": True, "meta": False, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise FevaeError(f"map_location={map_location!r}: this machine has no {device.type} device available",
+                         "use map_location='cpu' (the checkpoint itself is fine)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FevaeError(f"map_location={map_location!r}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                         "use map_location='cuda:0' or 'cpu'")
+
+
+def check_accelerator(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse a run's ``trainer.accelerator`` that this machine lacks (a run trained with ``trainer=gpu``
+    scored on a CPU machine), naming the override that scores it here, before anything is built."""
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto") or "auto").lower()
+    missing = {"gpu": not torch.cuda.is_available() and not torch.backends.mps.is_available(),
+               "cuda": not torch.cuda.is_available(), "mps": not torch.backends.mps.is_available()}
+    if missing.get(accelerator, False):
+        raise FevaeError(f"the run {run_dir} is set to trainer.accelerator={accelerator}, and this machine has no such device",
+                         "score it on the CPU: add trainer=cpu (Python: fevae.load_run(run_dir, overrides=['trainer=cpu']))")
 
 
 def load_run(
@@ -160,7 +195,9 @@ def load_run(
 ) -> TrainedRun:
     """Load the config (see :func:`run_config`), best VAE and Jigsaw weights and the mixture of a finished run."""
     run_dir = Path(run_dir)
+    check_device(map_location)
     cfg = run_config(run_dir, overrides, composed)
+    check_accelerator(cfg, run_dir)
     # the folder's config is data: allow-listed targets only, every value checked (nothing built from it yet)
     validate_config(cfg, source=str(run_dir / CONFIG_FILE), skip=())
     models = {name: load_model(run_dir, name, cfg.model[name], map_location) for name in ("vae", "jigsaw")}
@@ -170,12 +207,22 @@ def load_run(
             f"{run_dir} has no {MIXTURE_FILE}: the run stopped before the feature mixture was fitted",
             f"finish it with `python -m fevae.train hydra.run.dir={run_dir} resume=true` plus the run's experiment",
         )
-    mixtures = {int(cfg.fe.layer): MixtureArrays.load(mixture_path)}
+    mixtures = {int(cfg.fe.layer): _load_mixture(mixture_path, run_dir)}
     for layer in mixture_layers(cfg.fe):
         path = run_dir / mixture_file(layer, cfg.fe)
         if path.exists():
-            mixtures[layer] = MixtureArrays.load(path)
+            mixtures[layer] = _load_mixture(path, run_dir)
     return TrainedRun(run_dir, cfg, models["vae"], models["jigsaw"], mixtures)
+
+
+def _load_mixture(path: Path, run_dir: Path) -> MixtureArrays:
+    """A run's mixture file, validated (keys, shapes, finite values: :class:`MixtureArrays`); a bad one names the file and the remedy."""
+    try:
+        return MixtureArrays.load(path)
+    except FevaeError as err:
+        raise FevaeError(err.what if str(path) in err.what else f"{path}: {err.what}",
+                         f"retrain the run, or re-evaluate it with fe.* overrides (python -m fevae.evaluate run_dir={run_dir} "
+                         "fe.C=...), which refits the mixture") from err
 
 
 # --------------------------------------------------------------------------- owning a run folder
@@ -185,7 +232,7 @@ STATE_DIR = ".fevae"
 #: settings that may differ when a run is resumed: where things are read from and written to, and
 #: what is shown while training; none of them changes a trained weight or a score
 RESUME_MAY_CHANGE = (
-    "resume", "paths", "cache", "optimized_metric", "logger", "progress_every_s", "separation", "fe.n_jobs",
+    "resume", "paths", "cache", "limits", "optimized_metric", "logger", "progress_every_s", "separation", "fe.n_jobs",
     "data.data_dir", "data.download", "data.download_dir", "data.num_workers", "data.pin_memory",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "budget.vae.trainer.log_every_n_steps", "budget.jigsaw.trainer.log_every_n_steps",

@@ -34,7 +34,7 @@ from fevae.mixture import TorchMixture
 from fevae.stages import detector_models
 from fevae.run import TrainedRun, load_run
 from fevae.utils.io import atomic_open
-from fevae.utils.cli import CONFIG_DIR, is_rank_zero, task_overrides, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, task_overrides, user_errors
 
 log = logging.getLogger("fevae.score")
 
@@ -58,6 +58,7 @@ def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input"
     The one scoring path of the score CLI and of :meth:`fevae.api.Run.score`: seeds with the run's
     seed, applies its preprocessing, scores in input order.
     """
+    fitted = load_fitted_detectors(run)  # validated before any work: a damaged detectors.npz is refused first
     L.seed_everything(run.cfg.seed, workers=True)
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
@@ -67,23 +68,30 @@ def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input"
     mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
     models = detector_models(run.cfg, run.run_dir)  # the detectors' extra models (the background VAE), from the run folder
     scores = run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}, models=models).scores[stream_name]
-    return {**scores, **fitted_scores(run, scores)}
+    return {**scores, **fitted_scores(run, scores, fitted)}
 
 
-def fitted_scores(run: TrainedRun, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The run's in-distribution-fitted detectors (``detectors.npz``) applied to ``scores``; none (with a
-    warning naming them) when the run folder has no fitted state (a run made before they existed)."""
+def load_fitted_detectors(run: TrainedRun) -> list:
+    """The run's in-distribution-fitted detectors with their state loaded (and validated) from
+    ``detectors.npz``; none (with a warning naming them) when the run folder has no fitted state (a run
+    made before they existed)."""
     from fevae.detectors import load_fitted
     from fevae.detectors.base import STATE_FILE
     from fevae.evaluation import fitted_detectors
 
     fitted = fitted_detectors(run.cfg)
     if not fitted:
-        return {}
+        return []
     if not (run.run_dir / STATE_FILE).is_file():
         log.warning("the run has no %s: the columns of %s are left out", STATE_FILE, [d.name for d in fitted])
-        return {}
+        return []
     load_fitted(run.run_dir / STATE_FILE, fitted)
+    return fitted
+
+
+def fitted_scores(run: TrainedRun, scores: dict[str, np.ndarray], fitted: list | None = None) -> dict[str, np.ndarray]:
+    """The run's in-distribution-fitted detectors (``detectors.npz``, :func:`load_fitted_detectors`) applied to ``scores``."""
+    fitted = load_fitted_detectors(run) if fitted is None else fitted
     return {k: v for det in fitted for k, v in det.score(scores).items()}
 
 
@@ -97,8 +105,11 @@ def output_columns(scores: Iterable[str]) -> list[str]:
     return columns + [c for c in OTHER_COLUMNS if c in names] + [c for c in rest if not c.startswith("log_p_")]
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Refuse an output path the CSV cannot be written to, before any work is done."""
+def check_output_path(path: str | Path, input_path: str | Path | None = None) -> Path:
+    """Refuse an output path the CSV cannot be written to, before any work is done: not a file name, a
+    folder, under a file, in a missing or unwritable folder, the input itself (``input_path``, compared
+    as resolved files), or a name the folder cannot hold (too long, a read-only or virtual file
+    system: a temp file of the name :func:`fevae.utils.io.atomic_open` uses is created and removed)."""
     path = Path(path)
     fix = "choose another output path, e.g. output=scores.csv"
     if str(path) in ("", "."):
@@ -115,7 +126,40 @@ def check_output_path(path: str | Path) -> Path:
         raise FevaeError(f"output={path}: folder {parent} does not exist", "create it or choose another output path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise FevaeError(f"output={path}: folder {parent} is not writable", fix)
+    if input_path is not None and _same_file(path, Path(input_path)):
+        raise FevaeError(f"output={path} is the input file, which writing the CSV would overwrite", "write the scores to another file, e.g. output=scores.csv")
+    _check_creatable(path)
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: atomic_open's own error names it
+        return False
+
+
+def _check_creatable(path: Path) -> None:
+    """Create and remove a temp file named as :func:`fevae.utils.io.atomic_open` names it beside ``path``."""
+    import errno
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            try:
+                longest = os.pathconf(path.parent, "PC_NAME_MAX") - len(".XXXXXXXX.tmp") - 1
+            except (OSError, ValueError):
+                longest = 240
+            raise FevaeError(f"output={path}: the name is {len(os.fsencode(path.name))} bytes, too long to write here "
+                             f"(at most {longest}: the CSV is written through a temp file beside it)", "choose a shorter file name") from None
+        raise FevaeError(f"output={path} cannot be created in {path.parent} ({err.strerror or err})",
+                         "choose an output path in a writable folder, e.g. output=scores.csv") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
@@ -135,8 +179,9 @@ def main(cfg: DictConfig) -> None:
     missing = [k for k in ("run_dir", "input", "output") if OmegaConf.is_missing(cfg, k)]
     if missing:
         raise FevaeError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required", USAGE)
-    check_output_path(cfg.output)  # before any scoring
-    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name")), cfg.stream_name, composed=cfg)
+    check_output_path(cfg.output, cfg.input)  # before any scoring
+    scores = score_images(cfg.run_dir, cfg.input, task_overrides(exclude=("run_dir", "input", "output", "stream_name", "limits")),
+                          cfg.stream_name, composed=cfg)
     if not is_rank_zero():
         return
     write_csv_atomic(cfg.output, scores)
@@ -144,4 +189,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

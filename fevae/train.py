@@ -25,7 +25,7 @@ from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
 from fevae.stages import detector_models, make_datamodule, report_info
 from fevae.training import fit_model
-from fevae.utils.cli import CONFIG_DIR, is_rank_zero, user_errors
+from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, user_errors
 from fevae.utils.log import log_config, route_lightning_logs, stage
 from fevae.validation import validate_config
 
@@ -100,4 +100,4 @@ def main(cfg: DictConfig) -> float | str | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fevae.data.doctor import run_doctor
-from fevae.utils.cli import CONFIG_DIR, user_errors
+from fevae.utils.cli import CONFIG_DIR, run_cli, user_errors
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="data_doctor")
@@ -29,4 +29,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

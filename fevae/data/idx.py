@@ -30,19 +30,37 @@ _FIX_FILE = "re-download or re-extract this file (see `python -m fevae.data` for
 
 
 def _read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it starts with the gzip magic bytes."""
-    require(path.is_file(), f"IDX file {path} does not exist or is not a file", _FIX_FILE)
+    """The file's content, decompressed when it starts with the gzip magic bytes, read no further than
+    its header declares: the header is read first and its dimensions checked against the input limits
+    (:mod:`fevae.limits`), then at most the declared bytes and one more (so a longer stream is "too long",
+    never decompressed to its end). A pipe or device is refused before it is opened."""
+    from fevae.limits import check_size
+
+    require(path.is_file(), f"IDX file {path} does not exist or is not a file", _FIX_FILE)  # os.stat: no pipe or device
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as raw:
+            gz = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            head = stream.read(4)
+            if len(head) == 4 and head[:3] == bytes([0, 0, UBYTE]) and head[3] in (1, 3):
+                head += stream.read(4 * head[3])
+                if len(head) == 4 + 4 * head[3]:
+                    dims = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(head[3])]
+                    check_size(f"IDX file {path}", dims[0], int(np.prod(dims[1:], dtype=np.int64)))
+                    expected = int(np.prod(dims, dtype=np.int64))
+                    payload = stream.read(expected + 1)
+                    if len(payload) > expected:  # never read to its end: the file's size, or for gzip only that it is longer
+                        held = f"{path.stat().st_size - len(head)} bytes" if not gz else "more (its gzip stream goes on)"
+                        raise FevaeError(f"IDX file {path} is too long: its header declares {dims[0]} items ({expected} bytes) "
+                                         f"but it holds {held} of data", _FIX_FILE)
+                    return head + payload
+            return head  # not a uint8 IDX header: _parse names what is wrong with it
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise FevaeError(f"IDX file {path} is a corrupt or truncated gzip file ({err})", _FIX_FILE) from err
     except OSError as err:
         raise FevaeError(f"cannot read IDX file {path}: {err.strerror or err}",
                          "check the file's permissions") from err
-    if not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        raise FevaeError(f"IDX file {path} is a corrupt or truncated gzip file ({err})", _FIX_FILE) from err
 
 
 def _parse(data: bytes, path: Path) -> np.ndarray:

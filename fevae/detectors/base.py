@@ -182,18 +182,60 @@ def save_fitted(path: str | Path, fitted: Sequence[FittedDetector]) -> None:
         np.savez(handle, **arrays)
 
 
+#: what to do about a damaged ``detectors.npz`` (its detectors are refitted by a re-evaluation)
+STATE_FIX = "re-evaluate the run (python -m fevae.evaluate run_dir=<the run>, which refits its detectors) or retrain it"
+
+
+def state_array(detector: str, arrays: Mapping[str, np.ndarray], key: str, ndim: int | None = None,
+                size: int | None = None) -> np.ndarray:
+    """``arrays[key]`` of a stored detector state as finite float64, checked: present, a real number
+    array of ``ndim`` dimensions, ``size`` long along the last one (when given); else one
+    :class:`FevaeError` with :data:`STATE_FIX` (:func:`load_fitted` adds the file's name)."""
+    where = f"the state of {detector}"
+    if key not in arrays:
+        raise FevaeError(f"{where} lacks {key!r}", STATE_FIX)
+    value = np.asarray(arrays[key])
+    if value.dtype.kind not in "fiu" or value.dtype.kind == "c":
+        raise FevaeError(f"{where} has {key!r} of dtype {value.dtype}, not real numbers", STATE_FIX)
+    if ndim is not None and value.ndim != ndim:
+        raise FevaeError(f"{where} has {key!r} of shape {list(value.shape)}, not {ndim}-dimensional", STATE_FIX)
+    if size is not None and (value.ndim == 0 or value.shape[-1] != size):
+        raise FevaeError(f"{where} has {key!r} of shape {list(value.shape)}, expected {size} along its last axis", STATE_FIX)
+    value = value.astype(np.float64)
+    if not np.isfinite(value).all():
+        raise FevaeError(f"{where} has {int((~np.isfinite(value)).sum())} NaN or infinite values in {key!r}", STATE_FIX)
+    return value
+
+
 def load_fitted(path: str | Path, fitted: Sequence[FittedDetector]) -> None:
-    """Load the states :func:`save_fitted` wrote into ``fitted`` (``allow_pickle=False``)."""
+    """Load the states :func:`save_fitted` wrote into ``fitted`` (``allow_pickle=False``), each validated
+    by its detector's :meth:`FittedDetector.load_state` (keys, shapes, dtypes, finite values); a damaged
+    file (truncated, not an ``.npz``, a pickle, a missing or non-finite array) is one :class:`FevaeError`
+    naming it."""
+    import zipfile
+
     path = Path(path)
     if not fitted:
         return
     if not path.is_file():
         raise FevaeError(f"{path} is missing: the run's fitted detectors cannot score new images",
                          "re-score the run with python -m fevae.evaluate, or drop them from eval.detectors")
-    with np.load(path, allow_pickle=False) as archive:
-        for det in fitted:
-            prefix = f"{det.name}/"
-            arrays = {k[len(prefix):]: archive[k] for k in archive.files if k.startswith(prefix)}
-            if not arrays:
-                raise FevaeError(f"{path} has no state of the detector {det.name}", "re-score the run with python -m fevae.evaluate")
-            det.load_state(arrays)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise FevaeError(f"{path} is a single array, not the .npz archive of the fitted detectors", STATE_FIX)
+            for det in fitted:
+                prefix = f"{det.name}/"
+                arrays = {k[len(prefix):]: archive[k] for k in archive.files if k.startswith(prefix)}
+                if not arrays:
+                    raise FevaeError(f"{path} has no state of the detector {det.name}", STATE_FIX)
+                try:
+                    det.load_state(arrays)
+                except FevaeError as err:
+                    raise FevaeError(f"{path}: {err.what}", STATE_FIX) from err
+    except FevaeError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        # never repeat numpy's text: for a pickled array it suggests allow_pickle=True, which would run the file's code
+        kind = "holds pickled objects" if "pickle" in str(err).lower() else "is truncated or not an .npz archive"
+        raise FevaeError(f"{path} {kind} ({type(err).__name__}), so it is not read", STATE_FIX) from None

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fevae.detectors.base import FittedDetector
+from fevae.detectors.base import STATE_FIX, FittedDetector, state_array
 from fevae.errors import FevaeError
 
 #: bandwidth grid (standardised units) searched by cross-validation
@@ -73,11 +73,18 @@ class Dose(FittedDetector):
         return {"mean": self.mean, "sd": self.sd, "points": self.points, "bandwidth": np.array(self.bandwidth)}
 
     def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Mean, sd ([k], sd > 0), points ([n, k], n ≥ 1) and one bandwidth > 0, all finite (k: the statistics)."""
         from sklearn.neighbors import KernelDensity
 
-        self.mean, self.sd, self.points = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "sd", "points"))
-        if self.points.ndim != 2 or self.points.shape[1] != len(self.stats):
-            raise FevaeError(f"the stored dose state has {self.points.shape} points for {len(self.stats)} statistics",
+        k = len(self.stats)
+        self.points = state_array(self.name, arrays, "points", ndim=2)
+        if self.points.shape[1] != k or len(self.points) == 0:
+            raise FevaeError(f"the stored dose state has {self.points.shape} points for {k} statistics",
                              "re-score the run with python -m fevae.evaluate (the run's eval settings changed)")
-        self.bandwidth = float(arrays["bandwidth"])
+        self.mean = state_array(self.name, arrays, "mean", ndim=1, size=k)
+        self.sd = state_array(self.name, arrays, "sd", ndim=1, size=k)
+        bandwidth = state_array(self.name, arrays, "bandwidth")
+        if bandwidth.size != 1 or not (self.sd > 0).all() or not bandwidth.reshape(-1)[0] > 0:
+            raise FevaeError("the stored dose state needs one bandwidth > 0 and standard deviations > 0", STATE_FIX)
+        self.bandwidth = float(bandwidth.reshape(-1)[0])
         self._kde = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(self.points)

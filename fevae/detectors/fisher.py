@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fevae.detectors.base import FittedDetector
+from fevae.detectors.base import STATE_FIX, FittedDetector, state_array
 from fevae.errors import FevaeError
 
 TERMS = ("vae", "fe")
@@ -71,7 +71,14 @@ class StandardisedFevae(FittedDetector):
         return {c: v for c, v in self.reference.items()}
 
     def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The sorted validation values of each term: present, 1-D, non-empty, finite, ascending."""
         missing = [c for c in self.needs() if c not in arrays]
         if missing:
-            raise FevaeError(f"the stored standardised_fevae state lacks {missing}", "re-score the run with python -m fevae.evaluate")
-        self.reference = {c: np.asarray(arrays[c], dtype=np.float64) for c in self.needs()}
+            raise FevaeError(f"the stored standardised_fevae state lacks {missing}", STATE_FIX)
+        reference = {c: state_array(self.name, arrays, c, ndim=1) for c in self.needs()}
+        for c, ref in reference.items():
+            if len(ref) == 0:
+                raise FevaeError(f"the stored standardised_fevae state has no validation values of {c}", STATE_FIX)
+            if np.any(np.diff(ref) < 0):
+                raise FevaeError(f"the stored standardised_fevae values of {c} are not sorted", STATE_FIX)
+        self.reference = reference

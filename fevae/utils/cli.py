@@ -65,7 +65,7 @@ def as_user_error(err: BaseException) -> FevaeError | None:
     the instantiated object are wrong.
     """
     from hydra.errors import InstantiationException
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     seen: set[int] = set()
     chain: list[BaseException] = []
@@ -80,9 +80,13 @@ def as_user_error(err: BaseException) -> FevaeError | None:
     if isinstance(err, MissingMandatoryValue):
         key = getattr(err, "full_key", None) or "a required setting"
         return FevaeError(f"{key} is required but was not given", f"pass {key}=... on the command line")
+    if isinstance(err, InterpolationResolutionError):  # a value with ${...} that names nothing: input='x${y}.npy'
+        key = getattr(err, "full_key", None) or "a setting"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return FevaeError(f"{key}: {first}", f"fix the ${{...}} interpolation, or write a literal '$' as '\\$' ({key}='a\\${{b}}.npy')")
     if isinstance(err, InstantiationException):
         cause = err.__cause__
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError)) or type(cause).__name__ == "MisconfigurationException":  # Lightning's
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             where = str(err).strip().splitlines()[0] if str(err).strip() else "building an object from the config"
             return FevaeError(f"{where.rstrip(':')}: {first}", "fix the settings of that config group")
@@ -103,7 +107,10 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _task_started
+        _task_started = True
         try:
+            _apply_limits(args[0] if args else None)
             return task(*args, **kwargs)
         except Exception as err:
             if not in_multirun():
@@ -140,6 +147,90 @@ def _exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+#: set when a :func:`user_errors` task starts: an exception after that is the task's, not Hydra's composition
+_task_started = False
+
+
+def _apply_limits(cfg: Any) -> None:
+    """Put the command's ``limits`` settings (:mod:`fevae.limits`) in force for this process."""
+    from fevae.limits import configure
+
+    node = cfg.get("limits") if hasattr(cfg, "get") else None
+    configure(node)
+
+
+def hydra_error(err: BaseException, prog: str = "") -> FevaeError | None:
+    """The one-line :class:`FevaeError` of an error Hydra raises while composing a command line's config
+    (an unknown key or config-group option, an override it cannot parse), or ``None`` for any other."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not isinstance(err, (HydraException, OmegaConfBaseException)):
+        return None
+    text = one_line(str(err).replace("\t", " "))
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        first = (str(cause).strip().splitlines() or [""])[0]
+        if first and first not in text:
+            text = f"{text} ({first})"
+    show = f"`python -m {prog} --cfg job` prints the settings, `--help` the config groups" if prog else "`--cfg job` prints the settings"
+    if type(err).__name__ == "OverrideParseException":
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return FevaeError(f"cannot parse the override in: {first}",
+                          "quote a value with spaces, non-ASCII letters or special characters, e.g. "
+                          "\"input='/data/é x.npy'\" (the outer quotes for the shell)")
+    return FevaeError(text, f"check the key or option against conf/ ({show}); a new key needs a leading +")
+
+
+#: the multirun in progress: ``{"dir": sweep folder}`` (set by :class:`fevae.callbacks.summary.SweepSummary`)
+SWEEP: dict[str, str] = {}
+
+
+def failed_sweep_error(err: BaseException) -> FevaeError | None:
+    """The one-line error of a sweep none of whose trials finished: Optuna's ``study.best_trial`` then raises
+    ``ValueError('No trials are completed yet.')`` after the last trial; each job's own error is in its
+    ``error.txt`` (:func:`user_errors`), and the first of them is quoted. ``None`` for any other error."""
+    if not isinstance(err, ValueError) or "No trials are completed yet" not in str(err):
+        return None
+    sweep = Path(SWEEP["dir"]) if SWEEP.get("dir") else None
+    errors = sorted(sweep.glob("*/error.txt"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0) if sweep else []
+    first = f" (job {errors[0].parent.name}: {one_line(errors[0].read_text())})" if errors else ""
+    return FevaeError(f"every trial of the sweep failed, so there is no best trial{first}",
+                      f"fix that setting or the search space (hydra.sweeper.params); each job's error is in {sweep or '<sweep dir>'}/<job>/error.txt")
+
+
+def run_cli(main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` entry point so that an error Hydra raises before the task starts (an unknown
+    key ``foo=1``, an unknown option ``data=imagenet``, an override it cannot parse) is one line
+    ``error: ...`` and exit status 2, like every other user error, instead of Hydra's multi-line report.
+
+    Hydra's own reporting is switched off for the call (``HYDRA_FULL_ERROR=1``), so its exceptions reach
+    here; an exception raised once the task has started is the task's (:func:`user_errors` already handled
+    the user errors among them) and propagates with its traceback.
+    """
+    import os
+
+    global _task_started
+    _task_started = False
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        return main()
+    except Exception as err:
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        user = None if _task_started else hydra_error(err, getattr(spec, "name", "") or "")
+        user = user or failed_sweep_error(err)
+        if user is None:
+            raise
+        print(f"error: {one_line(str(user))}", file=sys.stderr, flush=True)
+        sys.exit(FevaeError.exit_code)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
 def one_line(text: str) -> str:
     """``text`` with its line breaks folded into spaces (an error is one line)."""
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
@@ -158,23 +249,6 @@ def release_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-#: the multirun in progress: ``{"dir": sweep folder}`` (set by :class:`fevae.callbacks.summary.SweepSummary`)
-SWEEP: dict[str, str] = {}
-
-
-def failed_sweep_error(err: BaseException) -> FevaeError | None:
-    """The one-line error of a sweep none of whose trials finished: Optuna's ``study.best_trial`` then raises
-    ``ValueError('No trials are completed yet.')`` after the last trial; each job's own error is in its
-    ``error.txt`` (:func:`user_errors`), and the first of them is quoted. ``None`` for any other error."""
-    if not isinstance(err, ValueError) or "No trials are completed yet" not in str(err):
-        return None
-    sweep = Path(SWEEP["dir"]) if SWEEP.get("dir") else None
-    errors = sorted(sweep.glob("*/error.txt"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0) if sweep else []
-    first = f" (job {errors[0].parent.name}: {one_line(errors[0].read_text())})" if errors else ""
-    return FevaeError(f"every trial of the sweep failed, so there is no best trial{first}",
-                      f"fix that setting or the search space (hydra.sweeper.params); each job's error is in {sweep or '<sweep dir>'}/<job>/error.txt")
 
 
 def override_key(override: str) -> str:
