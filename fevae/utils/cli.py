@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from fevae.bootstrap import metric_direction
 from fevae.errors import FevaeError
+from fevae.utils.signals import exit_on_signal
 
 #: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
 #: checkout (editable install, ``python -m fevae.train`` in the repository), else the copy of it that
@@ -128,7 +129,7 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             release_process_group()
 
-    return _exit_on_user_error(wrapper)
+    return exit_on_signal(_exit_on_user_error(wrapper))  # SIGTERM/SIGINT: one line, exit 128+signum (fevae/utils/signals.py)
 
 
 def _exit_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
