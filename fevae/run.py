@@ -305,13 +305,63 @@ def config_differences(stored: DictConfig, requested: DictConfig, may_change: It
     return [k for k in keys if not any(k == m or k.startswith(m + ".") for m in may_change)]
 
 
+def _hydra_wrote_files() -> bool:
+    """True when Hydra wrote ``.hydra/`` itself at this process's startup (``hydra.output_subdir`` set)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().output_subdir is not None
+
+
 def _restore_hydra_files(run_dir: Path) -> None:
-    """Put back the ``.hydra/`` files of the run's own start (Hydra rewrote them for this refused call)."""
+    """Put back the ``.hydra/`` files of the run's own start, where Hydra rewrote them for this refused call
+    (only with an explicit ``hydra.output_subdir``: conf/train.yaml has Hydra write none at startup)."""
     backup = run_dir / STATE_DIR / "hydra"
-    if backup.is_dir():
+    if backup.is_dir() and _hydra_wrote_files():
         for file in backup.iterdir():
             if file.is_file():
                 write_bytes_atomic(run_dir / ".hydra" / file.name, file.read_bytes())
+
+
+def write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """Write ``<run_dir>/.hydra/{config,hydra,overrides}.yaml`` as Hydra does, from this process's config.
+
+    ``conf/train.yaml`` sets ``hydra.output_subdir: null``, so Hydra writes nothing at startup, before
+    the run folder is claimed: only the process that holds the folder's lock writes these files, after
+    taking it (:func:`own_run_folder`), so two trainings started at once into one folder never leave
+    the refused one's settings in the winner's ``.hydra/config.yaml``. Outside a Hydra app: nothing.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_dir = Path(run_dir) / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(hydra_dir / "config.yaml", OmegaConf.to_yaml(_task_config(cfg)).encode())
+    write_bytes_atomic(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg).encode())
+    write_bytes_atomic(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(HydraConfig.get().overrides.task).encode())
+
+
+def record_refused_start(run_dir: str | Path, cfg: DictConfig) -> None:
+    """The ``.hydra/`` files of a start refused before it claimed ``run_dir`` (a bad setting), as Hydra
+    wrote them before: only into a folder that no process holds and that holds no run (a sweep's
+    failed job keeps its settings beside its ``error.txt``; a finished run's files are never touched)."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    if launch_rank() != 0 or not run_dir.is_dir() or _holds_a_run(run_dir):
+        return
+    state = run_dir / STATE_DIR
+    try:
+        state.mkdir(exist_ok=True)
+        lock = FileLock(str(state / "lock"), timeout=0)
+        lock.acquire()
+    except (OSError, Timeout):
+        return
+    try:
+        if not _holds_a_run(run_dir):
+            write_hydra_files(run_dir, cfg)
+    finally:
+        lock.release()
 
 
 def _holds_a_run(run_dir: Path) -> bool:
@@ -329,9 +379,12 @@ def own_run_folder(run_dir: str | Path, cfg: DictConfig) -> Iterator[None]:
     * A run folder that already holds a run is not trained into again unless ``resume=true``.
     * ``resume=true`` compares the config the run was started with (``.fevae/config.yaml``) with
       the requested one and refuses, naming the keys, when any setting outside
-      :data:`RESUME_MAY_CHANGE` differs: the folder's weights, mixtures, scores and report then always
-      describe one config.
-    * On refusal the ``.hydra/`` files Hydra already rewrote at startup are put back as the run had them.
+      :data:`RESUME_MAY_CHANGE` differs; and compares the folder's own files with the requested
+      config (:func:`check_artifacts`: each mixture's C, n, layer width and covariance type, each
+      checkpoint's weight shapes), so a run whose ``.fevae/`` was deleted cannot mix configs either:
+      the folder's weights, mixtures, scores and report then always describe one config.
+    * The run's config files (``.fevae/config.yaml``, ``.hydra/``: :func:`write_hydra_files`) are
+      written only here, by the lock's holder, after the checks: a refused process writes none.
 
     Only the process that writes the run's files takes part: under DDP the non-zero ranks (env
     ``RANK``/``LOCAL_RANK``/``SLURM_PROCID``) skip this, and each job of a multirun sweep owns its
@@ -367,6 +420,9 @@ def own_run_folder(run_dir: str | Path, cfg: DictConfig) -> Iterator[None]:
         except FevaeError:
             _restore_hydra_files(run_dir)
             raise
+        from fevae.utils.signals import set_hint
+
+        set_hint(f"continue it with resume=true and hydra.run.dir={run_dir} (same settings)")
         yield
     finally:
         (state / "owner.json").unlink(missing_ok=True)
@@ -396,10 +452,16 @@ def _check_config(run_dir: Path, cfg: DictConfig) -> None:
                 "resume with the run's own settings (see its .fevae/config.yaml), or start a new run; "
                 "to re-score with other fe.*/eval.* settings use `python -m fevae.evaluate run_dir=...`",
             )
+        check_artifacts(run_dir, cfg)
+        write_hydra_files(run_dir, cfg)
         return
+    if resume:
+        check_artifacts(run_dir, cfg)
     if resume and _holds_a_run(run_dir):
-        log.warning("run folder %s predates config checks on resume: its settings cannot be compared with these", run_dir)
+        log.warning("run folder %s has no %s: its settings cannot be compared with these (its files were checked against them)",
+                    run_dir, stored_path.relative_to(run_dir))
     write_bytes_atomic(stored_path, OmegaConf.to_yaml(_task_config(cfg)).encode())
+    write_hydra_files(run_dir, cfg)
     hydra_dir = run_dir / ".hydra"
     if hydra_dir.is_dir():
         backup = state / "hydra"
@@ -408,3 +470,56 @@ def _check_config(run_dir: Path, cfg: DictConfig) -> None:
         for file in hydra_dir.iterdir():
             if file.is_file():
                 shutil.copy2(file, backup / file.name)
+
+
+def _resume_fix(run_dir: Path) -> str:
+    return (f"resume with the settings the run was trained with (see {run_dir / CONFIG_FILE}), or start a new run; "
+            "to re-score with other fe.* settings use `python -m fevae.evaluate run_dir=...`, which refits the mixture")
+
+
+def check_artifacts(run_dir: str | Path, cfg: DictConfig) -> None:
+    """Refuse ``resume=true`` when a file already in ``run_dir`` was made under other settings than ``cfg``.
+
+    Read from the files themselves, not from ``.fevae/config.yaml`` (which a user may have deleted):
+    each feature mixture (``mixture.npz`` for ``fe.layer``, ``mixture_l<k>.npz`` for ``fe.extra_layers``)
+    must have ``fe.C`` components, be fitted on ``fe.n`` images, with ``fe.covariance_type``, on as
+    many features as its Jigsaw layer is wide (``model.jigsaw.hidden``); each checkpoint
+    (``checkpoints/<model>/{best,last}.ckpt``) must hold the weights, with their shapes, of the model
+    ``model.<model>`` builds. A mismatch is one :class:`FevaeError` naming both values.
+    """
+    run_dir = Path(run_dir)
+    if not isinstance(cfg.get("fe"), DictConfig) or not isinstance(cfg.get("model"), DictConfig):
+        return
+    fe = cfg.fe
+    hidden = [int(h) for h in (OmegaConf.select(cfg, "model.jigsaw.hidden") or [])]
+    for layer in mixture_layers(fe):
+        path = run_dir / mixture_file(layer, fe)
+        if not path.is_file():
+            continue
+        arrays = MixtureArrays.load(path)
+        checks = [("fe.C", arrays.n_components, int(fe.C)), ("fe.covariance_type", arrays.covariance_type, str(fe.covariance_type))]
+        if arrays.n_samples_fit >= 0:  # (-1: a mixture written before the count was stored)
+            checks.append(("fe.n", arrays.n_samples_fit, int(fe.n)))
+        for key, have, want in checks:
+            if have != want:
+                raise FevaeError(f"resume=true: {path.name} was fitted with {key}={have}, but this run asks for {key}={want}", _resume_fix(run_dir))
+        if 1 <= layer <= len(hidden) and arrays.n_features != hidden[layer - 1]:
+            widths = [k + 1 for k, h in enumerate(hidden) if h == arrays.n_features]
+            made = f" (layer {', '.join(map(str, widths))} of model.jigsaw.hidden={hidden})" if widths else ""
+            setting = f"fe.layer={layer}" if layer == int(fe.layer) else f"fe.extra_layers' layer {layer}"
+            raise FevaeError(f"resume=true: {path.name} was fitted on {arrays.n_features} features{made}, "
+                             f"but {setting} has {hidden[layer - 1]} (model.jigsaw.hidden={hidden})", _resume_fix(run_dir))
+    for name in ("vae", "jigsaw"):
+        node = cfg.model.get(name)
+        checkpoints = [p for p in (checkpoint_dir(run_dir, name) / f for f in ("last.ckpt", "best.ckpt")) if p.is_file()]
+        if node is None or not checkpoints:
+            continue
+        expected = {k: tuple(v.shape) for k, v in build(f"model.{name}", node).state_dict().items()}
+        for path in checkpoints:
+            stored = {k: tuple(v.shape) for k, v in load_state_dict(path).items()}
+            for key in sorted(set(expected) | set(stored)):
+                have, want = stored.get(key), expected.get(key)
+                if have != want:
+                    show = lambda s: "no such weight" if s is None else f"shape {list(s)}"  # noqa: E731
+                    raise FevaeError(f"resume=true: {path.relative_to(run_dir)} has {key} with {show(have)}, "
+                                     f"but model.{name} as configured has {show(want)}", _resume_fix(run_dir))

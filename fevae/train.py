@@ -88,12 +88,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @user_errors
 def main(cfg: DictConfig) -> float | str | None:
-    from fevae.run import own_run_folder
+    from fevae.run import own_run_folder, record_refused_start
 
     route_lightning_logs()
-    validate_config(cfg)  # a bad setting is refused before the run folder is claimed
-    check_ood_sources(cfg.data)  # every OOD image file read and checked before the run folder is claimed
-    check_data_sources(cfg.data)  # every dataset split located (not read) before the run folder is claimed
+    try:
+        validate_config(cfg)  # a bad setting is refused before the run folder is claimed
+        check_ood_sources(cfg.data)  # every OOD image file read and checked before the run folder is claimed
+        check_data_sources(cfg.data)  # every dataset split located (not read) before the run folder is claimed
+    except Exception:
+        record_refused_start(run_dir_of(cfg), cfg)  # its .hydra/, into a folder nobody holds that holds no run
+        raise
     with own_run_folder(run_dir_of(cfg), cfg):  # one process per run folder; resume only with the same config
         result = train(cfg)
     return flatten_metrics(result["metrics"]).get(cfg.optimized_metric) if result["metrics"] else None
