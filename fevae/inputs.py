@@ -123,6 +123,13 @@ def check_npy(what: str, shape: tuple[int, ...], dtype: np.dtype, available: int
                          "save the array again (np.save)")
 
 
+def check_npz_member(archive: Any, member: str, what: str) -> None:
+    """:func:`check_npy` of the array ``member`` of an open ``np.load`` archive, from its header only."""
+    with archive.zip.open(f"{member}.npy") as handle:
+        shape, dtype, _ = npy_header(handle)
+    check_npy(what, shape, dtype)
+
+
 def read_images(path: str | Path, key: str = "input", image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
     """Images of ``image_shape`` ``(C, H, W)``, as ``[N, H, W]`` (one channel) or ``[N, H, W, C]``
     (channels last): uint8 (raw pixels) or float (already in [0,1]); validated.
@@ -165,9 +172,7 @@ def _read_npz(path: Path, key: str) -> np.ndarray:
                 raise FevaeError(f"{key}={path} holds the arrays {names or '(none)'}, so which one to read is unclear",
                                  f"save one array (np.savez(path, images)) or name it '{NPZ_KEY}' (np.savez(path, {NPZ_KEY}=x))")
             member = names[0] if len(names) == 1 else NPZ_KEY
-            with archive.zip.open(f"{member}.npy") as handle:  # its header first, checked against the limits
-                shape, dtype, _ = npy_header(handle)
-            check_npy(f"{key}={path} (array {member!r})", shape, dtype)
+            check_npz_member(archive, member, f"{key}={path} (array {member!r})")
             return np.asarray(archive[member])
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise FevaeError(f"{key}={path} is not a readable .npz archive ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",

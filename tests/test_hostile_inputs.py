@@ -220,6 +220,18 @@ def test_6_training_data_with_a_gzip_bomb_is_refused_by_the_limits(tmp_path):
         read_images_and_labels(images, labels)
 
 
+def test_6_own_training_data_claiming_a_billion_images_is_refused_before_allocation(tmp_path):
+    import zipfile
+
+    from fevae.data.own import load_own
+
+    member = _npy_header_only(tmp_path / "train.npy", (10**9, 28, 28))
+    with zipfile.ZipFile(tmp_path / "mine.npz", "w") as archive:
+        archive.write(member, "train.npy")
+    with pytest.raises(FevaeError, match=r"data\.path=.*'train'.*limits\.max_images"):
+        load_own("npz", str(tmp_path / "mine.npz"), (1, 28, 28))
+
+
 def test_6_the_limits_are_settings_of_the_score_cli(trained_run, tmp_path):
     bomb = _gzip_idx_bomb(tmp_path / "bomb.gz", 10_000)  # 7.8 MB expanded
     line = one_line_error(cli("fevae.score", f"run_dir={trained_run[0]}", f"input={bomb}", f"output={tmp_path / 'o.csv'}",

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from fevae.errors import FevaeError
-from fevae.inputs import read_images, validate_images
+from fevae.inputs import check_npz_member, read_images, validate_images
+from fevae.limits import regular_file
 
 __all__ = ["OWN_KINDS", "PARTS", "load_own"]
 
@@ -75,6 +76,7 @@ def _npz(path: Path, image_shape: tuple[int, int, int]) -> dict[str, Part]:
                                  "np.savez(path, train=x_train, test=x_test) or np.savez(path, images=x)")
             out = {}
             for part, key in keys.items():
+                check_npz_member(archive, key, f"data.path={path} (array {key!r})")  # its header against the limits, before reading
                 images = validate_images(np.asarray(archive[key]), f"{path}[{key}]", "data.path", image_shape)
                 out[part] = (images, _labels(archive, label_keys[part], len(images), where))
             return out
@@ -97,4 +99,5 @@ def load_own(kind: str, path: str | None, image_shape: tuple[int, int, int]) -> 
         return _folder(p, image_shape)
     if p.is_dir():
         raise FevaeError(f"data.path={path} is a folder", "data=npz reads a .npz file; use data=folder for a folder of PNGs")
+    regular_file(p, "data.path", fix="point data.path at a .npz file (a pipe or device is never read)")
     return _npz(p, image_shape)
