@@ -441,8 +441,8 @@ def _check_config(run_dir: Path, cfg: DictConfig) -> None:
         )
     if resume and stored_path.is_file():
         try:
-            stored = OmegaConf.load(stored_path)
-        except (OSError, yaml.YAMLError, OmegaConfBaseException) as err:
+            stored = load_yaml_config(stored_path, "train into a new folder")  # bounded YAML aliases, as for .hydra/config.yaml
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as err:
             raise FevaeError(f"{stored_path} is not readable ({type(err).__name__})", "train into a new folder") from err
         differ = config_differences(stored, cfg)
         if differ:

@@ -84,6 +84,24 @@ def test_5_a_yaml_alias_bomb_as_run_config_is_refused_at_once(trained_run, tmp_p
     assert time.perf_counter() - start < 5
 
 
+def test_5_a_yaml_alias_bomb_as_the_resume_config_is_refused_at_once(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fevae.run import own_run_folder
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".fevae").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / ".fevae" / "config.yaml").write_text(_alias_bomb(9))
+
+    def resume():
+        with own_run_folder(run_dir, OmegaConf.create({"seed": 1, "resume": True})):
+            pass
+
+    box = _in_thread(resume, timeout=30)
+    assert isinstance(box.get("error"), FevaeError) and "aliases" in str(box["error"]), box
+
+
 def test_5_a_recursive_yaml_alias_is_refused(trained_run, tmp_path):
     run_dir = planted(trained_run, tmp_path, lambda cfg: None)
     (run_dir / ".hydra" / "config.yaml").write_text("a: &a [1, *a]\n")
