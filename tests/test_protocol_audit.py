@@ -82,6 +82,15 @@ def test_c3_with_a_difference_interval_starting_at_zero_is_undecided():
     assert c3.verdict == UNDECIDED
 
 
+def test_c5_band_edges_decide_nothing():
+    def c5(ci):
+        metrics = {"ood": {"mnist_saltpepper": {"PR": {"fevae": {"auroc": sum(ci) / 2, "auroc_ci": ci}}}}}
+        return {c.id: c for c in evaluate_claims(metrics, {}, "bernoulli")}["C5"].verdict
+
+    assert c5([0.55, 0.65]) == UNDECIDED  # the upper end on the band's edge (a closed band said shown)
+    assert c5([0.50, 0.60]) == SHOWN and c5([0.70, 0.80]) == NOT_SHOWN and c5([0.60, 0.70]) == UNDECIDED
+
+
 def _c2(pr_sd: float, apo_sd: float) -> str:
     rng = np.random.default_rng(3)
     scores = {"fashionmnist": {"log_p_vae_pr": rng.normal(0, pr_sd, 500), "log_p_vae_apo": rng.normal(0, apo_sd, 500)}}
