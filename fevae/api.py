@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fevae.utils.io import full_length_scores
 from fevae.errors import FevaeError
 from fevae.inputs import DEFAULT_IMAGE_SHAPE, image_shape_of, shape_help, validate_images
 from fevae.run import CONFIG_FILE, TrainedRun, config_differences, run_config
@@ -174,13 +175,9 @@ def scores_frame(scores: dict[str, np.ndarray]):
     (:func:`fevae.score.output_columns`); a detector scored on a subset of the images only is NaN elsewhere."""
     import pandas as pd
 
-    n = max(len(v) for v in scores.values())
+    full = full_length_scores(scores)
     columns = output_columns(scores)
-    data = {}
-    for column in columns:
-        values = np.full(n, np.nan, dtype=np.float64)
-        values[: len(scores[column])] = np.asarray(scores[column], dtype=np.float64)
-        data[column] = values
+    data = {column: full[column] for column in columns}
     return pd.DataFrame(data, columns=columns)
 
 

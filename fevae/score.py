@@ -33,7 +33,7 @@ from fevae.inputs import image_shape_of, read_images, to_model_input
 from fevae.mixture import TorchMixture
 from fevae.stages import detector_models
 from fevae.run import TrainedRun, load_run
-from fevae.utils.io import atomic_open
+from fevae.utils.io import INDEX_PREFIX, atomic_open, full_length_scores
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, task_overrides, user_errors
 
 log = logging.getLogger("fevae.score")
@@ -98,7 +98,7 @@ def fitted_scores(run: TrainedRun, scores: dict[str, np.ndarray], fitted: list |
 def output_columns(scores: Iterable[str]) -> list[str]:
     """The order of the output columns (CSV and :meth:`fevae.api.Run.score`'s DataFrame): :data:`COLUMNS`,
     the other ``log_p_*`` (extra layers) sorted, :data:`OTHER_COLUMNS`, then anything else sorted."""
-    names = list(scores)
+    names = [c for c in scores if not c.startswith(INDEX_PREFIX)]  # a subset's image indices are not a column
     known = COLUMNS + OTHER_COLUMNS
     rest = sorted(c for c in names if c not in known)
     columns = [c for c in COLUMNS if c in names] + [c for c in rest if c.startswith("log_p_")]
@@ -165,12 +165,13 @@ def _check_creatable(path: Path) -> None:
 def write_csv_atomic(path: str | Path, scores: dict[str, np.ndarray]) -> None:
     path = check_output_path(path)
     columns = output_columns(scores)
-    n = max(len(v) for v in scores.values())
+    full = full_length_scores(scores)
+    n = len(full[columns[0]])
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        for i in range(n):  # a detector scored on the first k images only leaves later cells empty
-            writer.writerow([repr(float(scores[c][i])) if i < len(scores[c]) else "" for c in columns])
+        for i in range(n):  # a detector scored on a subset of the images leaves the other cells empty
+            writer.writerow(["" if np.isnan(full[c][i]) else repr(float(full[c][i])) for c in columns])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")

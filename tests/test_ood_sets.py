@@ -216,7 +216,8 @@ def test_the_shipped_config_builds_the_same_sets(tmp_path):
     from fevae.validation import build
 
     data_dir = make_data_dir(tmp_path / "data")
-    cfg = train_cfg(tmp_path / "run", data_dir, extra=["seed=0"])
+    # the digest predates the fixed validation pool: the split of runs made before it (val_pool=null) builds the same sets
+    cfg = train_cfg(tmp_path / "run", data_dir, extra=["seed=0", "data.eval_split.val_pool=null"])
     dm = build("data", cfg.data, batch_size=16, eval_batch_size=7)
     dm.setup()
     assert _digest(dm) == BEFORE["syn/0/scale/0.2"]
@@ -283,7 +284,7 @@ def test_a_corrupted_copy_of_the_in_distribution_test_set(synthetic_data_dir):
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "missing.npy", r"data.ood_sets.mine.path=.*missing.npy does not exist"),
     (lambda p: (np.save(p / "w.npy", np.zeros((4, 32, 32), np.uint8)), p / "w.npy")[1], r"has shape \[4, 32, 32\], not \[N,28,28\]"),
-    (lambda p: (np.save(p / "o.npy", np.array([{"a": 1}], dtype=object)), p / "o.npy")[1], r"is not a readable .npy array"),
+    (lambda p: (np.save(p / "o.npy", np.array([{"a": 1}], dtype=object)), p / "o.npy")[1], r"holds Python objects, which are never unpickled"),
     (lambda p: ((p / "c.npy").write_bytes(b"\x93NUMPY garbage"), p / "c.npy")[1], r"is not a readable .npy array"),
     (lambda p: (np.savez(p / "two.npz", a=np.zeros((4, 28, 28)), b=np.zeros((4, 28, 28))), p / "two.npz")[1],
      r"holds the arrays \['a', 'b'\], so which one to read is unclear — .* name it 'images'"),
@@ -291,8 +292,9 @@ def test_a_corrupted_copy_of_the_in_distribution_test_set(synthetic_data_dir):
     (lambda p: ((p / "empty").mkdir(), p / "empty")[1], r"holds no .png files"),
     (lambda p: ((p / "x.csv").write_text("1,2\n"), p / "x.csv")[1], r"unsupported format"),
     (lambda p: (np.save(p / "small.npy", np.zeros((10, 28, 28), np.uint8)), p / "small.npy")[1],
-     r"data.ood_sets.mine \(.*small.npy\) holds 10 images, fewer than the 12 validation \+ at least 1 test images of its split — "
-     r"give this set its own sizes, e.g. \+data.ood_sets.mine.eval_split.val=3 \+data.ood_sets.mine.eval_split.test=7"),
+     r"data.ood_sets.mine \(.*small.npy\) holds 10 images, fewer than the 12 validation \+ at least 1 test images \(validation from "
+     r"its pool of 5 = val_pool 0.5 of the images, test from the other 5\) of its split — "
+     r"give this set its own sizes, e.g. \+data.ood_sets.mine.eval_split.val=5 \+data.ood_sets.mine.eval_split.test=5"),
 ])
 def test_a_bad_path_source_is_one_error_before_training(tmp_path, synthetic_data_dir, make, message):
     path = make(tmp_path)

@@ -129,7 +129,7 @@ def test_the_run_records_the_pool(synthetic_data_dir, tmp_path):
 
     data = make_datamodule(train_cfg(tmp_path / "run", synthetic_data_dir), 16)
     record = data.split_record()
-    assert record["settings"]["val_pool"] == 0.375 and record["pools"]["mnist"] == {"n": 32, "val_pool": 12}
+    assert record["settings"]["val_pool"] == 0.5 and record["pools"]["mnist"] == {"n": 32, "val_pool": 16}
 
 
 # ------------------------------------------------- 4. fitted detectors' validation numbers are in-sample

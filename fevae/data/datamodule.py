@@ -263,7 +263,7 @@ class FevaeDataModule(lightning.LightningDataModule):
         for name, (images, labels) in raw.items():
             spec = self.ood_sets.get(name)
             val_idx, test_idx = self.split_indices(len(images), spec)
-            pool = self.eval_split["val_pool"] if self.eval_split["seed"] is not None else None
+            pool = self.eval_split["val_pool"] if self.eval_split["seed"] is not None and not (spec is not None and spec.eval_split) else None
             self._pools[name] = {"n": len(images), "val_pool": validation_pool(len(images), pool) if pool is not None else None}
             self.eval_sets[name] = self._eval_set(images, labels, test_idx)
             self.eval_val_sets[name] = self._eval_set(images, labels, val_idx)
@@ -310,8 +310,12 @@ class FevaeDataModule(lightning.LightningDataModule):
 
     def split_indices(self, n: int, spec: OodSet | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``(val, test)`` in an eval set of ``n`` images (:func:`split_eval_indices`), with
-        the sizes of ``spec.eval_split`` when the OOD set ``spec`` has its own."""
+        the sizes of ``spec.eval_split`` when the OOD set ``spec`` has its own. Such a set's sizes do not change
+        with the profile, so it needs no fixed pool: its validation part is its first ``val`` ranks and its test
+        part the next ``test`` (the pool would only forbid sizes like 3 + 7 of 10 images)."""
         split = {**self.eval_split, **(spec.eval_split if spec is not None and spec.eval_split else {})}
+        if spec is not None and spec.eval_split:  # its own sizes, whatever the profile: its validation part is its own pool
+            split["val_pool"] = None
         if spec is not None and (spec.path is not None or spec.eval_split):  # a user's set: name it, and the fix
             check_split_size(spec.name, n, split["val"] if split["seed"] is not None else 0, split["test"], spec.describe(),
                              split.get("val_pool") if split["seed"] is not None else None)

@@ -271,7 +271,7 @@ def check_ood_sources(data_cfg: Any) -> None:
             continue
         n = len(read_path_source(spec, image_shape_of(data)))
         sizes = spec.eval_split or split
-        check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path, split.get("val_pool"))
+        check_split_size(spec.name, n, int(sizes.get("val", 0) or 0), sizes.get("test"), spec.path, None if spec.eval_split else split.get("val_pool"))
 
 
 def check_data_sources(data_cfg: Any) -> None:

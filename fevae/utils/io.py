@@ -101,6 +101,23 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 # --------------------------------------------------------------------------------------------
 # Score files (one .npz per set, one array per score)
 # --------------------------------------------------------------------------------------------
+def full_length_scores(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every score column of one set as a float64 array over all its images, NaN where a detector scored on a
+    subset did not score: at the positions ``index__<score>`` names (the images' dataset indices, which for a
+    scored input are their positions), else after its first ``len`` images. The ``index__`` arrays themselves
+    are dropped."""
+    n = max(len(v) for k, v in scores.items() if not k.startswith(INDEX_PREFIX))
+    out = {}
+    for name, values in scores.items():
+        if name.startswith(INDEX_PREFIX):
+            continue
+        full = np.full(n, np.nan, dtype=np.float64)
+        where = scores.get(INDEX_PREFIX + name)
+        full[np.asarray(where, dtype=np.int64) if where is not None else slice(0, len(values))] = np.asarray(values, dtype=np.float64)
+        out[name] = full
+    return out
+
+
 def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
                 mc_se: Mapping[str, np.ndarray] | None = None) -> Path:
     """Save one set's scores to ``path`` (``.npz``, one float64 array per score), atomically; each
