@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from fevae.metrics import IN_DISTRIBUTION, flatten_metrics, order_score_ids, order_sets, parse_score_name
+from fevae.metrics import IN_DISTRIBUTION, INDEX_PREFIX, flatten_metrics, order_score_ids, order_sets, parse_score_name
 
 __all__ = ["HIST_BINS", "RANGE_PAD", "HPARAMS_PREFIX", "EVAL_RUN", "SUMMARY_RUN", "TEXT_OVERVIEW", "TEXT_RANGES", "histogram_tag", "robust_range",
            "binned", "hparams_of", "job_overrides", "write_dashboard"]
@@ -120,7 +120,8 @@ def histogram_table(scores: Mapping[str, Mapping[str, np.ndarray]], in_distribut
     names: dict[str, str] = {}  # tag -> score name
     for s in sets:
         for name in scores[s]:
-            names.setdefault(histogram_tag(name), name)
+            if not name.startswith(INDEX_PREFIX):  # a subset detector's image indices are not a score
+                names.setdefault(histogram_tag(name), name)
     keys = {tag: parse_score_name(name) for tag, name in names.items()}
     ids = order_score_ids({sid for _, sid in keys.values()})
     schemes = ("PR", "APO", "other")

@@ -196,19 +196,25 @@ def _gzip_idx_bomb(path: Path, n: int, size: int = 28) -> Path:
     return path
 
 
+def _peak_while_refused(call, match: str) -> int:
+    """The peak of Python allocations (bytes) while ``call()`` raises the :class:`FevaeError` ``match`` names."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(FevaeError, match=match):
+            call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_6_a_gzip_idx_bomb_is_refused_without_decompressing_it(tmp_path):
     from fevae.data.idx import read_idx
     from fevae.limits import Limits, using
 
     bomb = _gzip_idx_bomb(tmp_path / "bomb-images-idx3-ubyte.gz", 100_000)  # 78 MB once expanded
     assert bomb.stat().st_size < 1_000_000
-    tracemalloc.start()
-    try:
-        with using(Limits(max_bytes=1 << 20)), pytest.raises(FevaeError, match=r"limits\.max_bytes=1048576"):
-            read_idx(bomb)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    with using(Limits(max_bytes=1 << 20)):
+        peak = _peak_while_refused(lambda: read_idx(bomb), r"limits\.max_bytes=1048576")
     assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB allocated while refusing a 78 MB stream"
 
 
@@ -218,13 +224,7 @@ def test_6_a_gzip_idx_stream_longer_than_its_header_is_not_read_to_its_end(tmp_p
     path = tmp_path / "long.gz"
     with gzip.open(path, "wb", compresslevel=1) as handle:  # declares 10 images, holds 100000
         handle.write(bytes([0, 0, 8, 3]) + struct.pack(">III", 10, 28, 28) + b"\0" * (28 * 28 * 100_000))
-    tracemalloc.start()
-    try:
-        with pytest.raises(FevaeError, match="too long"):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_while_refused(lambda: read_idx(path), "too long")
     assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB allocated for a 10-image file"
 
 

@@ -221,3 +221,11 @@ def test_an_optuna_sweep_whose_every_trial_fails_ends_in_one_error_line(tmp_path
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert result.returncode == 2 and len(error) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "every trial of the sweep failed" in error[0] and "fe.n=32 is smaller than fe.C=4" in error[0]
+
+
+def test_a_subset_record_is_no_histogram():
+    from fevae.dashboard import histogram_table
+
+    scores = {"fashionmnist": {"iwae": np.arange(5.0), "likelihood_regret": np.ones(2), "index__likelihood_regret": np.array([0.0, 3.0])},
+              "mnist": {"iwae": np.arange(5.0) + 1}}
+    assert [row["score"] for row in histogram_table(scores, "fashionmnist")] == ["iwae", "likelihood_regret"]
