@@ -303,7 +303,7 @@ def test_a_bad_path_source_is_one_error_before_training(tmp_path, synthetic_data
         check_ood_sources(cfg.data)  # the early check: reads only the path sources
     assert "\n" not in str(info.value)
     with pytest.raises(FevaeError, match=message):
-        FevaeDataModule(str(synthetic_data_dir), val_size=16, eval_split={"val": 12, "test": None, "seed": 0},
+        FevaeDataModule(str(synthetic_data_dir), val_size=16, eval_split={"val": 12, "test": None, "seed": 0, "val_pool": 0.5},
                         ood_sets={"mine": {"path": str(path)}}).setup()
 
 
@@ -388,7 +388,7 @@ def test_a_configured_set_is_in_every_output(mine_run, tmp_path):
     run_dir, _, _, texts = mine_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert list(metrics["ood"]) == list(metrics["ood_val"]) == ["mnist", "mnist_saltpepper", "mine"]
-    assert metrics["n"]["mine"] == 16 and metrics["n_val"]["mine"] == 12  # TINY: 12 validation + the rest
+    assert metrics["n"]["mine"] == 14 and metrics["n_val"]["mine"] == 12  # TINY: 12 validation from a pool of 14, the other 14 test
     assert set(metrics["ood"]["mine"]) == {"PR", "APO", "other"} and "auroc_ci" in metrics["ood"]["mine"]["APO"]["fevae"]
     for rel in ("scores/mine.npz", "scores/val/mine.npz"):
         assert (run_dir / rel).is_file()
@@ -430,7 +430,7 @@ def test_evaluate_adds_sets_to_a_finished_run_without_training(mine_run, tmp_pat
         figures = FigureTexts(mp)
         metrics = evaluate(run_dir, overrides, out)["metrics"]
     assert list(metrics["ood"]) == ["mnist", "fm_flip", "mine", "png"]
-    assert metrics["n"]["png"] == 18 and metrics["n_val"]["png"] == 12
+    assert metrics["n"]["png"] == 15 and metrics["n_val"]["png"] == 12  # 30 images: a validation pool of 15, the other 15 test
     assert "png (OOD)" in figures.texts["detectors_auroc"] and "fm_flip (OOD)" in figures.texts["hist_fevae"]
     assert "| png | APO |" in (out / "report.md").read_text()
     assert stamp == {p: p.stat().st_mtime_ns for p in (run_dir / "checkpoints").rglob("*.ckpt")}  # nothing retrained

@@ -23,8 +23,13 @@ FITTED = ["standardised_fevae_pr", "standardised_fevae_apo", "dose"]
 #: every score but likelihood regret and the likelihood ratio (a difference of two estimates on common noise) is a
 #: Monte-Carlo log-mean-exp with a stored standard error
 MCSE = [f"mcse__{k}" for k in SCORES if k not in ("likelihood_regret", "likelihood_ratio")]
-#: TINY's split of the 32 synthetic images of each eval set: 12 validation + the other 20 for test
-N_VAL, N_TEST = 12, 20
+#: ... and the effective sample size of its S weights
+ESS = [f"ess__{k}" for k in SCORES if k not in ("likelihood_regret", "likelihood_ratio")]
+#: likelihood regret's random subset: the dataset indices of the images it scored
+SUBSET = ["likelihood_regret", "index__likelihood_regret"]
+#: TINY's split of the 32 synthetic images of each eval set: 12 validation (from the validation pool of 16,
+#: data.eval_split.val_pool=0.5) + the 16 of the test pool for test
+N_VAL, N_TEST = 12, 16
 
 
 def run_train(tmp_path: Path, data_dir: Path, name: str, experiment: str = "v2_gaussian", extra=None) -> Path:
@@ -70,9 +75,9 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
     for name in SETS:
         for rel, n in ((f"{name}.npz", N_TEST), (f"val/{name}.npz", N_VAL)):
             with np.load(run_dir / "scores" / rel, allow_pickle=False) as z:
-                assert sorted(z.files) == sorted(SCORES + FITTED + MCSE)
-                assert all(z[k].shape == ((8,) if k == "likelihood_regret" else (n,)) and np.isfinite(z[k]).all() for k in z.files)
-                assert all((z[k] >= 0).all() for k in MCSE)
+                assert sorted(z.files) == sorted(SCORES + FITTED + MCSE + ESS + SUBSET[1:])
+                assert all(z[k].shape == ((8,) if k in SUBSET else (n,)) and np.isfinite(z[k]).all() for k in z.files)
+                assert all((z[k] >= 0).all() for k in MCSE) and all(((z[k] >= 1 - 1e-9) & (z[k] <= 4 + 1e-9)).all() for k in ESS)  # S=4
     report = (run_dir / "report.md").read_text()
     assert "Validation vs test" in report and "Monte-Carlo error" in report and "[" in report
 

@@ -12,7 +12,7 @@ import torch
 
 from fevae.baselines import compressed_bits, input_complexity_from_bits, to_uint8
 from fevae.detectors.base import Detector
-from fevae.metrics import MCSE_PREFIX
+from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
 
 
 class InputComplexity(Detector):
@@ -24,6 +24,7 @@ class InputComplexity(Detector):
 
     def scores(self, shared: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {self.name: input_complexity_from_bits(torch.from_numpy(shared["iwae"]), torch.from_numpy(own["bits"])).numpy()}
-        if MCSE_PREFIX + "iwae" in shared:
-            out[MCSE_PREFIX + self.name] = shared[MCSE_PREFIX + "iwae"]  # the code length is exact
+        for prefix in (MCSE_PREFIX, MCSE_PREFIX + ESS_PREFIX):  # the code length is exact: IWAE's error and weights
+            if prefix + "iwae" in shared:
+                out[prefix + self.name] = shared[prefix + "iwae"]
         return out

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fevae.detectors.base import Detector
-from fevae.metrics import MCSE_PREFIX
+from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
 
 
 class Iwae(Detector):
@@ -20,4 +20,4 @@ class Iwae(Detector):
     uses_log_weights = True
 
     def scores(self, shared: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: shared[k] for k in ("iwae", MCSE_PREFIX + "iwae") if k in shared}
+        return {k: shared[k] for k in ("iwae", MCSE_PREFIX + "iwae", MCSE_PREFIX + ESS_PREFIX + "iwae") if k in shared}
