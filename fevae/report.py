@@ -20,12 +20,16 @@ import numpy as np
 
 from fevae.bootstrap import Resampler, weighted_std
 from fevae.metrics import (
+    ESS_PREFIX,
     IN_DISTRIBUTION,
     SCHEMES,
     index_scores,
     order_score_ids,
+    order_sets,
+    parse_score_name,
     write_text_atomic,
 )
+from fevae.scoring import ESS_FLAG
 
 __all__ = [
     "SHOWN",
@@ -393,8 +397,6 @@ def _validation_table(metrics: Mapping) -> list[str]:
 def _mc_error_table(mc_se: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
     """Median per-image Monte-Carlo standard error (nats) per set × scheme × score, and the share of images
     whose S weights have an effective sample size below :data:`fevae.scoring.ESS_FLAG`."""
-    from fevae.metrics import ESS_PREFIX, parse_score_name, order_sets
-    from fevae.scoring import ESS_FLAG
 
     se = {s: {k: v for k, v in per.items() if not k.startswith(ESS_PREFIX)} for s, per in (mc_se or {}).items()}
     ess = {s: {k[len(ESS_PREFIX):]: v for k, v in per.items() if k.startswith(ESS_PREFIX)} for s, per in (mc_se or {}).items()}
