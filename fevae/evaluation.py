@@ -217,7 +217,7 @@ class Scorer(L.LightningModule):
                              f"{missing}, which were not given", "train the run with them (python -m fevae.train), or drop those detectors")
         for det in self.detectors:
             det.bind(self)
-        #: set name -> its dataset indices, ascending (:func:`set_indices`; for :meth:`first_images`)
+        #: set name -> its dataset indices, ascending (:func:`set_indices`; for :meth:`subset_images`)
         self.set_indices = {k: np.sort(np.asarray(v)) for k, v in (set_indices or {}).items()}
         self.keep_samples = keep_samples
         self.stopwatch = Stopwatch()
@@ -251,13 +251,6 @@ class Scorer(L.LightningModule):
         the same images, and a detector scored on a subset is compared on a random, not a first-k, sample."""
         index = self.set_indices.get(set_name)
         return None if index is None else random_subset(index, k, set_name)
-
-    def first_images(self, set_name: str, k: int) -> int:
-        """The dataset index below which set ``set_name``'s first ``k`` images lie (``k`` when unknown)."""
-        index = self.set_indices.get(set_name)
-        if not k or index is None:
-            return int(k)
-        return int(index[min(k, len(index)) - 1]) + 1 if len(index) else 0
 
     def chunks(self, x: torch.Tensor, index: torch.Tensor, set_name: str, scheme: str):
         return sample_chunks(

@@ -53,6 +53,7 @@ from torch import nn
 
 from fevae.errors import FevaeError
 from fevae.utils.io import atomic_open
+from fevae.utils.parallel import pool_args
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,6 @@ def fit_mixtures(features: Mapping[Any, np.ndarray], n_jobs: int = 1, **kwargs: 
     from joblib import Parallel, delayed
 
     n_jobs = max(1, min(int(n_jobs), len(order)))
-    from fevae.utils.parallel import pool_args
 
     fitted = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential", **pool_args())(  # workers die with this process
         delayed(_fit_timed)(features[k], kwargs) for k in order)

@@ -33,6 +33,7 @@ from fevae.mixture import MixtureArrays
 from fevae.training import checkpoint_dir, load_state_dict
 from fevae.utils.cli import override_key
 from fevae.utils.io import write_bytes_atomic
+from fevae.utils.signals import set_hint
 from fevae.validation import build, validate_config
 
 log = logging.getLogger(__name__)
@@ -420,7 +421,6 @@ def own_run_folder(run_dir: str | Path, cfg: DictConfig) -> Iterator[None]:
         except FevaeError:
             _restore_hydra_files(run_dir)
             raise
-        from fevae.utils.signals import set_hint
 
         set_hint(f"continue it with resume=true and hydra.run.dir={run_dir} (same settings)")
         yield

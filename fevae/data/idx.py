@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fevae.errors import FevaeError, require
+from fevae.limits import check_size
 from fevae.utils.io import write_bytes_atomic
 
 #: First two bytes of every gzip stream.
@@ -34,7 +35,6 @@ def _read_bytes(path: Path) -> bytes:
     its header declares: the header is read first and its dimensions checked against the input limits
     (:mod:`fevae.limits`), then at most the declared bytes and one more (so a longer stream is "too long",
     never decompressed to its end). A pipe or device is refused before it is opened."""
-    from fevae.limits import check_size
 
     require(path.is_file(), f"IDX file {path} does not exist or is not a file", _FIX_FILE)  # os.stat: no pipe or device
     try:

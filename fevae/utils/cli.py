@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from fevae.bootstrap import metric_direction
 from fevae.errors import FevaeError
+from fevae.limits import configure
 from fevae.utils.signals import exit_on_signal
 
 #: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
@@ -154,7 +155,6 @@ _task_started = False
 
 def _apply_limits(cfg: Any) -> None:
     """Put the command's ``limits`` settings (:mod:`fevae.limits`) in force for this process."""
-    from fevae.limits import configure
 
     node = cfg.get("limits") if hasattr(cfg, "get") else None
     configure(node)

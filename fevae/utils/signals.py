@@ -27,6 +27,9 @@ import sys
 import threading
 from typing import Any, Callable
 
+from fevae.utils.log import running_stages
+from fevae.utils.parallel import shutdown_worker_pools
+
 #: the signals turned into :class:`Interrupted`
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: the hint of an interrupted command that has no run folder to resume
@@ -57,8 +60,6 @@ def set_hint(text: str) -> None:
 
 
 def _current_stage() -> str | None:
-    from fevae.utils.log import running_stages
-
     stages = running_stages()
     return stages[0] if stages else None
 
@@ -97,7 +98,6 @@ def exit_on_signal(task: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             # interrupted: whatever the unwinding raised on its way (a DataLoader worker killed by the
             # same signal, Lightning's exit), the signal is the reason
-            from fevae.utils.parallel import shutdown_worker_pools
 
             shutdown_worker_pools()
             print(message(_received[0]), file=sys.stderr, flush=True)
