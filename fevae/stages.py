@@ -54,12 +54,25 @@ def with_model(cfg: DictConfig, name: str, node: DictConfig) -> DictConfig:
     return out
 
 
+def detector_model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """``{name: the run's config for training it}`` (:func:`with_model`) of each extra model the
+    run's detectors need (:func:`fevae.detectors.registry.needed_models`)."""
+    from fevae.detectors.registry import needed_models
+
+    return {name: with_model(cfg, name, node) for name, node in needed_models(cfg).items()}
+
+
+def detector_title(cfg: DictConfig, name: str) -> str:
+    """The stage name of training the extra model ``name``."""
+    return f"train {name} VAE (for {', '.join(_users(cfg, name))})"
+
+
 def detector_models(cfg: DictConfig, run_dir: Path, datamodule: Callable[[], L.LightningDataModule] | None = None,
-                    out_dir: Path | None = None, timings: dict[str, float] | None = None, train: bool = False) -> dict[str, torch.nn.Module]:
+                    out_dir: Path | None = None, timings: dict[str, float] | None = None) -> dict[str, torch.nn.Module]:
     """The extra models of the run's detectors (:func:`fevae.detectors.registry.needed_models`).
 
-    ``train=True`` (a training run): each is trained into ``run_dir`` like the run's own models (model
-    cache, resume, TensorBoard). Otherwise each is loaded from ``run_dir/checkpoints/<name>/``; one the
+    Each is loaded from ``run_dir/checkpoints/<name>/`` (a training run trains them with its own
+    models: :func:`fevae.train.training_jobs`); one the
     run lacks (a run made before its detector existed) is trained into ``out_dir``, or, without a
     ``datamodule``, is one error naming the fix. ``datamodule()`` gives the training data (VAE batch size).
     """
@@ -71,13 +84,13 @@ def detector_models(cfg: DictConfig, run_dir: Path, datamodule: Callable[[], L.L
     models: dict[str, torch.nn.Module] = {}
     for name, node in needed_models(cfg).items():
         folder = checkpoint_dir(Path(run_dir), name)
-        if not train and any((folder / f).exists() for f in ("best.ckpt", "last.ckpt")):
+        if any((folder / f).exists() for f in ("best.ckpt", "last.ckpt")):
             models[name] = load_model(Path(run_dir), name, node)
             continue
         if datamodule is None:
             raise FevaeError(f"{run_dir} has no trained {name} model, which the detectors {_users(cfg, name)} need",
                              f"re-score the run with python -m fevae.evaluate run_dir={run_dir} (trains it), or drop them from eval.detectors")
-        with stage(f"train {name} VAE (for {', '.join(_users(cfg, name))})", timings, f"train_{name}", logger=log):
+        with stage(detector_title(cfg, name), timings, f"train_{name}", logger=log):
             models[name] = fit_model(name, datamodule(), with_model(cfg, name, node), Path(out_dir or run_dir)).eval()
     return models
 

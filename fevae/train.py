@@ -23,7 +23,9 @@ from fevae.data.evalsets import check_data_sources, check_ood_sources
 from fevae.evaluation import check_optimized_metric, example_images, fitted_detectors, run_scoring, validate_eval_config, write_outputs
 from fevae.metrics import flatten_metrics, write_json_atomic
 from fevae.mixture import TorchMixture
-from fevae.stages import detector_models, make_datamodule, report_info
+from fevae.run import load_model
+from fevae.side_by_side import TrainJob, plan, train_jobs
+from fevae.stages import detector_model_configs, detector_title, make_datamodule, report_info
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, user_errors
 from fevae.utils.log import log_config, route_lightning_logs, stage
@@ -48,19 +50,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True)
 
-    with stage("train VAE", timings, "train_vae"):
-        vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
-        validate_fe_config(cfg.fe, len(vae_data.train_set))
-        vae = fit_model("vae", vae_data, cfg, run_dir, callbacks=separation_callbacks("vae", cfg, run_dir))
-    models = detector_models(cfg, run_dir, lambda: vae_data, timings=timings, train=True)  # the likelihood ratio's background VAE
-
-    with stage("train Jigsaw (and fit the feature mixtures at its end)", timings, "train_jigsaw"):
-        jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
-        mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
-        jigsaw = fit_model("jigsaw", jigsaw_data, cfg, run_dir, callbacks=[*separation_callbacks("jigsaw", cfg, run_dir), mixture_cb])
-    timings["train_jigsaw"] -= mixture_cb.fit_seconds
-    arrays = mixture_cb.mixtures
-    timings["fit_mixture"] = mixture_cb.fit_seconds
+    vae_data = make_datamodule(cfg, cfg.budget.vae.batch_size)
+    validate_fe_config(cfg.fe, len(vae_data.train_set))
+    jigsaw_data = make_datamodule(cfg, cfg.budget.jigsaw.batch_size)
+    mixture_cb = MixtureCallback(cfg.fe, cfg.seed, run_dir)
+    jobs = training_jobs(cfg, run_dir, vae_data, jigsaw_data, mixture_cb)
+    side, threads = plan(cfg.get("training"), cfg.trainer, len(jobs))
+    if side:
+        with stage(f"train {', '.join(j.name for j in jobs)} side by side ({threads} thread{'s' * (threads != 1)} each)",
+                   timings, "train_side_by_side"):
+            train_jobs(jobs, True, threads)
+    else:
+        train_jobs(jobs, False, threads)
+    for job in jobs:
+        timings.update(job.extra)
+    trained = {job.name: job.load() for job in jobs}
+    vae, jigsaw = trained.pop("vae"), trained.pop("jigsaw")
+    models = {name: module.eval() for name, module in trained.items()}  # the likelihood ratio's background VAE
+    arrays = mixture_cb.mixtures if not side else (load_mixtures(run_dir, cfg.fe) if "fit_mixture" in jobs[-1].extra else None)
     if arrays is None:  # no Jigsaw training happened (reused from the cache, or resumed after it had finished)
         with stage("feature mixtures", timings, "fit_mixture"):
             arrays = load_mixtures(run_dir, cfg.fe) if cfg.resume else None
@@ -83,6 +90,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
     return {"metrics": metrics, "run_dir": str(run_dir)}
+
+
+def training_jobs(cfg: DictConfig, run_dir: Path, vae_data: L.LightningDataModule, jigsaw_data: L.LightningDataModule,
+                  mixture_cb: MixtureCallback) -> list[TrainJob]:
+    """The run's models to train, in the order a sequential run trains them: the VAE, the detectors'
+    extra models (the likelihood ratio's background VAE), the Jigsaw (whose end fits the feature
+    mixtures). Each job returns its stage times; each loads its trained module afterwards (from memory
+    when it ran in this process, else from its best checkpoint)."""
+    trained: dict[str, L.LightningModule] = {}
+
+    def job(name: str, title: str, key: str, data: L.LightningDataModule, model_cfg: DictConfig, callbacks: list[L.Callback]) -> TrainJob:
+        def run() -> dict[str, float]:
+            seconds: dict[str, float] = {}
+            with stage(title, seconds, key):
+                trained[name] = fit_model(name, data, model_cfg, run_dir, callbacks=callbacks)
+            if name == "jigsaw" and mixture_cb.mixtures is not None:  # the mixtures fitted at its end are a stage of their own
+                seconds[key] -= mixture_cb.fit_seconds
+                seconds["fit_mixture"] = mixture_cb.fit_seconds
+            return seconds
+
+        def load() -> L.LightningModule:
+            return trained[name] if name in trained else load_model(run_dir, name, model_cfg.model[name])
+
+        return TrainJob(name, run, load)
+
+    jobs = [job("vae", "train VAE", "train_vae", vae_data, cfg, separation_callbacks("vae", cfg, run_dir))]
+    jobs += [job(name, detector_title(cfg, name), f"train_{name}", vae_data, model_cfg, [])
+             for name, model_cfg in detector_model_configs(cfg).items()]
+    jobs.append(job("jigsaw", "train Jigsaw (and fit the feature mixtures at its end)", "train_jigsaw", jigsaw_data, cfg,
+                    [*separation_callbacks("jigsaw", cfg, run_dir), mixture_cb]))
+    return jobs
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fevae.errors import FevaeError, require
+from fevae.side_by_side import check_training_config
 
 #: config key -> the ``_target_`` strings accepted there (every other ``_target_`` is refused)
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
@@ -295,6 +296,7 @@ def validate_config(cfg: DictConfig, source: str = "the config", build_data: boo
     require(isinstance(cfg.get("resume", False), bool), f"resume={cfg.get('resume')!r} is invalid", "set resume=true or false")
     require(cfg.get("trainer") is not None, "trainer is missing", "pick trainer=default|cpu|gpu|ddp")
     check_trainer_config(cfg.trainer)
+    check_training_config(cfg.get("training"))
     ev = _plain(cfg.get("eval"), "eval")
     fe = _plain(cfg.get("fe"), "fe")
     require(isinstance(ev, dict), "eval is missing", "use eval=default")

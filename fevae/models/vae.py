@@ -86,6 +86,11 @@ class VAE(L.LightningModule):
         log_images_every_n_epochs: log input/reconstruction/prior-sample grids to TensorBoard every
             this many validation epochs (0 disables).
         n_image_samples: number of images per logged grid.
+        channels_last: train (and validate) with the weights and activations in channels-last memory
+            format: the same model and optimisation, which oneDNN runs faster on a CPU (the step takes
+            0.83× the time on two threads, 0.73× on one, here; ``make bench``). Float rounding
+            differs, so the trained weights are not the plain layout's bits. Scoring has its own
+            ``eval.channels_last``.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class VAE(L.LightningModule):
         lr: float = 1e-3,
         log_images_every_n_epochs: int = 1,
         n_image_samples: int = 64,
+        channels_last: bool = False,
     ):
         super().__init__()
         if isinstance(likelihood, DictConfig):
@@ -112,6 +118,7 @@ class VAE(L.LightningModule):
             ("log_images_every_n_epochs", log_images_every_n_epochs,
              log_images_every_n_epochs >= 0),
             ("n_image_samples", n_image_samples, n_image_samples >= 1),
+            ("channels_last", channels_last, isinstance(channels_last, bool)),
         ]:
             if not ok:
                 raise FevaeError(
@@ -209,8 +216,18 @@ class VAE(L.LightningModule):
 
     # -------------------------------------------------------------------------- training
 
+    def on_fit_start(self) -> None:
+        if self.hparams.get("channels_last", False):  # in place: the optimiser keeps the same parameters
+            self.to(memory_format=torch.channels_last)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.get("channels_last", False):  # scored as a loaded checkpoint is: plain layout
+            self.to(memory_format=torch.contiguous_format)
+
     def _shared_step(self, batch: Sequence[Tensor], stage: str) -> Tensor:
         x = batch[0]
+        if self.hparams.get("channels_last", False):
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.elbo(x)
         loss = -out["elbo"].mean()
         on_epoch = stage == "val"
