@@ -270,3 +270,21 @@ def test_doctor_cli(synthetic_data_dir: Path, tmp_path: Path) -> None:
     absent = _doctor_cli(tmp_path, f"paths.data_dir={tmp_path / 'absent'}")
     assert absent.returncode == 2 and "Traceback" not in absent.stderr
     assert absent.stderr.startswith("error: ") and absent.stderr.count("\n") == 1
+
+
+def test_stacked_batches_equal_default_collation():
+    """StackedTensorDataset cuts each batch in one indexing: the same batches, in the same shuffled order."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fevae.data.datamodule import StackedTensorDataset, stacked_batch
+
+    tensors = (torch.rand(37, 1, 4, 4), torch.arange(37))
+    batches = []
+    for dataset, collate in ((TensorDataset(*tensors), None), (StackedTensorDataset(*tensors), stacked_batch)):
+        torch.manual_seed(3)
+        batches.append(list(DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=collate)))
+    assert len(batches[0]) == len(batches[1]) == 5
+    for a, b in zip(*batches):
+        assert isinstance(b, list) and len(a) == len(b) == 2
+        for ta, tb in zip(a, b):
+            assert torch.equal(ta, tb)
