@@ -13,7 +13,9 @@ subset beyond that spread is flagged ``IMPOSSIBLE (noise)`` (:func:`superset_che
    uses (the Scorer's stopwatch, :func:`fevae.detectors.base.fitted_costs`), median and range of 5 repeats.
 4. ``peak_memory``: peak memory of scoring 20k images at several S (chunk 10), one fresh process
    per S (:mod:`benchmarks.memory`); the ratio peak(S_max) / peak(S_min) should stay ~1.
-5. ``stages``: wall time of each stage of the run (its ``timings.json``).
+5. ``training``: images/s of each model's training steps, plain vs channels-last, and the run's three
+   models one after another vs side by side, with peak memory (:mod:`benchmarks.training`).
+6. ``stages``: wall time of each stage of the run (its ``timings.json``).
 
 Models: ``--run DIR``, else the newest finished ``outputs/train/v2_gaussian/<time>/``, else freshly
 initialised (untrained) models from ``conf/`` with ``+experiment=v2_gaussian``: the costs do not
@@ -61,6 +63,7 @@ from benchmarks.common import (
     train_images,
 )
 from benchmarks.memory import MARKER
+from benchmarks.training import training_section
 from fevae.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
 from fevae.metrics import write_json_atomic
@@ -101,13 +104,15 @@ class Sizes:
     memory_chunk: int = 10
     memory_batch: int = 256
     memory_parallel: bool = False  # run the per-S worker processes at once (quick: only the memory counts)
+    training_vae_steps: int = 16  # VAE steps per model per round of the training section (the Jigsaw: 12.5x as many)
 
 
 FULL = Sizes()
 QUICK = Sizes(repeats=2, throughput_images=64, throughput_batch=32, throughput_samples=20, mixture_features=2000,
               mixture_repeats=1, baseline_images=32, regret_images=4, detector_repeats=2, fit_n=200, fit_max_iter=100,
               fits_n=300, fits_repeats=2,
-              memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True)
+              memory_images=512, memory_samples=(2, 6), memory_chunk=2, memory_batch=64, memory_parallel=True,
+              training_vae_steps=2)
 
 
 def log(message: str) -> None:
@@ -692,6 +697,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ("baselines", b.baselines),
         ("detectors", b.detectors),
         ("peak_memory", lambda: b.peak_memory(worker_args)),
+        ("training", lambda: training_section(models.cfg, train_images(dm, int(models.cfg.budget.vae.batch_size), seed),
+                                              train_images(dm, int(models.cfg.budget.jigsaw.batch_size), seed),
+                                              sizes.training_vae_steps, sizes.repeats, row)),
         ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
     ]
     for name, step in steps:

@@ -30,6 +30,7 @@ from fevae.metrics import (
     write_text_atomic,
 )
 from fevae.scoring import ESS_FLAG
+from fevae.utils.timing import total_seconds
 
 __all__ = [
     "SHOWN",
@@ -531,7 +532,7 @@ def render_report(
     ]
     wall = info.get("wall_time_s")
     if isinstance(wall, Mapping) and wall:
-        total = sum(float(v) for v in wall.values())
+        total = total_seconds(wall)
         parts = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in wall.items())
         out += [f"**Cost:** {parts} (total {_fmt_seconds(total)} wall time).", ""]
 

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from fevae.errors import FevaeError
-from fevae.utils.parallel import usable_cores
+from fevae.utils.parallel import die_with_parent, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,12 @@ def plan(training: Any, trainer: Any, n_models: int, cores: int | None = None) -
     return side, threads
 
 
-def _child(job: TrainJob, threads: int | None, conn: Any) -> None:
-    """A forked child: train ``job`` on ``threads`` threads, send ``("ok", extra)`` or ``("error", text)``."""
+def _child(job: TrainJob, threads: int | None, conn: Any, parent: int) -> None:
+    """A forked child: train ``job`` on ``threads`` threads, send ``("ok", extra)`` or ``("error", text)``.
+    It ends with its parent, however the parent ended (``SIGKILL`` included)."""
     for s in (signal.SIGTERM, signal.SIGINT):  # the parent's handlers raise into the parent's stack: end plainly here
         signal.signal(s, signal.SIG_DFL)
+    die_with_parent(parent)
     code = 0
     try:
         if threads is not None:
@@ -146,7 +148,7 @@ def train_jobs(jobs: Sequence[TrainJob], side_by_side: bool, threads: int | None
     try:
         for job in jobs:
             receive, send = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_child, args=(job, threads, send), name=f"fevae-train-{job.name}")
+            process = ctx.Process(target=_child, args=(job, threads, send, os.getpid()), name=f"fevae-train-{job.name}")
             process.start()
             send.close()
             running.append((job, process, receive))

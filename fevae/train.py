@@ -28,6 +28,7 @@ from fevae.side_by_side import TrainJob, plan, train_jobs
 from fevae.stages import detector_model_configs, detector_title, make_datamodule, report_info
 from fevae.training import fit_model
 from fevae.utils.cli import CONFIG_DIR, is_rank_zero, run_cli, user_errors
+from fevae.utils.timing import INSIDE
 from fevae.utils.log import log_config, route_lightning_logs, stage
 from fevae.validation import validate_config
 
@@ -62,8 +63,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             train_jobs(jobs, True, threads)
     else:
         train_jobs(jobs, False, threads)
-    for job in jobs:
-        timings.update(job.extra)
+    for job in jobs:  # side by side, each model's times are parts of train_side_by_side (fevae.utils.timing.INSIDE)
+        timings.update({f"train_side_by_side{INSIDE}{k}" if side else k: v for k, v in job.extra.items()})
     trained = {job.name: job.load() for job in jobs}
     vae, jigsaw = trained.pop("vae"), trained.pop("jigsaw")
     models = {name: module.eval() for name, module in trained.items()}  # the likelihood ratio's background VAE

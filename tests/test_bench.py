@@ -97,7 +97,19 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
     assert s["total_seconds"] == pytest.approx(sum(NEW_TIMINGS.values()))
     assert sum(s["fraction"].values()) == pytest.approx(1.0)
 
-    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "stages"}
+    tr = bench["training"]  # per-model steps (plain vs channels-last) and the three models one after another vs side by side
+    assert tr["rounds"] == 2 and tr["vae_steps"] == 2 and tr["jigsaw_steps"] == 25
+    for key in ("vae plain", "vae channels-last", "jigsaw"):
+        assert positive(tr["per_model"][key]["images_per_s"]["median"]), key
+    assert tr["channels_last_speedup"]["values"] == pytest.approx([a / b for a, b in zip(
+        tr["per_model"]["vae plain"]["seconds"]["values"], tr["per_model"]["vae channels-last"]["seconds"]["values"])])
+    wall = tr["wall_seconds"]
+    assert tr["side_by_side_speedup"]["values"] == pytest.approx([a / b for a, b in zip(
+        wall["one after another"]["values"], wall["side by side"]["values"])])
+    assert all(positive(v["median"]) for v in tr["peak_memory_mb"].values())
+
+    assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training",
+                                                     "stages"}
 
 
 def test_stage_times_reads_old_and_new_timings():
@@ -109,6 +121,10 @@ def test_stage_times_reads_old_and_new_timings():
     for bad in ({}, {"train_vae": -1.0}, {"train_vae": float("nan")}, {"other": "x"}):
         with pytest.raises(FevaeError):
             stage_times(bad)
+    side = stage_times({"train_side_by_side": 600.0, "train_side_by_side/train_vae": 590.0, "train_side_by_side/train_jigsaw": 400.0,
+                        "score": 150.0, "write_outputs": 10.0})
+    assert side["total_seconds"] == 760.0  # the models' times ran inside the side-by-side stage: not added again
+    assert side["fraction"]["train_side_by_side"] == pytest.approx(600 / 760)
 
 
 def test_a_superset_faster_than_its_subset_beyond_the_spread_is_flagged_not_reported():

@@ -273,14 +273,17 @@ def test_doctor_cli(synthetic_data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_stacked_batches_equal_default_collation():
-    """StackedTensorDataset cuts each batch in one indexing: the same batches, in the same shuffled order."""
-    from torch.utils.data import DataLoader, TensorDataset
+    """StackedBatches cuts each batch in one indexing: the same batches, in the same shuffled order; the
+    TensorDataset it wraps (and a Subset of it) still collates as usual."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
 
-    from fevae.data.datamodule import StackedTensorDataset, stacked_batch
+    from fevae.data.datamodule import StackedBatches, stacked_batch
 
     tensors = (torch.rand(37, 1, 4, 4), torch.arange(37))
+    plain = TensorDataset(*tensors)
+    assert [b[1].tolist() for b in DataLoader(Subset(plain, [3, 1, 2]), batch_size=2)] == [[3, 1], [2]]
     batches = []
-    for dataset, collate in ((TensorDataset(*tensors), None), (StackedTensorDataset(*tensors), stacked_batch)):
+    for dataset, collate in ((plain, None), (StackedBatches(plain), stacked_batch)):
         torch.manual_seed(3)
         batches.append(list(DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=collate)))
     assert len(batches[0]) == len(batches[1]) == 5

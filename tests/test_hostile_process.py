@@ -192,7 +192,7 @@ def test_two_trainings_at_once_leave_the_winners_config_everywhere(raced_run):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_training_stops_it_with_one_line_and_128_plus_signum(tmp_path, data_dir, signum):
     run_dir = tmp_path / "run"
-    run = Training(run_dir, data_dir, "budget.vae.trainer.max_epochs=4", *QUICK)
+    run = Training(run_dir, data_dir, "budget.vae.trainer.max_epochs=4", "training.side_by_side=false", *QUICK)
     try:
         run.wait_for("vae epoch 1/4")  # inside Lightning's fit
         _wait(lambda: (run_dir / "checkpoints" / "vae" / "last.ckpt").exists(), what="the first epoch's checkpoint")
@@ -209,6 +209,27 @@ def test_a_signal_during_training_stops_it_with_one_line_and_128_plus_signum(tmp
     assert f"vae epoch 4/4" not in "".join(run.stdout)  # it stopped inside the fit
     assert not (run_dir / ".fevae" / "owner.json").exists()  # the lock's holder record is gone with it
     assert session_members(run.proc.pid) == []
+
+
+def test_sigterm_during_side_by_side_training_ends_every_model_process_with_one_line(tmp_path, data_dir):
+    """The models' forked processes end with the run; each keeps its last finished epoch for resume=true."""
+    run_dir = tmp_path / "run"
+    run = Training(run_dir, data_dir, "budget.vae.trainer.max_epochs=6", "budget.jigsaw.trainer.max_epochs=40",
+                   "training.side_by_side=true", *QUICK)
+    try:
+        run.wait_for("vae epoch 1/6")  # printed by the VAE's process
+        assert len(session_members(run.proc.pid)) >= 3, "the run and its two model processes"
+        _wait(lambda: (run_dir / "checkpoints" / "vae" / "last.ckpt").exists(), what="the VAE's first checkpoint")
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.finish(timeout=60)
+    finally:
+        run.kill_all()
+    assert code == 143, (code, "".join(run.stderr)[-3000:])
+    line = run.error_line()
+    assert line.startswith("error: interrupted by SIGTERM during train vae, jigsaw side by side") and "resume=true" in line, line
+    assert session_members(run.proc.pid) == []  # no model process outlives the run
+    assert not (run_dir / "metrics.json").exists()
+    assert load_checkpoint(run_dir / "checkpoints" / "vae" / "last.ckpt")["epoch"] in range(6)
 
 
 def test_sigterm_during_scoring_stops_it_and_resume_finishes_without_retraining(tmp_path, data_dir):
@@ -235,9 +256,11 @@ def test_sigterm_during_scoring_stops_it_and_resume_finishes_without_retraining(
 
 
 # ------------------------------------------------------ 3. no worker outlives a killed training
-@pytest.mark.parametrize("marker", ["] - scoring ...", "figures (drawn beside the metrics) ..."], ids=["scoring", "writing"])
+@pytest.mark.parametrize("marker", ["vae epoch 1/6", "] - scoring ...", "figures (drawn beside the metrics) ..."],
+                         ids=["side-by-side-training", "scoring", "writing"])
 def test_no_process_outlives_a_sigkilled_training(tmp_path, data_dir, marker):
-    run = Training(tmp_path / "run", data_dir, "eval.detectors=[]", "fe.extra_layers=[2]", "separation.enabled=false")
+    run = Training(tmp_path / "run", data_dir, "eval.detectors=[]", "fe.extra_layers=[2]", "separation.enabled=false",
+                   "training.side_by_side=true", "budget.vae.trainer.max_epochs=6", "budget.jigsaw.trainer.max_epochs=40")
     try:
         run.wait_for(marker)  # the mixture fits' (and then the figure's) loky workers are alive now
         children = [pid for pid in session_members(run.proc.pid) if pid != run.proc.pid]

@@ -25,6 +25,7 @@ from fevae.metrics import flatten_metrics, order_sets, write_text_atomic
 from fevae.utils.io import atomic_open
 from fevae.utils.cli import SWEEP, one_line
 from fevae.utils.log import stage
+from fevae.utils.timing import total_seconds
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             key, _, value = override.lstrip("+~").partition("=")
             row[key] = value
         timings = job / "timings.json"
-        row["wall_time_s"] = round(sum(json.loads(timings.read_text()).values()), 1) if timings.exists() else None
+        row["wall_time_s"] = round(total_seconds(json.loads(timings.read_text())), 1) if timings.exists() else None
         metrics = job / "metrics.json"
         if metrics.exists():
             row.update(flatten_metrics(json.loads(metrics.read_text())))

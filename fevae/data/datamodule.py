@@ -65,19 +65,29 @@ PARTS = ("val", "test")
 VAL_PREFIX = "val/"
 
 
-class StackedTensorDataset(TensorDataset):
-    """A :class:`TensorDataset` whose batches are cut from its tensors in one indexing each
-    (``__getitems__``, which the DataLoader prefers) instead of stacked from one item at a time: the same
-    batches as the default collation (the same sampler draws the same indices), at half the cost
-    (``make bench``'s training section)."""
+class StackedBatches(Dataset):
+    """A :class:`TensorDataset` seen by fevae's own loaders: each batch cut from its tensors in one indexing
+    each (``__getitems__``, which the DataLoader prefers) instead of stacked from one item at a time. The
+    same batches as the default collation (the same sampler draws the same indices), at half the cost
+    (``make bench``'s training section). The data module's ``train_set`` etc. stay plain TensorDatasets,
+    so a ``Subset`` of them or another loader collates as usual."""
+
+    def __init__(self, dataset: TensorDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return self.dataset[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[index] for t in self.tensors)
+        return tuple(t[index] for t in self.dataset.tensors)
 
 
 def stacked_batch(batch: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """The collate function of :class:`StackedTensorDataset`: its batch as the list default collation gives."""
+    """The collate function of :class:`StackedBatches`: its batch as the list default collation gives."""
     return list(batch)
 
 
@@ -371,13 +381,13 @@ class FevaeDataModule(lightning.LightningDataModule):
     def _tensor_set(self, images: np.ndarray, labels: np.ndarray, idx: torch.Tensor) -> TensorDataset:
         """Preprocessed ``(x, y)`` of the images (uint8 pixels or [0,1] floats) at ``idx``."""
         sel = idx.numpy()
-        return StackedTensorDataset(to_model_input(images[sel], self.preprocess_mode),
-                                    torch.from_numpy(labels[sel].astype(np.int64)))
+        return TensorDataset(to_model_input(images[sel], self.preprocess_mode),
+                             torch.from_numpy(labels[sel].astype(np.int64)))
 
     def _eval_set(self, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> TensorDataset:
         """Preprocessed ``(x, y, index)`` of the images (uint8 pixels or [0,1] floats) at positions ``idx`` (ascending)."""
-        return StackedTensorDataset(to_model_input(images[idx], self.preprocess_mode),
-                                    torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
+        return TensorDataset(to_model_input(images[idx], self.preprocess_mode),
+                             torch.from_numpy(labels[idx].astype(np.int64)), torch.from_numpy(idx.astype(np.int64)))
 
     def split_record(self) -> dict[str, Any]:
         """The split as data (``eval_split.json`` of a run): settings, each part's image positions,
@@ -413,10 +423,10 @@ class FevaeDataModule(lightning.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
+        stacked = isinstance(dataset, TensorDataset)
+        return DataLoader(StackedBatches(dataset) if stacked else dataset, batch_size=batch_size, shuffle=shuffle, drop_last=False,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0,
-                          collate_fn=stacked_batch if isinstance(dataset, StackedTensorDataset) else None)
+                          persistent_workers=self.num_workers > 0, collate_fn=stacked_batch if stacked else None)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches of ``(x, y)``."""

@@ -1,13 +1,24 @@
-"""Wall-clock accounting of the scoring stages (what each detector costs per image)."""
+"""Wall-clock accounting: a run's stage times (``timings.json``) and the scoring stages (what each
+detector costs per image)."""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
+
+
+#: a ``timings.json`` key ``<stage>/<part>`` is a part of ``<stage>`` that ran alongside the others
+#: (each model's training inside ``train_side_by_side``): shown, not added to the total
+INSIDE = "/"
+
+
+def total_seconds(timings: Mapping[str, float]) -> float:
+    """A run's wall time from its ``timings.json``: the sum of its top-level stages (keys without ``/``)."""
+    return float(sum(float(v) for k, v in timings.items() if INSIDE not in k))
 
 
 class Stopwatch:
