@@ -97,7 +97,8 @@ def test_side_by_side_trains_the_same_bits_as_one_after_another(tmp_path, synthe
 
 
 def test_channels_last_training_is_the_same_optimisation():
-    """One RMSprop step from the same weights and noise: the plain and channels-last layouts agree to float rounding.
+    """The same loss and gradients from the same weights and noise in the plain and channels-last layouts, to float
+    rounding (the gradients, not RMSprop's first update: that is lr·sign(g) and flips with the rounding of g ≈ 0).
     (Without dropout: its masks are drawn in memory order, so the two layouts drop other pixels, as two seeds would.)"""
     x = torch.rand(16, 1, 28, 28)
     losses, weights = [], []
@@ -106,14 +107,13 @@ def test_channels_last_training_is_the_same_optimisation():
         vae = VAE({"name": "gaussian", "sigma": "scalar"}, dropout=0.0, channels_last=channels_last).train()
         if channels_last:
             vae.to(memory_format=torch.channels_last)
-        opt = torch.optim.RMSprop(vae.parameters(), lr=1e-3)
         torch.manual_seed(1)
         loss = -vae.elbo(x.contiguous(memory_format=torch.channels_last) if channels_last else x)["elbo"].mean()
         loss.backward()
-        opt.step()
         losses.append(loss.item())
-        weights.append(torch.cat([p.detach().flatten() for p in vae.parameters()]))
+        weights.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    torch.testing.assert_close(weights[0], weights[1], rtol=1e-4, atol=1e-6)
+    scale = weights[0].abs().max().item()
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-3, atol=1e-5 * scale)
     with pytest.raises(FevaeError, match="channels_last"):
         VAE({"name": "gaussian", "sigma": "scalar"}, channels_last="yes")
