@@ -75,6 +75,8 @@ DEFAULT_OUT = Path("outputs/bench/bench.json")
 THROUGHPUT_TARGET = 1.25  # p_FEVAE time / p_VAE time
 AGREEMENT_TARGET = 0.99  # TorchMixture.predict == sklearn predict
 MEMORY_TARGET = 1.10  # peak(S_max) / peak(S_min): flat in S
+#: the sections, in the order they run (``--sections`` picks some)
+SECTIONS = ("throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training", "stages")
 
 
 @dataclass(frozen=True)
@@ -640,6 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-samples", type=int, nargs="+", default=None, metavar="S",
                    help=f"S values of the peak-memory measurement (default {FULL.memory_samples}, quick {QUICK.memory_samples})")
     p.add_argument("--memory-images", type=int, default=None, help=f"images scored per S (default {FULL.memory_images})")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
+                   help=f"measure only these sections (default: all of {', '.join(SECTIONS)})")
     return p.parse_args(argv)
 
 
@@ -703,6 +707,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
     ]
     for name, step in steps:
+        if name not in args.sections:
+            continue
         log(f"{name} ...")
         start = time.perf_counter()
         sections[name], section_rows = step()
