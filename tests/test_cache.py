@@ -38,7 +38,8 @@ def test_a_sweep_over_fe_trains_each_model_once_and_matches_fresh_training(tmp_p
     runs = []
     for i, c in enumerate((2, 3)):
         run_dir = tmp_path / f"job{i}"
-        cfg = train_cfg(run_dir, synthetic_data_dir, extra=[*cache, f"fe.C={c}"])
+        # one after another, in this process: the patched _fit sees every training (side by side, forked children train)
+        cfg = train_cfg(run_dir, synthetic_data_dir, extra=[*cache, f"fe.C={c}", "training.side_by_side=false"])
         save_run_config(cfg, run_dir)
         with caplog.at_level("INFO", logger="fevae.training"):
             train(cfg)
@@ -46,7 +47,7 @@ def test_a_sweep_over_fe_trains_each_model_once_and_matches_fresh_training(tmp_p
     assert trained == ["vae", "background", "jigsaw"]  # the second job reused all three (background: the likelihood ratio's)
     assert "reused trained model" in caplog.text
     fresh = tmp_path / "fresh"
-    cfg = train_cfg(fresh, synthetic_data_dir, extra=["fe.C=3", "cache.enabled=false"])
+    cfg = train_cfg(fresh, synthetic_data_dir, extra=["fe.C=3", "cache.enabled=false", "training.side_by_side=false"])
     train(cfg)
     for name in ("vae", "jigsaw"):
         a, b = load_state_dict(runs[1] / "checkpoints" / name / "best.ckpt"), load_state_dict(fresh / "checkpoints" / name / "best.ckpt")

@@ -291,3 +291,17 @@ def test_stacked_batches_equal_default_collation():
         assert isinstance(b, list) and len(a) == len(b) == 2
         for ta, tb in zip(a, b):
             assert torch.equal(ta, tb)
+
+
+def test_stacked_batches_keep_the_dataset_indices_readable():
+    """Code that reads a loader's dataset indices (``loader.dataset.tensors[-1]``: the random regret subset,
+    the separation callback) sees the wrapped dataset's tensors."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fevae.data.datamodule import StackedBatches, stacked_batch
+    from fevae.evaluation import set_indices
+
+    index = torch.tensor([7, 3, 11, 5])
+    loader = DataLoader(StackedBatches(TensorDataset(torch.rand(4, 1, 2, 2), torch.zeros(4), index)), batch_size=2,
+                        collate_fn=stacked_batch)
+    assert set_indices({"mnist": loader})["mnist"].tolist() == [7, 3, 11, 5]

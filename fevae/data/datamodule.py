@@ -75,6 +75,11 @@ class StackedBatches(Dataset):
     def __init__(self, dataset: TensorDataset):
         self.dataset = dataset
 
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The wrapped dataset's tensors (what code reading ``loader.dataset.tensors`` expects)."""
+        return self.dataset.tensors
+
     def __len__(self) -> int:
         return len(self.dataset)
 
