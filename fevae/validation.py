@@ -131,7 +131,7 @@ def check_trainer_config(trainer: Any) -> None:
         for key in USER_GROUPS:
             if key in container:
                 raise FevaeError(f"trainer.{key} is not read: fevae builds the trainers' {key} itself",
-                                 f"use the {key} config group ({key}=... or +{key}.<name>._target_=...; README: Running experiments)")
+                                 f"use the {key} config group ({key}=... or +{key}.<name>._target_=...; docs/usage.md: Running experiments)")
 
 
 def check_user_groups(cfg: DictConfig) -> None:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-#: (metrics.json scheme block, score id, label), in README's order
+#: (metrics.json scheme block, score id, label), in the order of docs/detectors.md's table
 ROWS = [
     ("APO", "fevae", "p_FEVAE APO (paper)"), ("PR", "fevae", "p_FEVAE PR (paper)"), ("APO", "vae", "p_VAE APO"),
     ("APO", "fe", "p_FE APO"), ("other", "iwae", "IWAE"), ("other", "input_complexity", "input complexity"),
-    ("other", "likelihood_regret", "likelihood regret (first 300)"), ("other", "likelihood_ratio", "likelihood ratio"),
+    ("other", "likelihood_regret", "likelihood regret (random subset)"), ("other", "likelihood_ratio", "likelihood ratio"),
     ("APO", "standardised_fevae", "standardised FEVAE APO"), ("PR", "standardised_fevae", "standardised FEVAE PR"),
     ("other", "dose", "DoSE (KDE)"),
 ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # usage: bash scripts/headline_gpu.sh [OUT_DIR] [extra train overrides...]
-# README's headline and V2 detector table in one go, all six runs side by side on one GPU machine
+# README's headline and docs/detectors.md's V2 detector table in one go, all six runs side by side on one GPU machine
 # (trainer=gpu; OMP_NUM_THREADS=2 each, so 12+ cores): V2 and V1, seeds 1, 2, 3, the default `cpu`
 # profile (1,000 validation + 2,000 test images per set, S=20). The V2 runs also score every shipped
 # detector and four corrupted FashionMNIST sets no default was chosen on (vertical flip, 90° rotation,

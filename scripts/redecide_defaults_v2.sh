@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-decide the V2 defaults on validation (issue #11): every alternative on the same three seeds as
-# the headline (outputs/seeds_v2, made by the command in README "Headline"), one change at a time.
+# the headline (outputs/seeds_v2, made by the command in docs/results.md "Headline"), one change at a time.
 #   mixture-only changes (reg_covar, fe.layer, pre-activation): `fevae.evaluate` on the seed runs,
 #     reusing their trained models;
 #   training changes (Jigsaw epochs, VAE batch size): a 3-seed sweep that retrains only the model

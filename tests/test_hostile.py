@@ -2,7 +2,7 @@
 
 Clean = one ``error: <what> — <fix>`` line (a :class:`FevaeError`; exit status 2 on the command
 line), before any work is done, nothing executed from a run folder, nothing half-written.
-The README's "What fevae guarantees" counts the probes of this file (``pytest --collect-only``).
+docs/guarantees.md ("What fevae guarantees") counts the probes of this file (``pytest --collect-only``).
 """
 
 from __future__ import annotations

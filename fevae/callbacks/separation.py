@@ -93,7 +93,7 @@ def validate_separation_config(node: Any) -> None:
     an older config without it, which means off)."""
     if node is None:
         return
-    fix = "see the separation block of conf/train.yaml (README: Separation during training)"
+    fix = "see the separation block of conf/train.yaml (docs/usage.md: Separation during training)"
     require(isinstance(node, Mapping), f"separation={node!r} is not a group of settings", fix)
     unknown = sorted(set(node) - KEYS)
     require(not unknown, f"separation has unknown settings {unknown}", f"use only {', '.join(sorted(KEYS))}")

@@ -1,8 +1,8 @@
-"""Which detector README recommends: a rule fixed in advance that reads in-distribution validation data only.
+"""Which detector docs/detectors.md recommends: a rule fixed in advance that reads in-distribution validation data only.
 
     python -m fevae.detectors.recommend outputs/detectors_v2/0 outputs/detectors_v2/1 outputs/detectors_v2/2
 
-The rule (written down before any likelihood-ratio or corrupted-set result existed; README quotes it):
+The rule (written down before any likelihood-ratio or corrupted-set result existed; docs/detectors.md quotes it):
 
 1. **Candidates, in a fixed order of preference** (:data:`CANDIDATES`): the detectors that combine the
    most of what the model pass yields come first, since a detector that must hold on OOD sets nobody
