@@ -19,9 +19,6 @@ EXPERIMENT ?= v2_gaussian
 ARGS ?=
 DATA_ARGS ?=
 PYTEST_ARGS ?=
-# pytest-xdist workers for `make test` (one test file per worker, so a file's shared trained run is made once);
-# TEST_WORKERS=0 runs the suite in this one process
-TEST_WORKERS ?= 2
 BENCH_ARGS ?=
 # Install stamps, one folder per interpreter (PYTHON=... installs anew into another one).
 STAMP := .make/$(subst /,_,$(PYTHON))
@@ -80,11 +77,11 @@ run-v3: ## run the continuous-Bernoulli VAE
 smoke: install ## a few batches of the whole pipeline (profile=smoke) into outputs/
 	$(PYTHON) -m fevae.train +experiment=$(EXPERIMENT) profile=smoke $(ARGS)
 
-test: install-test ## install and run the whole test suite (real-data tests need the data; TEST_WORKERS=2 processes)
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+test: install-test ## install and run the whole test suite (real-data tests need the data)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: install-test ## only the fast unit tests (no training, no real data)
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not realdata" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow and not realdata" $(PYTEST_ARGS)
 
 docs: install-test ## build the documentation site into site/ (mkdocs, warnings are errors)
 	$(PYTHON) -m mkdocs build --strict --site-dir site
