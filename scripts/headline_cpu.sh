@@ -8,7 +8,8 @@
 #  - v1: IWAE and input complexity -> OUT/seeds_v1/{0,1,2}
 #  - mnist (only when named): the reversed direction of docs/detectors.md, V2 with every detector on MNIST's 10,000
 #    test digits as your own data (data=npz: 3,000 held out for evaluation, 1,000 validation, 6,000 train; fe.n=5000),
-#    FashionMNIST and salt-and-pepper FashionMNIST as OOD -> OUT/seeds_mnist/{0,1,2}; needs FEVAE_DATA_DIR
+#    FashionMNIST and salt-and-pepper FashionMNIST as OOD -> OUT/seeds_mnist/{0,1,2}; needs FEVAE_DATA_DIR. The 3,000
+#    held-out digits are exactly 1,000 validation + 2,000 test, so the validation pool must be a third of them.
 # Both skip the layer-2-4 mixtures (fe.extra_layers=[]), which no column of these tables reads. Likelihood regret
 # scores a random 100 of each part's images (eval.regret.subset=100, the same images for every seed; 300 would
 # add ~20 min per run here); its AUROC intervals are correspondingly wider.
@@ -35,7 +36,7 @@ if [ "$which" = mnist ]; then
   python -c "import sys, numpy as np; from fevae.data.idx import read_idx; d = sys.argv[1] + '/mnist/'; np.savez(sys.argv[2], images=read_idx(d + 't10k-images-idx3-ubyte.gz'), labels=read_idx(d + 't10k-labels-idx1-ubyte.gz').astype(np.int64))" \
     "${FEVAE_DATA_DIR:?set FEVAE_DATA_DIR to the folder holding mnist/t10k-images-idx3-ubyte.gz}" "$out/mnist_test.npz"
   python -m fevae.train -m +experiment=v2_gaussian seed=1,2,3 data=npz data.path="$(cd "$out" && pwd)/mnist_test.npz" data.name=mnist \
-    data.test_size=3000 fe.n=5000 'fe.extra_layers=[]' eval.regret.subset=100 trainer.enable_progress_bar=false \
+    data.test_size=3000 data.eval_split.val_pool=0.3333333333333333 fe.n=5000 'fe.extra_layers=[]' eval.regret.subset=100 trainer.enable_progress_bar=false \
     +data.ood_sets.fashionmnist.source=fashionmnist \
     '+data.ood_sets.fashionmnist_saltpepper={source: fashionmnist, corruptions: [{name: salt_and_pepper, p: 0.2}]}' \
     paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_mnist"
