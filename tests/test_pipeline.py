@@ -12,6 +12,7 @@ import torch
 from fevae.train import train
 from fevae.training import load_state_dict
 from pipeline import save_run_config, train_cfg
+from reference import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,8 @@ def test_same_seed_gives_identical_weights_and_scores(tmp_path, synthetic_data_d
         for k in SCORES:
             np.testing.assert_array_equal(sa[k], sb[k])
         assert not np.array_equal(sa["log_p_vae_pr"], sc["log_p_vae_pr"])
+    # ... and the same as the run recorded before the package was re-laid out (#27: behaviour unchanged)
+    assert_matches_reference(a)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, synthetic_data_dir):
