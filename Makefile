@@ -77,7 +77,8 @@ run-v3: ## run the continuous-Bernoulli VAE
 smoke: install ## a few batches of the whole pipeline (profile=smoke) into outputs/
 	$(PYTHON) -m fevae.train +experiment=$(EXPERIMENT) profile=smoke $(ARGS)
 
-test: install-test ## install and run the whole test suite (real-data tests need the data)
+test: install-test ## install, check the import layers (lint-imports), run the whole test suite (real-data tests need the data)
+	$(PYTHON) -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())'  # lint-imports: .importlinter
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: install-test ## only the fast unit tests (no training, no real data)

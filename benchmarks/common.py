@@ -26,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fevae.errors import FevaeError
-from fevae.mixture import MixtureArrays, fit_mixture
+from fevae.features.mixture import MixtureArrays
+from fevae.features.bgm import fit_mixture
 from fevae.utils.parallel import usable_cores
 from fevae.utils.timing import total_seconds
 
@@ -108,11 +109,11 @@ def compose_config(experiment: str = DEFAULT_EXPERIMENT, overrides: Iterable[str
 
 def load_models(run_dir: Path | None, *, experiment: str = DEFAULT_EXPERIMENT, overrides: Iterable[str] = (),
                 seed: int | None = None) -> Models:
-    """The trained models of ``run_dir`` (``fevae.run.load_run``), or freshly initialised ones
+    """The trained models of ``run_dir`` (``fevae.pipeline.runs.load_run``), or freshly initialised ones
     (seeded, eval mode) built from the composed config when ``run_dir`` is None."""
     overrides = list(overrides)
     if run_dir is not None:
-        from fevae.run import load_run
+        from fevae.pipeline.runs import load_run
 
         run = load_run(run_dir, overrides)
         stored = dict(getattr(run, "mixtures", None) or {})
@@ -165,7 +166,7 @@ def fit_bench_mixture(features: np.ndarray, fe: Mapping[str, Any], seed: int, ma
 
     Only its evaluation cost matters here, so a fit that stops at ``max_iter`` is not logged
     (``converged`` records it)."""
-    mixture_log = logging.getLogger("fevae.mixture")
+    mixture_log = logging.getLogger("fevae.features.mixture")
     level = mixture_log.level
     mixture_log.setLevel(logging.ERROR)
     try:

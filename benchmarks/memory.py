@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.memory --images X.npy --mixture M.npz --n-samples S [...]`` loads the models
 (a run's, or freshly initialised ones), the images (``.npy`` float32 ``[N, 1, 28, 28]``) and the
-mixture (``.npz`` of :class:`fevae.mixture.MixtureArrays`), then scores every image with
-:func:`fevae.scoring.score_batch` (vae, fe, fevae) and prints one JSON line:
+mixture (``.npz`` of :class:`fevae.features.mixture.MixtureArrays`), then scores every image with
+:func:`fevae.scoring.estimators.score_batch` (vae, fe, fevae) and prints one JSON line:
 
 * CPU: peak resident memory above the resident memory after loading (``VmHWM`` reset through
   ``/proc/self/clear_refs`` after loading and ``malloc_trim``; if the reset is refused, the peak
@@ -40,8 +40,9 @@ from benchmarks.common import (
     sync,
 )
 from fevae.errors import FevaeError
-from fevae.mixture import MixtureArrays, TorchMixture
-from fevae.scoring import score_batch
+from fevae.features.mixture import MixtureArrays
+from fevae.features.density import TorchMixture
+from fevae.scoring.estimators import score_batch
 
 MARKER = "BENCH_MEMORY "
 

@@ -6,7 +6,7 @@ median of the per-round ratios with their min-max, and a superset of work measur
 subset beyond that spread is flagged ``IMPOSSIBLE (noise)`` (:func:`superset_check`), not reported:
 
 1. ``throughput``: images/s of p_VAE alone vs p_FEVAE (APO, S=100, chunk 10); target ratio <= 1.25.
-2. ``mixture``: :class:`fevae.mixture.TorchMixture` vs sklearn ``score_samples`` on the same
+2. ``mixture``: :class:`fevae.features.density.TorchMixture` vs sklearn ``score_samples`` on the same
    20k features: time ratio, largest difference, ``predict`` agreement.
 3. ``baselines``: cost per image of each baseline score relative to p_FEVAE (APO, S=20).
    ``detectors``: cost per image of every configured detector (``eval.detectors``) by the mechanism a run
@@ -64,11 +64,13 @@ from benchmarks.common import (
 )
 from benchmarks.memory import MARKER
 from benchmarks.training import training_section
-from fevae.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
+from fevae.scoring.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
-from fevae.metrics import write_json_atomic
-from fevae.mixture import MixtureArrays, TorchMixture, fit_mixtures
-from fevae.scoring import channels_last_decode, sample_chunks, score_batch
+from fevae.metrics.ood import write_json_atomic
+from fevae.features.mixture import MixtureArrays
+from fevae.features.bgm import fit_mixtures
+from fevae.features.density import TorchMixture
+from fevae.scoring.estimators import channels_last_decode, sample_chunks, score_batch
 from fevae.utils.timing import Stopwatch
 
 DEFAULT_OUT = Path("outputs/bench/bench.json")
@@ -275,11 +277,11 @@ class Bench:
     def fits(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Fitting a mixture on every Jigsaw hidden layer (the default ``fe.layer`` + ``fe.extra_layers``,
         whatever the run's; its C and settings) on the features of ``fits_n`` training images, three ways, interleaved: sklearn as it comes (BLAS on
-        every core, one layer after another: the code before), :func:`fevae.mixture.fit_mixtures` one
+        every core, one layer after another: the code before), :func:`fevae.features.bgm.fit_mixtures` one
         after another (one BLAS thread each), and side by side in one process per core (``fe.n_jobs=-1``)."""
         from sklearn.mixture import BayesianGaussianMixture
 
-        from fevae.callbacks.mixture import fit_workers
+        from fevae.features.fitting import fit_workers
 
         s, fe = self.sizes, self.models.cfg.fe
         x = train_images(self.dm, s.fits_n, self.seed)
@@ -448,14 +450,14 @@ class Bench:
     # ---------------------------------------------------------------- 3b. every configured detector
     def detectors(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Cost per image of every detector of the config's ``eval.detectors``, by the mechanism a run uses:
-        the real :class:`fevae.evaluation.Scorer` (each model-pass detector's own stopwatch section plus the
+        the real :class:`fevae.evaluation.scorer.Scorer` (each model-pass detector's own stopwatch section plus the
         shared pass it reads) and :func:`fevae.detectors.base.fitted_costs` (fitted detectors: their scoring
         time plus the columns they read). PR and APO at S=``baseline_samples``; likelihood regret on the first
         ``regret_images``. ``detector_repeats`` interleaved repeats: median and min-max of each cost."""
         from fevae.detectors.base import fit_detectors, fitted_costs
         from fevae.detectors.registry import build_detectors, needed_models
-        from fevae.evaluation import Scorer
-        from fevae.stages import detector_models
+        from fevae.evaluation.scorer import Scorer
+        from fevae.pipeline.stages import detector_models
 
         s = self.sizes
         cfg = self.models.cfg

@@ -10,7 +10,7 @@
 
     run_dir = fevae.train_run(["+experiment=v2_gaussian", "profile=smoke"])   # -> Path of the run folder
 
-:func:`load_run` is :func:`fevae.run.load_run` (allow-listed ``_target_`` classes only,
+:func:`load_run` is :func:`fevae.pipeline.runs.load_run` (allow-listed ``_target_`` classes only,
 ``weights_only`` weights, plain-array mixtures; nothing from the folder is imported or unpickled)
 wrapped in a :class:`Run`; :meth:`Run.score` goes through the score CLI's own code
 (:func:`fevae.inputs.validate_images`, :func:`fevae.score.score_loaded`,
@@ -45,11 +45,12 @@ from omegaconf import DictConfig, OmegaConf
 from fevae.utils.io import full_length_scores
 from fevae.errors import FevaeError
 from fevae.inputs import DEFAULT_IMAGE_SHAPE, image_shape_of, shape_help, validate_images
-from fevae.run import CONFIG_FILE, TrainedRun, config_differences, run_config
-from fevae.run import load_run as load_trained_run
-from fevae.score import output_columns, score_loaded
+from fevae.pipeline.runs import CONFIG_FILE, TrainedRun, run_config
+from fevae.pipeline.folders import config_differences
+from fevae.pipeline.runs import load_run as load_trained_run
+from fevae.pipeline.score import output_columns, score_loaded
 from fevae.utils.cli import CONFIG_DIR, override_key
-from fevae.validation import validate_config
+from fevae.pipeline.checks import validate_config
 
 __all__ = ["Run", "load_run", "train_run", "train"]
 
@@ -184,7 +185,7 @@ def scores_frame(scores: dict[str, np.ndarray]):
 class Run:
     """A finished run, loaded once: :meth:`score` images with it; its :attr:`metrics` and :attr:`config`.
 
-    Made by :func:`load_run`. ``trained`` is the :class:`fevae.run.TrainedRun` (config, VAE, Jigsaw,
+    Made by :func:`load_run`. ``trained`` is the :class:`fevae.pipeline.runs.TrainedRun` (config, VAE, Jigsaw,
     mixtures) that every :meth:`score` call reuses.
     """
 
@@ -252,7 +253,7 @@ def load_run(run_dir: str | Path, overrides: Iterable[str] = (), map_location: s
     ``overrides`` are the score CLI's (``eval.*``, ``trainer.*``), applied as it applies them: the
     score config (``conf/score.yaml``) is composed with them, so group overrides and today's
     defaults of scoring settings an older run lacks come from it. The folder is loaded by
-    :func:`fevae.run.load_run`: allow-listed classes, ``weights_only`` weights, no pickles.
+    :func:`fevae.pipeline.runs.load_run`: allow-listed classes, ``weights_only`` weights, no pickles.
     """
     overrides = _scoring_overrides(overrides)
     trained = load_trained_run(run_dir, overrides, compose_config("score", overrides), map_location=map_location)
@@ -269,7 +270,7 @@ def train_run(overrides: Iterable[str] = (), quiet: bool = False) -> Path:
 
     Runs the CLI itself in a child process, so the folder is a CLI run's in every file (``.hydra/``
     config, overrides and Hydra files, ``train.log`` from Hydra's logging, the ownership lock of
-    :func:`fevae.run.own_run_folder`, checkpoints, mixtures, scores, metrics, report) and stays so
+    :func:`fevae.pipeline.folders.own_run_folder`, checkpoints, mixtures, scores, metrics, report) and stays so
     when the CLI changes; ``trainer=ddp`` works (Lightning's DDP launcher re-runs the command line,
     which inside this process would be the caller's script); and this process's logging, RNGs,
     torch settings and Hydra state are left alone. The cost is one Python start-up (seconds).

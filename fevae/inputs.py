@@ -19,7 +19,7 @@ import torch
 from fevae.data.idx import read_idx
 from fevae.data.transforms import channels_first, preprocess
 from fevae.errors import FevaeError
-from fevae.limits import check_shape, check_size, current, regular_file
+from fevae.limits import check_shape, check_size, regular_file
 from fevae.models.likelihoods import IMAGE_SHAPE as DEFAULT_IMAGE_SHAPE
 from fevae.models.likelihoods import check_image_shape
 

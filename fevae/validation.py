@@ -1,18 +1,20 @@
-"""One validation pass over a composed config, and the allow-list that builds objects from configs.
+"""Generic config checks and the allow-list that builds objects from configs.
 
-:func:`validate_config` runs first in every task, before data is read or a model trained: it
-refuses every setting the constructors and fitting code would refuse later (it *calls* those
-checks: the models and the data module are built, which is cheap; the feature-mixture and
-evaluation checks are the same functions the fitting and scoring code use), plus the settings
-only Lightning or sklearn would notice after training (budgets, ``fe.reg_covar``, ``fe.max_iter``).
+This module knows no fevae component: it imports only :mod:`fevae.errors`. Each component's own
+checks live with its code (``fevae.features.fitting.validate_fe_config``,
+``fevae.evaluation.settings.validate_eval_config``, ``fevae.monitor.validate_separation_config``,
+``fevae.side_by_side.check_training_config``, ...); :func:`fevae.pipeline.checks.validate_config`, one
+layer above them all, calls them in one pass before data is read or a model trained.
 
 Objects are built only from the classes of :data:`ALLOWED_TARGETS`, at the config keys listed
 there; a ``_target_`` anywhere else, or naming another class, is refused before anything is
-instantiated. A run folder's ``.hydra/config.yaml`` is data, never code.
+imported or instantiated (:func:`build` imports the allow-listed class by name). A run folder's
+``.hydra/config.yaml`` is data, never code.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import numbers
 from collections.abc import Mapping
@@ -22,7 +24,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fevae.errors import FevaeError, require
-from fevae.side_by_side import check_training_config
 
 #: config key -> the ``_target_`` strings accepted there (every other ``_target_`` is refused)
 ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
@@ -34,7 +35,7 @@ ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
     "trainer": ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.trainer.trainer.Trainer"),
 }
 #: config groups whose entries are the user's own Lightning callbacks / loggers (``<group>.<name>._target_``),
-#: built for training only (a loaded run folder's config has them removed: :data:`fevae.run.TRAINING_ONLY`)
+#: built for training only (a loaded run folder's config has them removed: :data:`fevae.pipeline.runs.TRAINING_ONLY`)
 USER_GROUPS = ("callbacks", "logger")
 #: training-length settings a profile sets per model (``budget.<model>.trainer``, conf/profile/); the
 #: same key under ``trainer`` would be silently overridden there, so it is refused
@@ -46,16 +47,7 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 _PLAIN = (str, bool, numbers.Real, type(None))
 
 
-def _model_classes() -> dict[str, type]:
-    from fevae.data.datamodule import FevaeDataModule
-    from fevae.models.background import BackgroundVAE
-    from fevae.models.jigsaw import Jigsaw
-    from fevae.models.vae import VAE
-
-    return {"model.vae": VAE, "model.jigsaw": Jigsaw, "model.background": BackgroundVAE, "data": FevaeDataModule}
-
-
-def _plain(node: Any, key: str) -> Any:
+def plain(node: Any, key: str) -> Any:
     """``node`` resolved to plain Python containers, or a one-line error naming ``key``."""
     if isinstance(node, DictConfig | ListConfig):
         try:
@@ -80,7 +72,7 @@ def find_targets(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return found
 
 
-def _containers(cfg: Any) -> list[Any]:
+def containers(cfg: Any) -> list[Any]:
     """``cfg`` as plain containers: unresolved, and resolved when it resolves (an interpolation can
     bring a ``_target_`` in)."""
     if not isinstance(cfg, DictConfig | ListConfig):
@@ -93,32 +85,10 @@ def _containers(cfg: Any) -> list[Any]:
     return out
 
 
-def check_targets(cfg: DictConfig, source: str = "the config", skip: tuple[str, ...] = ("hydra",)) -> None:
-    """Refuse any ``_target_`` that is not an allowed class at an allowed key (nothing is instantiated).
-
-    ``skip``: top-level keys not looked at (Hydra's own ``hydra`` node of a composed config; a run
-    folder's config is checked with ``skip=()``).
-    """
-    for container in _containers(cfg):
-        for key, target in find_targets(container):
-            if key.split(".")[0].split("[")[0] in skip:
-                continue
-            if key.startswith("detector.") and key.count(".") == 1:
-                from fevae.detectors.registry import detector_class
-
-                detector_class(key.split(".", 1)[1], target)  # a class of fevae.detectors only, or one error
-                continue
-            allowed = ALLOWED_TARGETS.get(key)
-            if allowed is None or target not in allowed:
-                raise FevaeError(
-                    f"{source} sets {key or '(top level)'}._target_={target!r}, which fevae does not build",
-                    f"fevae builds only {', '.join(f'{k}: {v[0]}' for k, v in ALLOWED_TARGETS.items())}",
-                )
-
 
 def check_trainer_config(trainer: Any) -> None:
     """The trainer config names Lightning's Trainer and nests no other ``_target_``."""
-    for container in _containers(trainer):
+    for container in containers(trainer):
         if not isinstance(container, Mapping):
             raise FevaeError(f"trainer={container!r} is not a group of settings", "use trainer=default|cpu|gpu|ddp")
         targets = find_targets(container)
@@ -156,16 +126,16 @@ def build(key: str, node: Any, **extra: Any) -> Any:
     The ``_target_`` must be the allowed one, every other key a constructor argument with a plain
     value; the constructor then validates the values (the checks the classes always run).
     """
-    classes = _model_classes()
-    cls = classes[key]
     if node is None:
         raise FevaeError(f"{key} is missing from the config", "use a config composed by fevae (conf/)")
-    values = _plain(node, key)
+    values = plain(node, key)
     if not isinstance(values, dict):
         raise FevaeError(f"{key} is {type(values).__name__}, not a mapping", f"give {key} as a group of settings")
     target = values.pop("_target_", None)
     if target not in ALLOWED_TARGETS[key]:
         raise FevaeError(f"{key}._target_={target!r} is not {ALLOWED_TARGETS[key][0]}", f"fevae builds only {ALLOWED_TARGETS[key][0]} for {key}")
+    module, _, name = ALLOWED_TARGETS[key][0].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)  # the allow-listed class, imported by name (never the config's string)
     for flag in [k for k in values if str(k).startswith("_") and str(k).endswith("_")]:
         values.pop(flag)  # hydra flags (_convert_, _recursive_, ...): meaningless here
     values.update(extra)
@@ -219,15 +189,15 @@ def _check_types(key: str, values: dict[str, Any], params: Mapping[str, inspect.
                 values[name] = int(value)
 
 
-def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+def positive_int(key: str, value: Any, minimum: int = 1) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     require(ok, f"{key}={value!r} is invalid", f"set {key} to an integer ≥ {minimum}")
 
 
-def _check_budget(cfg: DictConfig) -> None:
+def check_budget(cfg: DictConfig) -> None:
     budget = cfg.get("budget")
     require(isinstance(budget, DictConfig), "budget is missing", "pick a profile: profile=smoke|cpu|paper")
-    shared = _plain(cfg.get("trainer"), "trainer") or {}
+    shared = plain(cfg.get("trainer"), "trainer") or {}
     for key in BUDGET_KEYS:  # a trainer.* value a profile overrides per model would be silently ignored
         models = [name for name in ("vae", "jigsaw") if key in (budget.get(name, {}).get("trainer") or {})]
         if key in shared and models:
@@ -237,8 +207,8 @@ def _check_budget(cfg: DictConfig) -> None:
     for name in ("vae", "jigsaw"):
         part = budget.get(name)
         require(isinstance(part, DictConfig), f"budget.{name} is missing", "pick a profile: profile=smoke|cpu|paper")
-        _positive_int(f"budget.{name}.batch_size", part.get("batch_size"))
-        trainer = _plain(part.get("trainer", {}), f"budget.{name}.trainer") or {}
+        positive_int(f"budget.{name}.batch_size", part.get("batch_size"))
+        trainer = plain(part.get("trainer", {}), f"budget.{name}.trainer") or {}
         require(isinstance(trainer, dict), f"budget.{name}.trainer is not a group of settings", "see conf/profile/")
         for key, value in trainer.items():
             full = f"budget.{name}.trainer.{key}"
@@ -247,9 +217,9 @@ def _check_budget(cfg: DictConfig) -> None:
                 ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)
                 require(ok, f"{full}={value!r} is invalid", f"set {full} to an integer ≥ 1 (or -1 for no limit)")
             elif key in ("min_epochs", "min_steps", "num_sanity_val_steps"):
-                _positive_int(full, value, 0) if value is not None else None
+                positive_int(full, value, 0) if value is not None else None
             elif key == "log_every_n_steps":
-                _positive_int(full, value, 1)
+                positive_int(full, value, 1)
             elif key.startswith("limit_") and key.endswith("_batches"):
                 ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 0) or (
                     isinstance(value, float) and 0.0 <= value <= 1.0)
@@ -257,63 +227,3 @@ def _check_budget(cfg: DictConfig) -> None:
             elif key == "val_check_interval":
                 ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
                 require(ok, f"{full}={value!r} is invalid", f"set {full} to a number > 0")
-
-
-def _check_fe_extra(fe: Mapping[str, Any]) -> None:
-    """The mixture settings sklearn would only refuse after the Jigsaw trained."""
-    reg = fe.get("reg_covar")
-    require(isinstance(reg, numbers.Real) and not isinstance(reg, bool) and reg >= 0 and reg == reg and reg != float("inf"),
-            f"fe.reg_covar={reg!r} is invalid", "set fe.reg_covar to a number ≥ 0 (default 1e-3; the paper's sklearn 1e-6)")
-    _positive_int("fe.max_iter", fe.get("max_iter"))
-    _positive_int("fe.n_init", fe.get("n_init"))
-    _positive_int("fe.feature_batch_size", fe.get("feature_batch_size"))
-    require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
-    from fevae.callbacks.mixture import fit_workers
-
-    fit_workers(fe.get("n_jobs", -1), 1)
-
-
-def _check_separation(cfg: DictConfig) -> None:
-    """The ``separation`` block (training-time separation monitor); absent = off (an older config)."""
-    from fevae.callbacks.separation import validate_separation_config
-
-    validate_separation_config(_plain(cfg.get("separation"), "separation"))
-
-
-def validate_config(cfg: DictConfig, source: str = "the config", build_data: bool = True, skip: tuple[str, ...] = ("hydra", *USER_GROUPS)) -> None:
-    """Refuse any invalid setting of a composed train/evaluate config (or a stored run's config).
-
-    Nothing is read from disk and nothing is trained; the models and the data module are built
-    (cheap) so that their constructors' checks run now rather than after minutes of work.
-    """
-    from fevae.callbacks.mixture import validate_fe_config
-    from fevae.evaluation import validate_eval_config
-
-    check_targets(cfg, source, skip)
-    check_user_groups(cfg)
-    seed = cfg.get("seed")
-    _positive_int("seed", seed, 0)
-    require(isinstance(cfg.get("resume", False), bool), f"resume={cfg.get('resume')!r} is invalid", "set resume=true or false")
-    require(cfg.get("trainer") is not None, "trainer is missing", "pick trainer=default|cpu|gpu|ddp")
-    check_trainer_config(cfg.trainer)
-    check_training_config(cfg.get("training"))
-    ev = _plain(cfg.get("eval"), "eval")
-    fe = _plain(cfg.get("fe"), "fe")
-    require(isinstance(ev, dict), "eval is missing", "use eval=default")
-    require(isinstance(fe, dict), "fe is missing", "use fe=default")
-    try:
-        validate_eval_config(ev, cfg)
-        validate_fe_config(fe)
-    except KeyError as err:
-        raise FevaeError(f"setting {err} is missing from {source}", "use a config composed by fevae (conf/)") from err
-    _check_fe_extra(fe)
-    _check_separation(cfg)
-    _check_budget(cfg)
-    models = cfg.get("model")
-    require(isinstance(models, DictConfig), "model is missing", "use model=default")
-    build("model.vae", models.get("vae"))
-    jigsaw = build("model.jigsaw", models.get("jigsaw"))
-    for layer in {int(fe["layer"]), *(int(k) for k in fe.get("extra_layers") or [])}:
-        jigsaw.feature_dim(layer)  # the layer exists in this Jigsaw (model.jigsaw.hidden)
-    if build_data:
-        build("data", cfg.get("data"), batch_size=cfg.budget.vae.batch_size, eval_batch_size=ev["batch_size"])

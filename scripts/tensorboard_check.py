@@ -280,7 +280,7 @@ def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chrom
             ev = http_json(f"{base}/data/plugin/histograms/histograms?" + urllib.parse.urlencode({"run": r, "tag": tag}))
             edges.add(tuple(tuple(b[:2]) for b in ev[0][2]))
         expect(len(edges) == 1, f"{tag}: the same bins in every set's chart ({len(edges)} distinct binnings)")
-        # separation during training (fevae/callbacks/separation.py): <model>/separation/<set> runs, one per set
+        # separation during training (fevae/monitor.py): <model>/separation/<set> runs, one per set
         separation = {model: sorted(r for r in runs if r.startswith(f"{prefix}{model}/separation/")) for model in ("vae", "jigsaw")}
         found["separation"] = separation
         if any(separation.values()):

@@ -17,7 +17,7 @@ import torch
 import fevae
 from fevae.api import compose_config
 from fevae.errors import FevaeError
-from fevae.score import score_images
+from fevae.pipeline.score import score_images
 from helpers import make_data_dir
 from pipeline import TINY
 

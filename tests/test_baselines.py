@@ -1,4 +1,4 @@
-"""Baseline OOD scores of fevae.baselines: IWAE, input complexity, likelihood regret.
+"""Baseline OOD scores of fevae.scoring.baselines: IWAE, input complexity, likelihood regret.
 
 Small random VAEs and a few images keep the file fast. IWAE is also checked against a
 linear-Gaussian toy model whose encoder is the exact posterior: then every importance weight
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.distributions import MultivariateNormal, Normal
 
-from fevae.baselines import (
+from fevae.scoring.baselines import (
     compressed_bits,
     input_complexity_score,
     iwae_score,
@@ -25,7 +25,8 @@ from fevae.baselines import (
 )
 from fevae.errors import FevaeError
 from fevae.models.vae import VAE
-from fevae.scoring import log_mean_exp, noise_stream, per_sample_normal
+from fevae.scoring.estimators import log_mean_exp
+from fevae.scoring.noise import noise_stream, per_sample_normal
 
 SEED, STREAM = 3, 1
 RGB = (3, 32, 32)

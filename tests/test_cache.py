@@ -8,7 +8,7 @@ import torch
 
 import fevae.training as training
 from fevae.cache import ModelCache, model_hash
-from fevae.train import train
+from fevae.pipeline.train import train
 from fevae.training import load_state_dict
 from pipeline import save_run_config, train_cfg
 

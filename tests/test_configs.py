@@ -64,7 +64,7 @@ def test_evaluate_and_score_configs_compose():
 def test_an_older_runs_config_gets_only_the_newer_scoring_settings():
     """fill_newer_settings adds eval.* keys and fe.extra_layers a run lacks (recursively), never
     replaces a value the run has, and leaves alone what shaped the weights or the stored mixture."""
-    from fevae.run import fill_newer_settings
+    from fevae.pipeline.runs import fill_newer_settings
 
     stored = OmegaConf.create({"eval": {"n_samples": 20, "regret": {"subset": 3}}, "fe": {"layer": 1}, "seed": 1})
     today = OmegaConf.create({

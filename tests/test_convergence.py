@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from fevae.convergence import choose_s, convergence
-from fevae.evaluate import evaluate
-from fevae.metrics import load_scores
-from fevae.train import train
+from fevae.pipeline.convergence import choose_s, convergence
+from fevae.pipeline.evaluate import evaluate
+from fevae.metrics.ood import load_scores
+from fevae.pipeline.train import train
 from pipeline import save_run_config, train_cfg
 
 pytestmark = pytest.mark.slow

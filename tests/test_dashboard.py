@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fevae.dashboard import (
+from fevae.outputs.dashboard import (
     EVAL_RUN,
     HIST_BINS,
     HPARAMS_PREFIX,
@@ -64,7 +64,7 @@ def test_robust_range_is_shared_keeps_every_set_and_counts_what_it_leaves_out():
     ood = rng.normal(-40.0, 1.0, 500)  # a whole set far from the ID mass is never cut away
     lo, hi = robust_range([in_dist, ood])
     assert -50 < lo < -40 and 0 < hi < 10  # the tail at -5,000 does not stretch the axis
-    from fevae.plots import _clip_range
+    from fevae.outputs.plots import _clip_range
 
     raw_lo, raw_hi = _clip_range([in_dist, ood])
     assert lo == pytest.approx(raw_lo - RANGE_PAD * (raw_hi - raw_lo)) and hi == pytest.approx(raw_hi + RANGE_PAD * (raw_hi - raw_lo))
@@ -93,7 +93,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from helpers import make_data_dir
     from pipeline import save_run_config, train_cfg
 
-    from fevae.train import train
+    from fevae.pipeline.train import train
 
     root = tmp_path_factory.mktemp("dashboard")
     run_dir = root / "run"
@@ -163,8 +163,8 @@ def test_writing_again_replaces_the_dashboards(tiny_run, tmp_path):
     """A resumed run or a second evaluation into the same folder shows one copy, not two."""
     import json
 
-    from fevae.dashboard import write_dashboard
-    from fevae.metrics import load_scores
+    from fevae.outputs.dashboard import write_dashboard
+    from fevae.metrics.ood import load_scores
 
     out = tmp_path / "again"
     shutil.copytree(tiny_run / "tensorboard", out / "tensorboard")
@@ -204,8 +204,8 @@ def test_a_sweeps_hparams_table_lists_every_job(tiny_run, tmp_path):
     """A sweep folder's HParams table: one row per job with its overrides and its validation and test AUROCs."""
     import json
 
-    from fevae.dashboard import write_dashboard
-    from fevae.metrics import load_scores
+    from fevae.outputs.dashboard import write_dashboard
+    from fevae.metrics.ood import load_scores
 
     sweep = tmp_path / "multirun"
     scores = {s: load_scores(tiny_run / "scores" / f"{s}.npz") for s in SETS}

@@ -299,7 +299,7 @@ def test_stacked_batches_keep_the_dataset_indices_readable():
     from torch.utils.data import DataLoader, TensorDataset
 
     from fevae.data.datamodule import StackedBatches, stacked_batch
-    from fevae.evaluation import set_indices
+    from fevae.evaluation.settings import set_indices
 
     index = torch.tensor([7, 3, 11, 5])
     loader = DataLoader(StackedBatches(TensorDataset(torch.rand(4, 1, 2, 2), torch.zeros(4), index)), batch_size=2,

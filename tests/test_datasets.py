@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from fevae.data import discovery
-from fevae.data.discovery import DATASET_INFO, LoadedSplit, load_split, locate_data
+from fevae.data.discovery import LoadedSplit, load_split, locate_data
+from fevae.data.catalog import DATASET_INFO
 from fevae.data.doctor import run_doctor
 from fevae.data.idx import check_labels, write_idx
 from fevae.data.readers import load_array_pickle

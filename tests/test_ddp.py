@@ -10,7 +10,7 @@ import pytest
 import torch.distributed as dist
 
 from fevae.errors import FevaeError
-from fevae.train import train
+from fevae.pipeline.train import train
 from fevae.utils.cli import user_errors
 from pipeline import save_run_config, train_cfg
 

@@ -51,9 +51,9 @@ def toy_detector(tmp_path, monkeypatch):
 
 
 def test_a_new_detector_is_one_module_and_one_config_file(tmp_path, synthetic_data_dir, toy_detector):
-    from fevae.score import score_images
+    from fevae.pipeline.score import score_images
     from helpers import SIZES, labelled_images
-    from fevae.train import train
+    from fevae.pipeline.train import train
     from pipeline import save_run_config, train_cfg
 
     run_dir = tmp_path / "run"
@@ -76,7 +76,7 @@ def test_a_new_detector_is_one_module_and_one_config_file(tmp_path, synthetic_da
 
 
 def test_detector_targets_are_allow_listed(tmp_path, synthetic_data_dir):
-    from fevae.validation import validate_config
+    from fevae.pipeline.checks import validate_config
     from pipeline import train_cfg
 
     for target, message in [("os.system", "is not a class of fevae.detectors"),
@@ -111,11 +111,11 @@ def test_mutate_replaces_the_given_fraction_with_random_pixel_values():
 
 def test_likelihood_ratio_is_iwae_minus_the_background_vaes_iwae(tmp_path, synthetic_data_dir):
     """The run trains checkpoints/background/ on perturbed images and scores LLR = iwae − IWAE_background,
-    the latter recomputed here with fevae.baselines.iwae_score on the same noise stream."""
-    from fevae.baselines import iwae_score
+    the latter recomputed here with fevae.scoring.baselines.iwae_score on the same noise stream."""
+    from fevae.scoring.baselines import iwae_score
     from helpers import SIZES, labelled_images
-    from fevae.evaluation import score_stream
-    from fevae.train import train
+    from fevae.evaluation.settings import score_stream
+    from fevae.pipeline.train import train
     from fevae.training import load_state_dict
     from fevae.validation import build
     from pipeline import train_cfg
@@ -152,7 +152,7 @@ def test_likelihood_ratio_is_iwae_minus_the_background_vaes_iwae(tmp_path, synth
     # into the evaluation's folder, to the same weights and scores
     import shutil
 
-    from fevae.evaluate import evaluate
+    from fevae.pipeline.evaluate import evaluate
     from pipeline import save_run_config
 
     save_run_config(cfg, run_dir)

@@ -7,14 +7,14 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from fevae.baselines import compressed_bits, likelihood_regret_score, to_uint8
+from fevae.scoring.baselines import compressed_bits, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
-from fevae.evaluate import evaluate
-from fevae.evaluation import score_stream, validate_eval_config
-from fevae.run import load_run
-from fevae.train import make_datamodule, train
+from fevae.pipeline.evaluate import evaluate
+from fevae.evaluation.settings import score_stream, validate_eval_config
+from fevae.pipeline.runs import load_run
+from fevae.pipeline.stages import make_datamodule
+from fevae.pipeline.train import train
 from pipeline import save_run_config, train_cfg
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, capl
     """evaluate with cache.enabled: the first call decodes and stores, later calls (here with
     another fe.C, as in a sweep) reuse it; the numbers equal scoring without the cache."""
     cache = ["cache.enabled=true", f"paths.cache_dir={tmp_path / 'cache'}"]
-    with caplog.at_level("INFO", logger="fevae.evaluation"):
+    with caplog.at_level("INFO", logger="fevae.evaluation.scorer"):
         evaluate(run_dir, cache, tmp_path / "first")
         assert "scoring: decoding" in caplog.text and "reused the model pass" not in caplog.text
         evaluate(run_dir, [*cache, "fe.C=3"], tmp_path / "cached_c3")

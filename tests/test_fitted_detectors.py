@@ -112,7 +112,7 @@ def test_bad_names_and_missing_columns_are_one_error():
 
 def test_a_run_reports_them_and_the_score_api_applies_the_stored_fit(tmp_path, synthetic_data_dir):
     from fevae.api import load_run
-    from fevae.train import train
+    from fevae.pipeline.train import train
     from helpers import labelled_images
     from pipeline import save_run_config, train_cfg
 

@@ -7,7 +7,6 @@ docs/guarantees.md ("What fevae guarantees") counts the probes of this file (``p
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import pickle
@@ -30,17 +29,19 @@ from omegaconf import OmegaConf
 from fevae.data.doctor import check_split
 from fevae.data.idx import read_images_and_labels, write_idx
 from fevae.errors import FevaeError
-from fevae.evaluation import run_scoring
+from fevae.evaluation.driver import run_scoring
 from fevae.inputs import read_images
-from fevae.run import config_differences, load_run, own_run_folder
-from fevae.score import check_output_path, write_csv_atomic
-from fevae.train import train
+from fevae.pipeline.runs import load_run
+from fevae.pipeline.folders import config_differences, own_run_folder
+from fevae.pipeline.score import check_output_path, write_csv_atomic
+from fevae.pipeline.train import train
 from fevae.training import load_checkpoint
 from fevae.utils.cli import as_user_error, user_errors
 from fevae.utils.io import write_bytes_atomic
-from fevae.validation import check_trainer_config, validate_config
+from fevae.pipeline.checks import validate_config
+from fevae.validation import check_trainer_config
 from helpers import labelled_images, make_data_dir, write_split
-from pipeline import TINY, compose_cfg, save_run_config, train_cfg
+from pipeline import TINY, save_run_config, train_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -219,7 +220,7 @@ def test_a_run_with_a_bad_checkpoint_is_refused_by_the_score_cli(trained_run, tm
 LOCK_HOLDER = """
 import sys, time
 from omegaconf import OmegaConf
-from fevae.run import own_run_folder
+from fevae.pipeline.folders import own_run_folder
 with own_run_folder(sys.argv[1], OmegaConf.create({"seed": 1, "resume": False})):
     print("held", flush=True)
     time.sleep(120)

@@ -28,7 +28,7 @@ import torch
 
 from fevae.errors import FevaeError
 from fevae.inputs import read_images
-from fevae.run import load_run
+from fevae.pipeline.runs import load_run
 from test_hostile import cli, one_line_error, planted, trained_run  # noqa: F401  (trained_run: the shared fixture)
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_5_a_yaml_alias_bomb_as_run_config_is_refused_at_once(trained_run, tmp_p
 def test_5_a_yaml_alias_bomb_as_the_resume_config_is_refused_at_once(tmp_path):
     from omegaconf import OmegaConf
 
-    from fevae.run import own_run_folder
+    from fevae.pipeline.folders import own_run_folder
 
     run_dir = tmp_path / "run"
     (run_dir / ".fevae").mkdir(parents=True)
@@ -371,7 +371,7 @@ def test_8_the_input_as_output_is_refused_before_scoring_and_left_intact(trained
 
 
 def test_8_the_input_is_recognised_through_links_and_dots(tmp_path):
-    from fevae.score import check_output_path
+    from fevae.pipeline.score import check_output_path
 
     images = tmp_path / "x.npy"
     np.save(images, np.zeros((2, 28, 28), np.uint8))
@@ -383,7 +383,7 @@ def test_8_the_input_is_recognised_through_links_and_dots(tmp_path):
 
 
 def test_8_an_output_name_too_long_for_the_atomic_write_is_refused_first(tmp_path):
-    from fevae.score import check_output_path
+    from fevae.pipeline.score import check_output_path
 
     name = "a" * 245 + ".csv"  # 249 bytes: a legal name, but its temp file's is not
     with pytest.raises(FevaeError, match="too long"):
@@ -393,7 +393,7 @@ def test_8_an_output_name_too_long_for_the_atomic_write_is_refused_first(tmp_pat
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_8_an_output_in_a_virtual_file_system_is_refused_first():
-    from fevae.score import check_output_path
+    from fevae.pipeline.score import check_output_path
 
     with pytest.raises(FevaeError, match="cannot be created"):
         check_output_path("/proc/x.csv")

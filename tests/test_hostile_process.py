@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 import fevae
 from fevae.errors import FevaeError
-from fevae.run import own_run_folder
+from fevae.pipeline.folders import own_run_folder
 from fevae.training import load_checkpoint
 from helpers import make_data_dir
 from pipeline import TINY, train_cfg

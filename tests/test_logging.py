@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 
 from fevae.cache import model_hash, model_key
 from fevae.errors import FevaeError
-from fevae.run import run_config
+from fevae.pipeline.runs import run_config
 from fevae.training import progress_settings, user_callbacks, user_loggers
 from fevae.utils.log import config_tree, stage
-from fevae.validation import validate_config
+from fevae.pipeline.checks import validate_config
 from pipeline import TINY, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

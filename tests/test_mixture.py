@@ -12,7 +12,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture
 
 from fevae.errors import FevaeError
-from fevae.mixture import COVARIANCE_TYPES, MixtureArrays, TorchMixture, fit_mixture, fit_mixtures
+from fevae.features.mixture import COVARIANCE_TYPES, MixtureArrays
+from fevae.features.bgm import fit_mixture, fit_mixtures
+from fevae.features.density import TorchMixture
 
 RTOL = 1e-8
 
@@ -187,7 +189,7 @@ def test_fit_mixtures_passes_a_workers_error_on():
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_fe_n_jobs_must_be_a_number_of_processes(bad):
-    from fevae.callbacks.mixture import fit_workers
+    from fevae.features.fitting import fit_workers
 
     with pytest.raises(FevaeError, match="fe.n_jobs"):
         fit_workers(bad, 4)

@@ -150,7 +150,7 @@ def test_ood_sets_from_the_shipped_config(tmp_path):
     assert sets["mnist_saltpepper"].describe() == "MNIST test + salt_and_pepper(p=0.3)"
     assert sets["fmnist_flip"].describe() == "FashionMNIST test + hflip, rotate(degrees=10)"
     assert ood_set_names(compose_cfg("train", tmp_path, ["+experiment=v2_gaussian", "~data.ood_sets.mnist_saltpepper"]).data) == ["mnist"]
-    from fevae.evaluation import selectable_metrics
+    from fevae.evaluation.settings import selectable_metrics
 
     keys = selectable_metrics(cfg)
     assert any(k.startswith("ood_val/mine/APO/fevae/") for k in keys) and not any("/mnist/" in k for k in keys)
@@ -332,7 +332,7 @@ LEAN = ["fe.extra_layers=[]", "eval.detectors=[iwae]"]
 
 
 class FigureTexts:
-    """Every text (titles, labels, legends) of each figure fevae.plots saves, by file stem."""
+    """Every text (titles, labels, legends) of each figure fevae.outputs.plots saves, by file stem."""
 
     def __init__(self, monkeypatch):
         import matplotlib.text
@@ -360,7 +360,7 @@ class FigureTexts:
 @pytest.fixture(scope="module")
 def mine_run(tmp_path_factory):
     """A tiny V2 run trained with +data.ood_sets.mine.path=<.npy of 28 images>."""
-    from fevae.train import train
+    from fevae.pipeline.train import train
 
     root = tmp_path_factory.mktemp("ood_sets")
     data_dir = make_data_dir(root / "data")
@@ -402,7 +402,7 @@ def test_a_configured_set_is_in_every_output(mine_run, tmp_path):
     assert {"APO/log_p_fevae", "other/iwae"} <= _histogram_tags(run_dir / "tensorboard" / "eval" / "mine")  # its own run
     assert {"APO/log_p_fevae", "other/iwae"} <= _histogram_tags(run_dir / "tensorboard" / "eval")  # a step of the overlay
     # a sweep's summary: two "seeds" of this run
-    from fevae.callbacks.summary import write_summary
+    from fevae.outputs.sweep import write_summary
 
     sweep = tmp_path / "sweep"
     for job, seed in ((0, 1), (1, 2)):
@@ -417,7 +417,7 @@ def test_a_configured_set_is_in_every_output(mine_run, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_adds_sets_to_a_finished_run_without_training(mine_run, tmp_path):
-    from fevae.evaluate import evaluate
+    from fevae.pipeline.evaluate import evaluate
 
     run_dir, _, root, _ = mine_run
     images, _ = labelled_images(30, seed=12)
@@ -446,7 +446,7 @@ def test_evaluate_adds_sets_to_a_finished_run_without_training(mine_run, tmp_pat
 def test_evaluate_adds_a_set_to_a_run_made_before_ood_sets(mine_run, tmp_path, caplog):
     """A run whose stored config has no data.ood_sets (and another salt-and-pepper fraction) gets the
     built-in sets with *its* fraction, plus the set added on the command line."""
-    from fevae.evaluate import evaluate
+    from fevae.pipeline.evaluate import evaluate
 
     run_dir, _, root, _ = mine_run
     old = tmp_path / "old_run"

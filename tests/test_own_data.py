@@ -14,8 +14,8 @@ from PIL import Image
 from fevae.data.corruptions import apply_corruptions, check_corruptions
 from fevae.data.datamodule import FevaeDataModule
 from fevae.errors import FevaeError
-from fevae.train import train
-from fevae.validation import validate_config
+from fevae.pipeline.train import train
+from fevae.pipeline.checks import validate_config
 from helpers import SIZES, colour_images, labelled_images, make_data_dir, write_cifar10_bin, write_svhn_mat
 from pipeline import TINY, compose_cfg, save_run_config, train_cfg
 
@@ -201,7 +201,7 @@ def test_corruptions_keep_colour_images_channels_last(chain):
 
 
 def test_the_sweep_summary_shows_the_first_ood_set_when_there_is_no_mnist():
-    from fevae.callbacks.summary import headline_set
+    from fevae.outputs.sweep import headline_set
 
     cols = ["job", "ood_val/fashionmnist_saltpepper/APO/fevae/auroc", "ood/fashionmnist/PR/vae/auroc", "n/fashionmnist"]
     assert headline_set(cols) == "fashionmnist"

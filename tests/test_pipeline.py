@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fevae.train import train
+from fevae.pipeline.train import train
 from fevae.training import load_state_dict
 from pipeline import save_run_config, train_cfg
 from reference import assert_matches_reference

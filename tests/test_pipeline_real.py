@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fevae.train import train
+from fevae.pipeline.train import train
 from pipeline import compose_cfg, save_run_config
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

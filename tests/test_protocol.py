@@ -13,14 +13,15 @@ import torch
 from omegaconf import OmegaConf
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from fevae.bootstrap import Resampler, resample_weights, weighted_ood_metrics, weighted_std
-from fevae.callbacks.summary import aggregate_seeds, best_job, plot_heatmaps, write_summary
+from fevae.metrics.bootstrap import Resampler, resample_weights, weighted_ood_metrics, weighted_std
+from fevae.outputs.sweep import aggregate_seeds, best_job, plot_heatmaps, write_summary
 from fevae.data.datamodule import EVAL_SETS, FevaeDataModule, split_eval_indices
 from fevae.errors import FevaeError
-from fevae.evaluation import check_optimized_metric, selectable_metrics
-from fevae.metrics import compute_split_metrics, load_scores, ood_metrics, save_scores
-from fevae.report import NOT_SHOWN, SHOWN, UNDECIDED, evaluate_claims
-from fevae.scoring import RunningLogMeanExp, log_mean_exp, log_mean_exp_se
+from fevae.evaluation.settings import check_optimized_metric, selectable_metrics
+from fevae.metrics.ood import compute_split_metrics, load_scores, ood_metrics, save_scores
+from fevae.outputs.report import NOT_SHOWN, SHOWN, UNDECIDED
+from fevae.outputs.claims import evaluate_claims
+from fevae.scoring.estimators import RunningLogMeanExp, log_mean_exp, log_mean_exp_se
 from pipeline import compose_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

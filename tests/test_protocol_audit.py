@@ -13,14 +13,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fevae.bootstrap import Resampler, metric_direction
-from fevae.callbacks.summary import best_job, check_search_space, search_space_bounds, write_summary
+from fevae.metrics.bootstrap import Resampler, metric_direction
+from fevae.outputs.sweep import best_job, check_search_space, search_space_bounds, write_summary
 from fevae.data.datamodule import split_eval_indices
 from fevae.errors import FevaeError
-from fevae.evaluation import check_optimized_metric, random_subset
-from fevae.metrics import compute_metrics
-from fevae.report import NOT_SHOWN, SHOWN, UNDECIDED, _above, _below, evaluate_claims, render_report
-from fevae.scoring import ESS_FLAG, RunningLogMeanExp, log_mean_exp, log_mean_exp_ess, log_mean_exp_se
+from fevae.evaluation.settings import check_optimized_metric, random_subset
+from fevae.metrics.ood import compute_metrics
+from fevae.outputs.report import NOT_SHOWN, SHOWN, UNDECIDED, render_report
+from fevae.outputs.claims import _above, _below, evaluate_claims
+from fevae.scoring.estimators import ESS_FLAG, RunningLogMeanExp, log_mean_exp, log_mean_exp_ess, log_mean_exp_se
 from fevae.utils.cli import failed_sweep_error
 from pipeline import compose_cfg
 
@@ -124,7 +125,7 @@ def test_no_profile_test_image_is_in_any_profile_validation_part():
 
 
 def test_the_run_records_the_pool(synthetic_data_dir, tmp_path):
-    from fevae.stages import make_datamodule
+    from fevae.pipeline.stages import make_datamodule
     from pipeline import train_cfg
 
     data = make_datamodule(train_cfg(tmp_path / "run", synthetic_data_dir), 16)
@@ -224,7 +225,7 @@ def test_an_optuna_sweep_whose_every_trial_fails_ends_in_one_error_line(tmp_path
 
 
 def test_a_subset_record_is_no_histogram():
-    from fevae.dashboard import histogram_table
+    from fevae.outputs.dashboard import histogram_table
 
     scores = {"fashionmnist": {"iwae": np.arange(5.0), "likelihood_regret": np.ones(2), "index__likelihood_regret": np.array([0.0, 3.0])},
               "mnist": {"iwae": np.arange(5.0) + 1}}

@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fevae.errors import FevaeError
-from fevae.metrics import (
+from fevae.metrics.ood import (
     compute_metrics,
     flatten_metrics,
     load_all_scores,
@@ -23,8 +23,9 @@ from fevae.metrics import (
     save_scores,
     write_json_atomic,
 )
-from fevae.plots import plot_all, plot_fig1
-from fevae.report import NOT_APPLICABLE, NOT_SHOWN, SHOWN, evaluate_claims, write_report
+from fevae.outputs.plots import plot_all, plot_fig1
+from fevae.outputs.report import NOT_APPLICABLE, NOT_SHOWN, SHOWN, write_report
+from fevae.outputs.claims import evaluate_claims
 
 BASE_SCORES = [f"log_p_{s}_{sch}" for s in ("vae", "fe", "fevae") for sch in ("pr", "apo")]
 

@@ -13,10 +13,10 @@ import pytest
 
 from fevae.data.idx import read_idx, write_idx
 from fevae.errors import FevaeError
-from fevae.evaluate import evaluate
-from fevae.metrics import load_scores
-from fevae.score import COLUMNS, OTHER_COLUMNS, score_images, write_csv_atomic
-from fevae.train import train
+from fevae.pipeline.evaluate import evaluate
+from fevae.metrics.ood import load_scores
+from fevae.pipeline.score import COLUMNS, OTHER_COLUMNS, score_images, write_csv_atomic
+from fevae.pipeline.train import train
 from helpers import make_data_dir
 from pipeline import save_run_config, train_cfg
 

@@ -1,4 +1,4 @@
-"""Monte-Carlo estimators of fevae.scoring against a linear-Gaussian model with exact marginals.
+"""Monte-Carlo estimators of fevae.scoring.estimators against a linear-Gaussian model with exact marginals.
 
 Toy model: z ~ N(0, I_L), x | z ~ N(W z + b, sigma^2 I_D) with L = 2, D = 3. The "decoder output"
 h = W z + b is also the "image" phi(h) and the feature vector (identity feature extractor), and
@@ -24,16 +24,10 @@ import torch
 from scipy.stats import multivariate_normal
 
 from fevae.errors import FevaeError
-from fevae.mixture import TorchMixture, fit_mixture
-from fevae.scoring import (
-    RunningLogMeanExp,
-    log_mean_exp,
-    noise_stream,
-    per_sample_normal,
-    result_keys,
-    score_all_schemes,
-    score_batch,
-)
+from fevae.features.bgm import fit_mixture
+from fevae.features.density import TorchMixture
+from fevae.scoring.estimators import RunningLogMeanExp, log_mean_exp, result_keys, score_all_schemes, score_batch
+from fevae.scoring.noise import noise_stream, per_sample_normal
 
 L, D, SIGMA = 2, 3, 0.6
 W = np.array([[1.0, -0.5], [0.3, 0.8], [-0.7, 0.4]])
@@ -315,9 +309,9 @@ def test_log_mean_exp_and_running_version():
 
 # ---------------------------------------------------------------------------- detectors (issue #6)
 def test_iwae_from_the_apo_draws_matches_the_baseline_and_the_exact_marginal(toy):
-    """IWAE reuses the APO draws: equal to fevae.baselines.iwae_score (torch.distributions
+    """IWAE reuses the APO draws: equal to fevae.scoring.baselines.iwae_score (torch.distributions
     densities), and with many samples close to the exact marginal N(x | b, W W^T + s2 I)."""
-    from fevae.baselines import iwae_score
+    from fevae.scoring.baselines import iwae_score
 
     class ToyVAE:
         encode, decode, log_likelihood = staticmethod(_encode), staticmethod(_decode), staticmethod(_log_likelihood)
@@ -357,7 +351,7 @@ def test_channels_last_decoding_is_the_same_computation_within_float32_rounding(
     """eval.channels_last: the decoder in channels-last memory format gives the plain decoder's logits and
     log-likelihoods up to float32 rounding (the documented tolerance: 1e-6 relative on log p(x|z))."""
     from fevae.models.vae import VAE
-    from fevae.scoring import channels_last_decode
+    from fevae.scoring.estimators import channels_last_decode
 
     for shape in ((1, 28, 28), (3, 32, 32)):
         torch.manual_seed(0)

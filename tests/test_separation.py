@@ -15,14 +15,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
-from fevae.callbacks.separation import VaeSeparation, separation_callbacks
-from fevae.dashboard import HIST_BINS, binned
+from fevae.monitor import VaeSeparation, separation_callbacks
+from fevae.outputs.dashboard import HIST_BINS, binned
 from fevae.errors import FevaeError
-from fevae.evaluation import score_stream
-from fevae.scoring import noise_stream, per_sample_normal
-from fevae.train import make_datamodule
+from fevae.evaluation.settings import score_stream
+from fevae.scoring.noise import noise_stream, per_sample_normal
+from fevae.pipeline.stages import make_datamodule
 from fevae.training import fit_model, load_checkpoint
-from fevae.validation import validate_config
+from fevae.pipeline.checks import validate_config
 from pipeline import train_cfg
 
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]

@@ -1,6 +1,6 @@
 """The data doctor: where each split of every registered dataset is read from, and whether its content looks right.
 
-Only the default run's splits (:data:`~fevae.data.discovery.REQUIRED_KEYS`: FashionMNIST train and
+Only the default run's splits (:data:`~fevae.data.catalog.REQUIRED_KEYS`: FashionMNIST train and
 test, MNIST test) decide the result; the other datasets are listed as found, missing or broken
 without making it fail, and are never downloaded by the doctor.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fevae.data.discovery import (ALL_KEYS, DATASET_INFO, FIX, REQUIRED_KEYS, LoadedSplit, SplitLocation, read_split,
-                                  search_data)
+from fevae.data.discovery import FIX, LoadedSplit, SplitLocation, read_split, search_data
+
+from fevae.data.catalog import ALL_KEYS, DATASET_INFO, REQUIRED_KEYS
 from fevae.data.idx import FIX_CONTENT, idx_bytes
 from fevae.errors import FevaeError, require
 
@@ -71,7 +72,7 @@ def check_split(key: str, images_path: os.PathLike[str] | str, labels_path: os.P
 def run_doctor(data_dir: str | os.PathLike[str] | None, download: bool = False,
                download_dir: str | os.PathLike[str] | None = None) -> tuple[list[str], bool]:
     """Report every split of every registered dataset; ``ok`` is False when a required split
-    (:data:`~fevae.data.discovery.REQUIRED_KEYS`) is missing or broken. ``download`` fetches only
+    (:data:`~fevae.data.catalog.REQUIRED_KEYS`) is missing or broken. ``download`` fetches only
     missing required splits. Raises FevaeError only for an invalid ``data_dir``.
     """
     optional = [k for k in ALL_KEYS if k not in REQUIRED_KEYS]

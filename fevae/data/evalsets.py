@@ -12,7 +12,7 @@
 
 Each entry has exactly one of
 
-* ``source``: a registered dataset's *test* split (:data:`fevae.data.discovery.DATASET_INFO`:
+* ``source``: a registered dataset's *test* split (:data:`fevae.data.catalog.DATASET_INFO`:
   ``fashionmnist``, ``mnist``, ``kmnist``, ``emnist_letters``, ``cifar10``, ``svhn``), or
   :data:`ID_SOURCE` (``in_distribution``: the run's own in-distribution test images, whatever the
   dataset; for ``data=fashion_mnist`` the same images as ``source: fashionmnist``); a dataset whose
@@ -48,6 +48,11 @@ import numpy as np
 
 from fevae.data.corruptions import check_corruptions, describe_chain
 from fevae.errors import FevaeError
+from fevae.data.catalog import DATASET_INFO
+from fevae.data.discovery import find_split
+from fevae.inputs import DEFAULT_IMAGE_SHAPE, read_images
+from fevae.inputs import image_shape_of
+from fevae.validation import plain as resolved
 
 __all__ = ["ID_SET", "ID_SOURCE", "BUILTIN_OOD_SETS", "OodSet", "default_ood_sets", "resolve_ood_sets", "ood_set_names",
            "describe_ood_sets", "id_set_name", "resolve_data_sets", "sources", "read_path_source", "check_ood_sources", "check_data_sources", "check_split_size", "validation_pool", "source_title"]
@@ -65,7 +70,6 @@ EXAMPLE = "+data.ood_sets.my_set.path=images.npy or +data.ood_sets.my_set.source
 
 
 def _datasets() -> dict[str, Any]:
-    from fevae.data.discovery import DATASET_INFO
 
     return DATASET_INFO
 
@@ -94,7 +98,7 @@ class OodSet:
     """One checked entry of ``data.ood_sets``."""
 
     name: str
-    #: a registered dataset (:data:`fevae.data.discovery.DATASET_INFO`, its test split) or :data:`ID_SOURCE`; None for a path source
+    #: a registered dataset (:data:`fevae.data.catalog.DATASET_INFO`, its test split) or :data:`ID_SOURCE`; None for a path source
     source: str | None = None
     #: the file or folder of a path source (as configured: relative to the working folder)
     path: str | None = None
@@ -121,9 +125,8 @@ def default_ood_sets(saltpepper_fraction: float = 0.2) -> dict[str, dict[str, An
 
 def plain(node: Any, key: str = "data.ood_sets") -> Any:
     """``node`` as plain dicts/lists (a Hydra DictConfig resolved), or one error naming ``key``."""
-    from fevae.validation import _plain
 
-    return _plain(node, key)
+    return resolved(node, key)
 
 
 def _split_sizes(value: Any, key: str) -> dict[str, Any] | None:
@@ -203,7 +206,6 @@ def resolve_ood_sets(ood_sets: Any = None, saltpepper_fraction: float = 0.2, id_
 
 def resolve_data_sets(data_cfg: Any) -> dict[str, OodSet]:
     """The checked OOD sets of a whole ``data`` config node (its name, image shape and salt-and-pepper fraction)."""
-    from fevae.inputs import image_shape_of
 
     data = plain(data_cfg, "data") or {}
     return resolve_ood_sets(data.get("ood_sets"), data.get("saltpepper_fraction", 0.2), id_set_name(data), image_shape_of(data))
@@ -222,7 +224,6 @@ def describe_ood_sets(data_cfg: Any) -> dict[str, str]:
 def read_path_source(spec: OodSet, image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """The images of a path source, validated against the run's ``image_shape`` (one error line):
     uint8 ``[N, H, W]`` / ``[N, H, W, C]`` or float32 in [0, 1]."""
-    from fevae.inputs import DEFAULT_IMAGE_SHAPE, read_images
 
     return read_images(Path(spec.path).expanduser(), key=f"{spec.key}.path", image_shape=image_shape or DEFAULT_IMAGE_SHAPE)
 
@@ -261,7 +262,6 @@ def check_split_size(spec_name: str, n: int, val: int, test: int | None, what: s
 def check_ood_sources(data_cfg: Any) -> None:
     """Read and validate every path source of ``data_cfg`` (a ``data`` config node) and check that each
     is large enough for its split: one :class:`FevaeError` naming the set, before any training."""
-    from fevae.inputs import image_shape_of
 
     data = plain(data_cfg, "data") or {}
     sets = resolve_data_sets(data)
@@ -279,7 +279,6 @@ def check_data_sources(data_cfg: Any) -> None:
     in-distribution dataset's train and test splits, each OOD source's test split): a missing one is
     one :class:`FevaeError` naming it and every folder looked in, before the run folder is claimed.
     With ``data.download=true`` a missing split is downloaded here."""
-    from fevae.data.discovery import DATASET_INFO, find_split
 
     data = plain(data_cfg, "data") or {}
     dataset = data.get("dataset") or ID_SET

@@ -3,7 +3,7 @@
 Two kinds (:mod:`fevae.detectors.base`):
 
 * :class:`~fevae.detectors.base.Detector` — scored in the shared model pass
-  (:class:`fevae.evaluation.Scorer` is the driver): :mod:`~fevae.detectors.fevae` (the paper's
+  (:class:`fevae.evaluation.scorer.Scorer` is the driver): :mod:`~fevae.detectors.fevae` (the paper's
   log p_VAE / p_FE / p_FEVAE per scheme and layer, always scored), :mod:`~fevae.detectors.iwae`,
   :mod:`~fevae.detectors.input_complexity`, :mod:`~fevae.detectors.regret` (likelihood regret),
   :mod:`~fevae.detectors.likelihood_ratio` (Ren et al. 2019, with a background VAE).

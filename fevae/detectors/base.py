@@ -1,6 +1,6 @@
 """The two detector interfaces, and the plain-array storage of fitted states.
 
-* :class:`Detector` — scored in the shared model pass (:class:`fevae.evaluation.Scorer`): declares what
+* :class:`Detector` — scored in the shared model pass (:class:`fevae.evaluation.scorer.Scorer`): declares what
   it reads from it (the APO importance weights, a second trained model), may compute its own per-image
   values on each batch (timed: its cost per image), and turns them into its score columns.
 * :class:`FittedDetector` — computed afterwards from a set's score columns, fitted on the
@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fevae.errors import FevaeError
+from fevae.metrics.ood import parse_score_name
+from fevae.utils.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ STATE_FILE = "detectors.npz"
 class Detector:
     """A detector scored in the shared model pass; subclasses set :attr:`name` (= its config's name).
 
-    The driver (:class:`fevae.evaluation.Scorer`) calls, per image batch of an evaluation set,
+    The driver (:class:`fevae.evaluation.scorer.Scorer`) calls, per image batch of an evaluation set,
     :meth:`batch` on the rows :meth:`rows` selects (timed as ``detector/<name>``: its own cost), keeps
     what it returns by dataset index, and at the end calls :meth:`scores` with the set's shared
     columns (the ``log_p_*`` scores and, when :attr:`uses_log_weights`, ``iwae``) and its own
@@ -153,7 +155,6 @@ def fitted_costs(fitted: Sequence[FittedDetector], seconds: Mapping[str, float],
     scoring time per image plus, per scheme, the dearest model-pass column it reads (``costs``; the
     other-block columns count as APO: they reuse its draws), i.e. what scoring one more image with it costs.
     The one-off fit (``fit/<name>`` seconds) is not per image."""
-    from fevae.metrics import parse_score_name
 
     out: dict[str, dict[str, float]] = {}
     for det in fitted:
@@ -175,7 +176,6 @@ def fitted_costs(fitted: Sequence[FittedDetector], seconds: Mapping[str, float],
 
 def save_fitted(path: str | Path, fitted: Sequence[FittedDetector]) -> None:
     """Every detector's fitted state as plain arrays in one ``.npz`` (written atomically)."""
-    from fevae.utils.io import atomic_open
 
     arrays = {f"{det.name}/{k}": np.asarray(v) for det in fitted for k, v in det.state().items()}
     with atomic_open(Path(path), "wb") as handle:

@@ -1,7 +1,7 @@
 """The paper's scores, per scheme and Jigsaw layer: log p_VAE, log p_FE and log p_FEVAE (Eqs. 1-4).
 
 For each scheme (PR: z ~ p(z); APO: z ~ q(z|x)) the S decoded samples of the shared model pass are
-reduced by :class:`fevae.scoring.ScoreAccumulator`: ``log_p_vae_<scheme>``, ``log_p_fe_<scheme>`` and
+reduced by :class:`fevae.scoring.estimators.ScoreAccumulator`: ``log_p_vae_<scheme>``, ``log_p_fe_<scheme>`` and
 ``log_p_fevae_<scheme>`` under the mixture of ``fe.layer``, ``log_p_fevae_l<k>_<scheme>`` under each
 extra layer's, each with its Monte-Carlo standard error ``mcse__<name>``; ``iwae`` (the APO importance
 weights) when a detector reads it. Always scored: every other detector and every report builds on them.
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
-from fevae.scoring import ScoreAccumulator
+from fevae.metrics.ood import ESS_PREFIX, MCSE_PREFIX
+from fevae.scoring.estimators import ScoreAccumulator
 
 
 class FevaeTerms:

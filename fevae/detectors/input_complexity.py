@@ -10,9 +10,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fevae.baselines import compressed_bits, input_complexity_from_bits, to_uint8
+from fevae.scoring.baselines import compressed_bits, input_complexity_from_bits, to_uint8
 from fevae.detectors.base import Detector
-from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
+from fevae.metrics.ood import ESS_PREFIX, MCSE_PREFIX
 
 
 class InputComplexity(Detector):

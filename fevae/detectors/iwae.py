@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fevae.detectors.base import Detector
-from fevae.metrics import ESS_PREFIX, MCSE_PREFIX
+from fevae.metrics.ood import ESS_PREFIX, MCSE_PREFIX
 
 
 class Iwae(Detector):

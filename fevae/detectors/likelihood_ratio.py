@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.baselines import iwae_score
+from fevae.scoring.baselines import iwae_score
 from fevae.detectors.base import Detector
 from fevae.errors import FevaeError
-from fevae.scoring import channels_last_decode
+from fevae.scoring.estimators import channels_last_decode
 
 BACKGROUND = "background"
 

@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fevae.detectors.base import Detector, FittedDetector
 from fevae.errors import FevaeError
+from fevae.utils.cli import CONFIG_DIR
 
 PACKAGE = "fevae.detectors"
 #: the detectors conf/detector/ ships (a run made before a detector's config existed gets it from there)
@@ -35,7 +36,6 @@ def selected_names(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def _shipped_config(name: str) -> DictConfig | None:
-    from fevae.utils.cli import CONFIG_DIR
 
     path = Path(CONFIG_DIR) / "detector" / f"{name}.yaml"
     return OmegaConf.load(path).get(name) if name in SHIPPED and path.is_file() else None

@@ -9,9 +9,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from fevae.bootstrap import metric_direction
 from fevae.errors import FevaeError
 from fevae.limits import configure
+from fevae.utils.io import write_text_atomic
+from fevae.utils.metric_names import metric_direction
 from fevae.utils.signals import exit_on_signal
 
 #: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
@@ -35,7 +36,7 @@ def first_ood_set(ood_sets: Any) -> str:
 def optimized_direction(key: Any) -> str:
     """``${optimized_direction:${optimized_metric}}`` (conf/hparams_search/optuna.yaml's ``direction``):
     ``minimize`` for a metric where lower is better (``.../fpr95``), else ``maximize``; an unknown
-    ending is left to :func:`fevae.evaluation.check_optimized_metric`'s error, so it maximises here."""
+    ending is left to :func:`fevae.evaluation.settings.check_optimized_metric`'s error, so it maximises here."""
     try:
         return metric_direction(None if key is None else str(key))
     except ValueError:
@@ -119,7 +120,6 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             from hydra.core.hydra_config import HydraConfig
 
-            from fevae.metrics import write_text_atomic
 
             user = as_user_error(err)
             message = str(user) if user is not None else f"{type(err).__name__}: {err}"
@@ -183,7 +183,7 @@ def hydra_error(err: BaseException, prog: str = "") -> FevaeError | None:
     return FevaeError(text, f"check the key or option against conf/ ({show}); a new key needs a leading +")
 
 
-#: the multirun in progress: ``{"dir": sweep folder}`` (set by :class:`fevae.callbacks.summary.SweepSummary`)
+#: the multirun in progress: ``{"dir": sweep folder}`` (set by :class:`fevae.outputs.sweep.SweepSummary`)
 SWEEP: dict[str, str] = {}
 
 

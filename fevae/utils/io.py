@@ -131,9 +131,7 @@ def save_scores(path: str | Path, scores_for_one_set: Mapping[str, np.ndarray],
         if not name or "/" in name or name.startswith("."):
             raise FevaeError(f"invalid score name {name!r}", "use names like 'log_p_vae_pr'")
         arrays[name] = np.asarray(arr, dtype=np.float64)
-    from fevae.metrics import _set_size
-
-    _set_size(str(path), arrays)  # every array of a set is one value per image
+    set_size(str(path), arrays)  # every array of a set is one value per image
     with atomic_open(path, "wb") as fh:
         np.savez(fh, **arrays)
     return Path(path)
@@ -171,3 +169,18 @@ def load_all_scores(scores_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
         raise FevaeError(f"no score files (*.npz) in {scores_dir}", "run the scoring stage first")
     return {p.stem: load_scores(p) for p in files}
 
+
+def set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
+    """Number of examples of a set: the longest score array. A shorter array covers the set's
+    *first* ``len`` examples (a detector scored on a subset, e.g. ``likelihood_regret``)."""
+    sizes = {}
+    for name, a in arrays.items():
+        if np.ndim(a) != 1:
+            raise FevaeError(
+                f"set {set_name!r} score {name!r}: expected a 1-D array, got shape {np.shape(a)}",
+                "store one score per example",
+            )
+        sizes[name] = int(np.shape(a)[0])
+    if not sizes:
+        raise FevaeError(f"set {set_name!r} has no scores", "score the set or remove it")
+    return max(sizes.values())

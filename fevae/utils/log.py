@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, MutableMapping
 
 from omegaconf import DictConfig, OmegaConf
+from fevae.utils.io import write_bytes_atomic
 
 log = logging.getLogger("fevae")
 
@@ -106,7 +107,6 @@ def log_config(cfg: DictConfig, run_dir: Path | None = None, logger: logging.Log
     text = config_tree(cfg)
     logger.info("composed config (also in .hydra/config.yaml):\n%s", text)
     if run_dir is not None:
-        from fevae.utils.io import write_bytes_atomic
 
         write_bytes_atomic(Path(run_dir) / CONFIG_TREE_FILE, (text + "\n").encode())
     return text

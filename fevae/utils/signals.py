@@ -55,7 +55,7 @@ _hint = [RUN_AGAIN]
 
 
 def set_hint(text: str) -> None:
-    """What the interrupted line tells the user to do (:func:`fevae.run.own_run_folder` sets the resume command)."""
+    """What the interrupted line tells the user to do (:func:`fevae.pipeline.folders.own_run_folder` sets the resume command)."""
     _hint[0] = text
 
 

@@ -1,6 +1,6 @@
 """Baseline OOD scores: IWAE log-likelihood, input complexity and likelihood regret.
 
-Convention (shared with :mod:`fevae.scoring`): every score is a float64 tensor ``[B]`` in log
+Convention (shared with :mod:`fevae.scoring.estimators`): every score is a float64 tensor ``[B]`` in log
 space (nats) where **higher means more in-distribution**. A score that would be NaN/±inf raises
 :class:`~fevae.errors.FevaeError` instead of being returned.
 
@@ -10,10 +10,10 @@ space (nats) where **higher means more in-distribution**. A score that would be 
 * :func:`likelihood_regret_score` — minus the ELBO gain from refitting the encoder to the image
   (Xiao et al., 2020).
 
-Noise is drawn with :func:`fevae.scoring.per_sample_normal` on the APO noise stream
-(:func:`noise_stream(stream, "APO") <fevae.scoring.noise_stream>`): posterior samples depend only on
+Noise is drawn with :func:`fevae.scoring.noise.per_sample_normal` on the APO noise stream
+(:func:`noise_stream(stream, "APO") <fevae.scoring.noise.noise_stream>`): posterior samples depend only on
 ``(seed, stream, index[b])``, so scores do not depend on batch composition or chunking, and
-``z_k`` is the same posterior sample that the APO estimator of :func:`fevae.scoring.score_batch`
+``z_k`` is the same posterior sample that the APO estimator of :func:`fevae.scoring.estimators.score_batch`
 uses (common random numbers: IWAE differs from ``log_p_vae_apo`` only by the weights
 p(z)/q(z|x)).
 """
@@ -33,7 +33,8 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call, grad_and_value, vmap
 
 from fevae.errors import FevaeError
-from fevae.scoring import RunningLogMeanExp, _check_positive_int, noise_stream, per_sample_normal
+from fevae.scoring.estimators import RunningLogMeanExp, _check_positive_int
+from fevae.scoring.noise import noise_stream, per_sample_normal
 
 LN2 = math.log(2.0)
 
@@ -81,14 +82,14 @@ def iwae_score(
 
         log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x),   z_k = mu(x) + exp(logvar(x) / 2) eps_k
 
-    with ``K = n_samples`` and ``eps_k`` from :func:`~fevae.scoring.per_sample_normal` (APO
+    with ``K = n_samples`` and ``eps_k`` from :func:`~fevae.scoring.noise.per_sample_normal` (APO
     stream). ``K = 1`` is a single-sample ELBO; the expectation increases with ``K`` towards
     log p(x). Samples are processed ``chunk_size`` at a time with
-    :class:`~fevae.scoring.RunningLogMeanExp`, so memory does not grow with ``K``.
+    :class:`~fevae.scoring.estimators.RunningLogMeanExp`, so memory does not grow with ``K``.
 
     ``vae`` is duck-typed: ``encode(x) -> (mu, logvar)`` each ``[B, L]``, ``decode(z [s, B, L]) -> h``
     and ``log_likelihood(x, h) -> [s, B]``; the latent size is read from ``mu``. Put a VAE in
-    eval mode first; ``decode`` replaces ``vae.decode`` (e.g. :func:`fevae.scoring.channels_last_decode`).
+    eval mode first; ``decode`` replaces ``vae.decode`` (e.g. :func:`fevae.scoring.estimators.channels_last_decode`).
     z, log p(z) and log q(z|x) are computed in float64 (z is cast to ``mu``'s
     dtype for decoding); log p(x|z) is cast to float64 before the sum.
     """
@@ -152,7 +153,7 @@ def compressed_bits(images_uint8: np.ndarray) -> np.ndarray:
     rgb = images.ndim == 4 and images.shape[-1] == 3
     if not (images.ndim == 3 or rgb) or images.dtype != np.uint8:
         raise FevaeError(f"expected uint8 images [B, H, W] (greyscale) or [B, H, W, 3] (RGB), "
-                         f"got {images.dtype} {images.shape}", "convert with fevae.baselines.to_uint8")
+                         f"got {images.dtype} {images.shape}", "convert with fevae.scoring.baselines.to_uint8")
     mode = PNG_MODES[3 if rgb else 1]
     out = np.empty(images.shape[0], dtype=np.float64)
     for b, image in enumerate(images):
@@ -229,7 +230,7 @@ def likelihood_regret_score(
     is ``-regret``.
 
     * ELBO (:func:`_fixed_noise_elbo`): reparameterised log-likelihood averaged over fixed noise,
-      analytic KL. Noise rows of each item's APO stream (:func:`~fevae.scoring.per_sample_normal`):
+      analytic KL. Noise rows of each item's APO stream (:func:`~fevae.scoring.noise.per_sample_normal`):
       rows ``0 .. n_samples - 1`` evaluate ELBO_before and ELBO_after (the same noise for both),
       row ``n_samples + t`` is the one sample of optimisation step ``t``. Neither depends on
       ``steps`` or on batch composition; ``steps = 0`` gives exactly 0.

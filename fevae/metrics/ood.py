@@ -40,16 +40,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from fevae.bootstrap import Resampler
+from fevae.metrics.bootstrap import Resampler
 from fevae.errors import FevaeError
 from fevae.utils.parallel import usable_cores
-from fevae.utils.io import ESS_PREFIX, INDEX_PREFIX, MCSE_PREFIX, load_all_scores, load_scores, save_scores, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from fevae.utils.io import ESS_PREFIX, INDEX_PREFIX, MCSE_PREFIX, load_all_scores, load_scores, save_scores, set_size, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 __all__ = [
     "IN_DISTRIBUTION",
@@ -197,22 +196,6 @@ def ood_metrics(
     return {"auroc": auroc, "auprc": auprc, "fpr95": float(fpr[idx])}
 
 
-def _set_size(set_name: str, arrays: Mapping[str, Any]) -> int:
-    """Number of examples of a set: the longest score array. A shorter array covers the set's
-    *first* ``len`` examples (a detector scored on a subset, e.g. ``likelihood_regret``)."""
-    sizes = {}
-    for name, a in arrays.items():
-        if np.ndim(a) != 1:
-            raise FevaeError(
-                f"set {set_name!r} score {name!r}: expected a 1-D array, got shape {np.shape(a)}",
-                "store one score per example",
-            )
-        sizes[name] = int(np.shape(a)[0])
-    if not sizes:
-        raise FevaeError(f"set {set_name!r} has no scores", "score the set or remove it")
-    return max(sizes.values())
-
-
 def _metric_tasks(scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str):
     """The sets' sizes, the empty ``{set: {scheme: {}}}`` blocks and one task per (OOD set, scheme, score)
     that :func:`compute_metrics` evaluates: ``(ood set, scheme, score id, ID column, OOD column)``."""
@@ -227,7 +210,7 @@ def _metric_tasks(scores: Mapping[str, Mapping[str, np.ndarray]], in_distributio
             f"only the in-distribution set {in_distribution!r} has scores",
             "score at least one OOD set (e.g. mnist)",
         )
-    n = {name: _set_size(name, scores[name]) for name in order_sets(scores)}
+    n = {name: set_size(name, scores[name]) for name in order_sets(scores)}
     id_index = index_scores(scores[in_distribution])
     tasks: list[tuple[str, str, str, str, str]] = []
     blocks: dict[str, dict[str, Any]] = {ood_set: {} for ood_set in ood_sets}

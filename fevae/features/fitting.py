@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -12,10 +13,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fevae.errors import FevaeError
-from fevae.mixture import MixtureArrays, fit_mixtures
+from fevae.errors import FevaeError, require
+from fevae.features.bgm import fit_mixtures
+from fevae.features.mixture import MixtureArrays
+from fevae.training import restore_best_weights
 from fevae.utils.log import stage
 from fevae.utils.parallel import usable_cores
+from fevae.validation import positive_int
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,18 @@ def validate_fe_config(fe: Mapping[str, Any], n_train: int | None = None) -> Non
         raise FevaeError(
             f"fe.covariance_type={fe['covariance_type']!r} is unknown", "use one of full, tied, diag, spherical"
         )
+
+
+def check_fe_settings(fe: Mapping[str, Any]) -> None:
+    """The mixture settings sklearn would only refuse after the Jigsaw trained."""
+    reg = fe.get("reg_covar")
+    require(isinstance(reg, numbers.Real) and not isinstance(reg, bool) and reg >= 0 and reg == reg and reg != float("inf"),
+            f"fe.reg_covar={reg!r} is invalid", "set fe.reg_covar to a number ≥ 0 (default 1e-3; the paper's sklearn 1e-6)")
+    positive_int("fe.max_iter", fe.get("max_iter"))
+    positive_int("fe.n_init", fe.get("n_init"))
+    positive_int("fe.feature_batch_size", fe.get("feature_batch_size"))
+    require(isinstance(fe.get("pre_activation"), bool), f"fe.pre_activation={fe.get('pre_activation')!r} is invalid", "set it to true or false")
+    fit_workers(fe.get("n_jobs", -1), 1)
 
 
 @torch.no_grad()
@@ -93,7 +109,7 @@ def fit_feature_mixtures(
     on the features of the same ``fe.n`` random training images: ``{layer: MixtureArrays}``.
 
     The features are extracted here; the fits run side by side in ``fe.n_jobs`` worker processes
-    (joblib, widest layer first), each on one BLAS thread (:func:`fevae.mixture.fit_mixture`), so
+    (joblib, widest layer first), each on one BLAS thread (:func:`fevae.features.bgm.fit_mixture`), so
     the mixtures are the same bits whatever ``fe.n_jobs`` and the machine's core count.
     """
     validate_fe_config(fe, len(train_set))
@@ -140,8 +156,6 @@ class MixtureCallback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import copy
-
-        from fevae.training import restore_best_weights
 
         jigsaw = copy.deepcopy(pl_module)
         restore_best_weights(trainer, jigsaw)

@@ -18,7 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fevae.data.evalsets import describe_ood_sets
+from fevae.detectors.registry import build_detectors, needed_models
 from fevae.errors import FevaeError
+from fevae.pipeline.runs import load_model
+from fevae.training import checkpoint_dir, fit_model
+from fevae.utils.log import stage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,6 @@ def with_model(cfg: DictConfig, name: str, node: DictConfig) -> DictConfig:
 def detector_model_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """``{name: the run's config for training it}`` (:func:`with_model`) of each extra model the
     run's detectors need (:func:`fevae.detectors.registry.needed_models`)."""
-    from fevae.detectors.registry import needed_models
 
     return {name: with_model(cfg, name, node) for name, node in needed_models(cfg).items()}
 
@@ -76,10 +79,6 @@ def detector_models(cfg: DictConfig, run_dir: Path, datamodule: Callable[[], L.L
     run lacks (a run made before its detector existed) is trained into ``out_dir``, or, without a
     ``datamodule``, is one error naming the fix. ``datamodule()`` gives the training data (VAE batch size).
     """
-    from fevae.detectors.registry import needed_models
-    from fevae.run import load_model
-    from fevae.training import checkpoint_dir, fit_model
-    from fevae.utils.log import stage
 
     models: dict[str, torch.nn.Module] = {}
     for name, node in needed_models(cfg).items():
@@ -96,6 +95,5 @@ def detector_models(cfg: DictConfig, run_dir: Path, datamodule: Callable[[], L.L
 
 
 def _users(cfg: DictConfig, model: str) -> list[str]:
-    from fevae.detectors.registry import build_detectors
 
     return [d.name for d in build_detectors(cfg)[0] if model in d.models]

@@ -6,7 +6,7 @@ resampled arrays, a resample is a vector of *counts* (multinomial weights) over 
 images, and AUROC / AUPRC / FPR95 are computed as *weighted* metrics over the scores sorted once:
 cumulative weighted true/false positives at each distinct threshold. This equals sklearn's
 ``roc_auc_score`` / ``average_precision_score`` / ``roc_curve`` with ``sample_weight`` (tested),
-and with unit weights it equals :func:`fevae.metrics.ood_metrics` exactly.
+and with unit weights it equals :func:`fevae.metrics.ood.ood_metrics` exactly.
 
 Intervals are percentile intervals of the resampled values. Resamples are shared by every score
 of one (in-distribution, OOD set) pair, so differences between two scores can be bootstrapped
@@ -20,25 +20,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fevae.utils.metric_names import METRIC_DIRECTIONS, METRICS, metric_direction
+
 __all__ = ["METRICS", "METRIC_DIRECTIONS", "metric_direction", "Resampler", "resample_weights", "weighted_ood_metrics", "percentile_interval", "stream_rng",
            "weighted_std"]
 
-METRICS = ("auroc", "auprc", "fpr95")
-#: which way each metric is better: AUROC and AUPRC higher, FPR95 (the share of OOD images accepted at
-#: the threshold that keeps 95% of the in-distribution images) lower
-METRIC_DIRECTIONS = {"auroc": "maximize", "auprc": "maximize", "fpr95": "minimize"}
-
-
-def metric_direction(key: str | None) -> str:
-    """``"maximize"`` or ``"minimize"``: the direction of the metric a name or flattened metrics.json key
-    ends in (``ood_val/mnist/APO/fevae/fpr95`` → ``"minimize"``). ``None`` (no metric) → ``"maximize"``;
-    any other ending is a :class:`ValueError` naming the known metrics."""
-    if key is None:
-        return "maximize"
-    metric = str(key).rsplit("/", 1)[-1]
-    if metric not in METRIC_DIRECTIONS:
-        raise ValueError(f"{key!r} does not end in a known metric ({', '.join(METRICS)})")
-    return METRIC_DIRECTIONS[metric]
 #: resamples evaluated at once: BLOCK x n float64 arrays that stay in the CPU cache (32: 1.5x faster than 200 here)
 BLOCK = 32
 

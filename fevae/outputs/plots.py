@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fevae.errors import FevaeError
-from fevae.metrics import (
+from fevae.metrics.ood import (
     IN_DISTRIBUTION,
     index_scores,
     ood_metrics,

@@ -11,13 +11,13 @@ while the models train.
   (``FevaeDataModule.eval_val_sets``; never a test image): the in-distribution set
   (``eval_set_names[0]``) and the OOD sets (``sets``; null = every configured one). The same images
   at every evaluation.
-* **Scores** (higher = more in-distribution, as in :mod:`fevae.metrics`):
+* **Scores** (higher = more in-distribution, as in :mod:`fevae.metrics.ood`):
 
   - VAE: ``separation/apo_log_p_vae``, the APO log p_VAE of the evaluation (paper Eq. 2,
-    :func:`fevae.scoring.sample_chunks`: ``log (1/S) sum_s p(x | z_s)``, ``z_s ~ q(z|x)``; with
+    :func:`fevae.scoring.estimators.sample_chunks`: ``log (1/S) sum_s p(x | z_s)``, ``z_s ~ q(z|x)``; with
     ``vae.scheme=PR``, ``separation/pr_log_p_vae`` with ``z_s ~ p(z)``, where V1's Nalisnick effect shows) with a small
     ``S = n_samples`` (not importance weighted: that is the ``iwae`` detector). Its noise is the evaluation's own (per image, from a private generator seeded
-    by the run's seed, the set and the image's position: :func:`fevae.scoring.per_sample_normal`),
+    by the run's seed, the set and the image's position: :func:`fevae.scoring.noise.per_sample_normal`),
     so the global RNG is never touched, and an image's value is the evaluation's estimate over its
     first ``S`` samples.
   - Jigsaw: ``separation/log_p_fe``, log p_FE(f_x) of the image's own layer-``fe.layer`` features
@@ -32,8 +32,8 @@ while the models train.
 
 * **Logged** (rank zero only, so DDP works): into the first TensorBoard logger's folder
   (``tensorboard/<model>/``) a run ``separation/<set>`` per set with one histogram per evaluation
-  (tag as above, step = epochs completed), :data:`~fevae.dashboard.HIST_BINS` bins over a range
-  shared by all sets at that epoch (:func:`fevae.dashboard.robust_range`); values outside it are left
+  (tag as above, step = epochs completed), :data:`~fevae.outputs.dashboard.HIST_BINS` bins over a range
+  shared by all sets at that epoch (:func:`fevae.outputs.dashboard.robust_range`); values outside it are left
   out and counted in the log line and the JSON file. The AUROC of each OOD set against the ID set
   (sklearn's ``roc_auc_score``, ID = positive class) as the scalar ``val/separation/auroc/<set>``
   through every logger of the training (TensorBoard, CSV, ...), at ``step = trainer.global_step``: a
@@ -68,6 +68,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fevae.errors import FevaeError, require
+from fevae.evaluation.settings import score_stream
+from fevae.metrics.ood import write_json_atomic
+from fevae.outputs.dashboard import HIST_BINS, histogram_summary, set_dir
+from fevae.outputs.dashboard import binned, robust_range
+from fevae.scoring.estimators import log_mean_exp, sample_chunks
 
 log = logging.getLogger("fevae.separation")
 
@@ -286,7 +291,6 @@ class SeparationCallback(L.Callback):
         return self.seconds + estimate <= self.max_cost_fraction * (elapsed + estimate)
 
     def _log(self, trainer: L.Trainer, epoch: int, scores: Mapping[str, np.ndarray], start: float) -> None:
-        from fevae.dashboard import binned, robust_range
 
         lo, hi = robust_range(list(scores.values()))
         outside = {}
@@ -312,8 +316,6 @@ class SeparationCallback(L.Callback):
     def _write_histogram(self, tb_dir: Path, name: str, edges: np.ndarray, counts: np.ndarray, epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        from fevae.dashboard import HIST_BINS, histogram_summary, set_dir
-
         writer = self._writers.get(name)
         if writer is None:
             writer = self._writers[name] = SummaryWriter(log_dir=str(tb_dir / RUN / set_dir(name)))
@@ -330,7 +332,6 @@ class SeparationCallback(L.Callback):
     def _write_json(self) -> None:
         if self.out_file is None:
             return
-        from fevae.metrics import write_json_atomic
 
         write_json_atomic(self.out_file, {
             "model": self.model, "tag": self.tag, "in_distribution": self.in_distribution,
@@ -359,8 +360,6 @@ class VaeSeparation(SeparationCallback):
         self.about = f"{scheme} log p_VAE (S={self.n_samples} samples of {prior}, the evaluation's noise)"
 
     def score(self, module: L.LightningModule) -> dict[str, np.ndarray]:
-        from fevae.evaluation import score_stream
-        from fevae.scoring import log_mean_exp, sample_chunks
 
         out = {}
         for name, (x, index) in self.images.items():

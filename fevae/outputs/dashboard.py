@@ -1,12 +1,12 @@
 """TensorBoard dashboards of a scored run: what ``tensorboard --logdir <run or sweep>`` shows.
 
-:func:`write_dashboard` (called by :func:`fevae.evaluation.write_outputs`) writes, under
+:func:`write_dashboard` (called by :func:`fevae.outputs.write.write_outputs`) writes, under
 ``<run>/tensorboard/`` next to the trainings' ``vae/`` and ``jigsaw/`` runs:
 
 * ``eval/`` — one histogram per score × scheme (tags ``PR/log_p_fevae``, ``APO/log_p_vae``, …) and
   per other detector (``other/iwae``, …) with **every evaluation set in one chart**: step k is the
   k-th set (step 0 the in-distribution test set, then the OOD sets in
-  :func:`fevae.metrics.order_sets` order), so the Histograms page (OFFSET: one ridge per set,
+  :func:`fevae.metrics.ood.order_sets` order), so the Histograms page (OFFSET: one ridge per set,
   OVERLAY: one line per set) shows ID and OOD on one axis. The chart's title names the steps.
   TensorBoard draws one chart per (run, tag): runs cannot be overlaid in a histogram chart, steps
   can.
@@ -20,7 +20,7 @@
 
 Histograms show the **test** parts (as the figures and report.md do); the validation parts'
 AUROCs are in the HParams view and the text summary. Bins: :data:`HIST_BINS` equal bins over a
-range shared by all sets of a tag: the figures' rule (:func:`fevae.plots._clip_range`: the union
+range shared by all sets of a tag: the figures' rule (:func:`fevae.outputs.plots._clip_range`: the union
 over sets of each set's 0.5–99.5 percentiles, at most 3 IQR beyond its quartiles), widened by
 :data:`RANGE_PAD` of its width on each side. Values outside the range (heavy tails, e.g. log p_FE
 down to −5,000 with the mass near 0) are left out of the chart and counted: the chart's title
@@ -42,7 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from fevae.metrics import IN_DISTRIBUTION, INDEX_PREFIX, flatten_metrics, order_score_ids, order_sets, parse_score_name
+from fevae.metrics.ood import IN_DISTRIBUTION, INDEX_PREFIX, flatten_metrics, order_score_ids, order_sets, parse_score_name
+from fevae.features.mixture import MixtureArrays
+from fevae.outputs.plots import _clip_range
+from fevae.outputs.report import _detector_table, _fmt_seconds, _fmt_setting, _metrics_table, _validation_table
 
 __all__ = ["HIST_BINS", "RANGE_PAD", "HPARAMS_PREFIX", "EVAL_RUN", "SUMMARY_RUN", "TEXT_OVERVIEW", "TEXT_RANGES", "histogram_tag", "robust_range",
            "binned", "hparams_of", "job_overrides", "write_dashboard"]
@@ -69,10 +72,9 @@ def histogram_tag(score_name: str) -> str:
 
 
 def robust_range(values: Sequence[np.ndarray], pad: float = RANGE_PAD) -> tuple[float, float]:
-    """The range shared by every set of one score: :func:`fevae.plots._clip_range` of the finite
+    """The range shared by every set of one score: :func:`fevae.outputs.plots._clip_range` of the finite
     values (union over sets of [p0.5, p99.5] ∩ [q1 − 3 IQR, q3 + 3 IQR]), widened by ``pad`` of its
     width on each side. ``(-0.5, 0.5)`` when no value is finite."""
-    from fevae.plots import _clip_range
 
     finite = [v[np.isfinite(v)] for v in (np.asarray(x, dtype=np.float64).ravel() for x in values)]
     finite = [v for v in finite if v.size]
@@ -211,7 +213,6 @@ def summary_markdown(metrics: Mapping[str, Any], info: Mapping[str, Any], out_di
     """The run's text summary: settings, the metrics table, detectors with AUROC and cost, validation
     vs test, wall time (the tables of report.md; the claims and figures are in report.md), and the
     feature mixtures' fit when ``out_dir`` has them."""
-    from fevae.report import _detector_table, _fmt_seconds, _fmt_setting, _metrics_table, _validation_table
 
     overrides = job_overrides(info)
     out = [f"## fevae — {info.get('experiment', 'run')}", "",
@@ -239,7 +240,6 @@ def summary_markdown(metrics: Mapping[str, Any], info: Mapping[str, Any], out_di
 
 def mixtures_markdown(out_dir: Path) -> list[str]:
     """The feature mixtures' fit (``mixture*.npz`` in ``out_dir``: C, d, convergence, …) as a table."""
-    from fevae.mixture import MixtureArrays
 
     rows = []
     for path in sorted(Path(out_dir).glob("mixture*.npz")):

@@ -2,7 +2,7 @@
 
 What selects reads validation only: the best row is the job with the best ``optimized_metric``
 (an ``ood_val/...`` key) in that metric's direction (highest AUROC/AUPRC, lowest FPR95:
-:data:`fevae.bootstrap.METRIC_DIRECTIONS`) and the heatmap shows that validation metric. Sweeps over ``seed`` are
+:data:`fevae.utils.metric_names.METRIC_DIRECTIONS`) and the heatmap shows that validation metric. Sweeps over ``seed`` are
 aggregated (``summary_seeds.csv``): per group of jobs that differ only in their seed, every
 metric's mean, standard deviation and 95% t-interval of the mean.
 """
@@ -19,9 +19,9 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fevae.bootstrap import metric_direction
+from fevae.utils.metric_names import metric_direction
 from fevae.errors import FevaeError
-from fevae.metrics import flatten_metrics, order_sets, write_text_atomic
+from fevae.metrics.ood import flatten_metrics, order_sets, write_text_atomic
 from fevae.utils.io import atomic_open
 from fevae.utils.cli import SWEEP, one_line
 from fevae.utils.log import stage
@@ -41,7 +41,7 @@ HEADLINE_BLOCKS = [(sch, sid) for sch in ("PR", "APO") for sid in ("vae", "fe", 
 
 def headline(metric_names) -> list[str]:
     """The seed table's AUROC rows for every OOD set among ``metric_names`` (flattened metrics.json keys):
-    validation then test, sets in :func:`fevae.metrics.order_sets` order (the sets follow ``data.ood_sets``)."""
+    validation then test, sets in :func:`fevae.metrics.ood.order_sets` order (the sets follow ``data.ood_sets``)."""
 
     names = set(metric_names)
     sets = order_sets({m.split("/")[1] for m in names if m.startswith(("ood_val/", "ood/")) and m.count("/") == 4})
@@ -55,7 +55,7 @@ HEADLINE = headline(f"{block}/{s}/{sch}/{sid}/auroc" for block in ("ood_val", "o
 
 def headline_set(columns: Any) -> str:
     """The OOD set the job table and the heatmaps show: ``mnist`` when the jobs have it, else the first
-    OOD set (:func:`fevae.metrics.order_sets`) of the flattened metric columns (``ood_val/<set>/...``)."""
+    OOD set (:func:`fevae.metrics.ood.order_sets`) of the flattened metric columns (``ood_val/<set>/...``)."""
     sets = order_sets({c.split("/")[1] for c in columns if str(c).startswith(("ood_val/", "ood/")) and str(c).count("/") == 4})
     return "mnist" if "mnist" in sets or not sets else sets[0]
 
@@ -85,7 +85,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def best_job(frame, optimized_metric: str | None) -> tuple[Any, str]:
     """The row with the best ``optimized_metric`` among finished jobs — the highest, or the lowest for a
-    metric where lower is better (``fpr95``, :func:`fevae.bootstrap.metric_direction`) — and a sentence
+    metric where lower is better (``fpr95``, :func:`fevae.utils.metric_names.metric_direction`) — and a sentence
     saying so. Only a validation metric (``ood_val/...``) may select; any other key selects nothing.
     """
     if not optimized_metric:
