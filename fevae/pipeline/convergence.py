@@ -1,19 +1,5 @@
-"""The library behind ``python -m fevae.convergence`` (:mod:`fevae.convergence` is only its command line).
-
-`python -m fevae.convergence run_dir=DIR [s_grid=[10,20,50,100,200]]`: how the scores move with S.
-
-One model pass at the largest S of ``s_grid`` over the validation and test parts of every
-evaluation set (layer ``fe.layer`` only, no likelihood regret), then every smaller S is scored
-from the *first* S of those samples — exactly what a run with that ``eval.n_samples`` computes,
-since an image's noise rows do not depend on S. Writes into a new folder
-(``outputs/convergence/<experiment>/<time>/``): ``s_curve.csv`` (S × part × OOD set × scheme ×
-score: AUROC with its bootstrap interval, median Monte-Carlo standard error), ``s_curve.json``
-(the S chosen per scheme and the rule) and ``s_curve.{png,pdf}``.
-
-The rule, fixed before looking: per scheme, the smallest S of the grid whose **validation** AUROC
-of log p_FEVAE on MNIST is within ``tolerance`` of its value at the largest S. Test AUROCs are
-reported next to it, never used.
-"""
+"""The library behind ``python -m fevae.convergence`` (:mod:`fevae.convergence`: its command line, whose docstring
+says what it reads and writes)."""
 
 from __future__ import annotations
 

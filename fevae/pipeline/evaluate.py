@@ -1,10 +1,5 @@
-"""The library behind ``python -m fevae.evaluate`` (:mod:`fevae.evaluate` is only its command line).
-
-`python -m fevae.evaluate run_dir=DIR [eval.n_samples=100] [fe.C=10] ...`: re-score a finished run.
-
-Results (scores, metrics.json, figures, report.md, and the mixture files when refitted) go to a new
-folder ``outputs/evaluate/default/<time>/`` (``hydra.run.dir`` moves it); the run is left untouched.
-"""
+"""The library behind ``python -m fevae.evaluate`` (:mod:`fevae.evaluate`: its command line, whose docstring
+says what it reads and writes)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,5 @@
-"""The library behind ``python -m fevae.score`` (:mod:`fevae.score` is only its command line).
-
-`python -m fevae.score run_dir=DIR input=FILE output=OUT.csv`: score any images with a trained run.
-
-Input: images of the run's shape ``data.image_shape`` (C, H, W): a ``.npy``/``.npz`` array [N,H,W]
-(one channel; also [N,1,H,W]) or [N,H,W,C] (channels last) of uint8 pixels (0-255) or floats in
-[0,1], a folder of PNGs (grayscale for one channel, RGB for three; sorted by name; 16-bit grayscale
-ones scaled to [0,1]) or one PNG, or an IDX file; the format is read from the content
-(:mod:`fevae.inputs`); any other shape is refused with one line. The run's own preprocessing is applied (binarised for V1).
-The output path is checked before any work.
-Output: a CSV with one row per image in input order: the columns in :data:`COLUMNS`, then
-``log_p_fevae_l<k>_{pr,apo}`` (extra Jigsaw layers) and the detectors in :data:`OTHER_COLUMNS`
-(``likelihood_regret`` only for the first ``eval.regret.subset`` rows; later cells are empty).
-Written atomically, so a failed call leaves no output file.
-"""
+"""The library behind ``python -m fevae.score`` (:mod:`fevae.score`: its command line, whose docstring
+says what it reads and writes)."""
 
 from __future__ import annotations
 

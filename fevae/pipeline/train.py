@@ -1,11 +1,5 @@
-"""The library behind ``python -m fevae.train`` (:mod:`fevae.train` is only its command line).
-
-`python -m fevae.train +experiment=v2_gaussian [overrides]`: train, fit the mixture, score, report.
-
-One run = one folder (``hydra.run.dir``): ``.hydra/``, ``train.log``, ``checkpoints/{vae,jigsaw}/``,
-``tensorboard/``, ``mixture.npz``, ``scores/``, ``metrics.json``, ``figures/``, ``report.md``,
-``timings.json``.
-"""
+"""The library behind ``python -m fevae.train`` (:mod:`fevae.train`: its command line, whose docstring
+says what it reads and writes)."""
 
 from __future__ import annotations
 
