@@ -69,7 +69,7 @@ def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, capl
     """evaluate with cache.enabled: the first call decodes and stores, later calls (here with
     another fe.C, as in a sweep) reuse it; the numbers equal scoring without the cache."""
     cache = ["cache.enabled=true", f"paths.cache_dir={tmp_path / 'cache'}"]
-    with caplog.at_level("INFO", logger="fevae.evaluation.scorer"):
+    with caplog.at_level("INFO", logger="fevae.evaluation.driver"):
         evaluate(run_dir, cache, tmp_path / "first")
         assert "scoring: decoding" in caplog.text and "reused the model pass" not in caplog.text
         evaluate(run_dir, [*cache, "fe.C=3"], tmp_path / "cached_c3")

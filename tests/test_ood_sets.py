@@ -337,7 +337,7 @@ class FigureTexts:
     def __init__(self, monkeypatch):
         import matplotlib.text
 
-        from fevae import plots
+        from fevae.outputs import plots
 
         self.texts: dict[str, str] = {}
         save = plots._save
@@ -352,7 +352,7 @@ class FigureTexts:
 
         from joblib import Parallel
 
-        from fevae import evaluation
+        from fevae.outputs import write as evaluation
 
         monkeypatch.setattr(evaluation, "Parallel", functools.partial(Parallel, backend="threading"))
 
