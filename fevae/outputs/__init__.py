@@ -1,0 +1,1 @@
+"""A run's result files: scores, metrics.json, figures, TensorBoard dashboards, report.md (with the paper's claims) and the sweep summary."""
