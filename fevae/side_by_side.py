@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from fevae.errors import FevaeError
 from fevae.utils.parallel import die_with_parent, usable_cores
@@ -113,6 +114,10 @@ def _child(job: TrainJob, threads: int | None, conn: Any, parent: int) -> None:
     try:
         if threads is not None:
             torch.set_num_threads(threads)
+        # libgomp is not fork-safe: once the parent has run an OpenMP region (sklearn's KMeans, inside a mixture
+        # fit), a child's next multi-threaded region waits forever for the parent's pool threads, which fork did
+        # not copy. sklearn's OpenMP regions here run on one thread (torch passes its own thread count per region).
+        threadpool_limits(1, user_api="openmp")
         conn.send(("ok", dict(job.run() or {})))
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as text
         text = str(err).splitlines()[0] if str(err) else type(err).__name__

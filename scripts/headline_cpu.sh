@@ -3,8 +3,9 @@
 # README's headline tables and the V2 detector table of docs/detectors.md, made on this machine (2-core CPU, the `cpu` profile: 1,000
 # validation + 2,000 test images per set, S=20), seeds 1, 2, 3 as one Hydra multirun per experiment (one job after
 # another, each training its models side by side; models cached in OUT/cache_seeds):
-#  - v2: every shipped detector, on MNIST, salt-and-pepper MNIST and four corrupted FashionMNIST sets no default
-#    was chosen on (vertical flip, 90° rotation, Gaussian noise σ=0.1, contrast ×0.3) -> OUT/seeds_v2/{0,1,2}
+#  - v2: every shipped detector, on MNIST, salt-and-pepper MNIST, four corrupted FashionMNIST sets no default
+#    was chosen on (vertical flip, 90° rotation, Gaussian noise σ=0.1, contrast ×0.3) and the near-OOD sets of the
+#    literature (horizontal flip, inverted images, constant images, uniform noise) -> OUT/seeds_v2/{0,1,2}
 #  - v1: IWAE and input complexity -> OUT/seeds_v1/{0,1,2}
 #  - mnist (only when named): the reversed direction of docs/detectors.md, V2 with every detector on MNIST's 10,000
 #    test digits as your own data (data=npz: 3,000 held out for evaluation, 1,000 validation, 6,000 train; fe.n=5000),
@@ -14,7 +15,7 @@
 # scores a random 100 of each part's images (eval.regret.subset=100, the same images for every seed; 300 would
 # add ~20 min per run here); its AUROC intervals are correspondingly wider.
 # Tables: python scripts/headline_table.py OUT/seeds_v2/{0,1,2}; python scripts/detector_table.py OUT/seeds_v2/{0,1,2};
-# python -m fevae.detectors.recommend OUT/seeds_v2/{0,1,2}
+# python -m fevae.detectors.recommend OUT/seeds_v2/{0,1,2} --out OUT/seeds_v2/recommend.json
 set -euo pipefail
 which=${1:-both}
 out=${2:-outputs}
@@ -25,6 +26,10 @@ if [ "$which" = v2 ] || [ "$which" = both ]; then
     "+data.ood_sets.fmnist_rot90={source: in_distribution, corruptions: [{name: rotate, degrees: 90}], $split}" \
     "+data.ood_sets.fmnist_noise={source: in_distribution, corruptions: [{name: gaussian_noise, sigma: 0.1}], $split}" \
     "+data.ood_sets.fmnist_contrast={source: in_distribution, corruptions: [{name: contrast, factor: 0.3}], $split}" \
+    "+data.ood_sets.fmnist_hflip={source: in_distribution, corruptions: [hflip], $split}" \
+    "+data.ood_sets.fmnist_invert={source: in_distribution, corruptions: [invert], $split}" \
+    "+data.ood_sets.constant={source: in_distribution, corruptions: [constant], $split}" \
+    "+data.ood_sets.uniform_noise={source: in_distribution, corruptions: [uniform_noise], $split}" \
     paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
 fi
 if [ "$which" = v1 ] || [ "$which" = both ]; then

@@ -55,7 +55,7 @@ def test_detectors_are_wired_to_their_definitions(run_dir):
     np.testing.assert_allclose(scores["likelihood_regret"], regret.numpy(), rtol=0, atol=1e-3)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     costs = metrics["cost_s_per_image"]
-    assert set(costs["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
+    assert set(costs["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss", "dose", "fused"}
     assert {"standardised_fevae"} <= set(costs["APO"]) and costs["other"]["dose"] > costs["APO"]["fevae"]  # reads PR and APO
     assert all(v > 0 for block in costs.values() for v in block.values())
     assert costs["other"]["likelihood_regret"] > costs["APO"]["fevae"]  # 3 encoder refits vs S=4 decodes... per image
@@ -63,6 +63,63 @@ def test_detectors_are_wired_to_their_definitions(run_dir):
     for row in ("| p_FEVAE (APO) |", "| fevae_l3 (PR) |", "| iwae |", "| input_complexity |", "| likelihood_regret † |"):
         assert row in report, row
     assert "![detectors_auroc](figures/detectors_auroc.png)" in report
+
+
+def test_jigsaw_loss_is_minus_the_jigsaws_mean_cross_entropy_over_every_puzzle(run_dir):
+    """Against an independent loop: each permutation applied to the centred tiles, the model's own forward in
+    eval mode, torch's cross-entropy with the permutation as the label; the run's column is that of its images."""
+    import torch
+    import torch.nn.functional as F
+
+    from fevae.detectors.jigsaw_loss import puzzle_log_probs
+    from fevae.models.jigsaw import shuffle_tiles
+
+    run = load_run(run_dir)
+    jigsaw = run.jigsaw.eval()
+    x = make_datamodule(run.cfg, 16).eval_sets["mnist"].tensors[0][:6]
+    perms = jigsaw.permutations
+    with torch.no_grad():
+        tiles = jigsaw.tiler.tiles(x, jitter=False)
+        expected = torch.stack([-F.cross_entropy(jigsaw(shuffle_tiles(tiles, perms[p].expand(len(x), -1))).double(),
+                                                 torch.full((len(x),), p), reduction="none") for p in range(len(perms))]).mean(0)
+    got = puzzle_log_probs(jigsaw, x, chunk=4)
+    assert got.dtype == torch.float64 and got.shape == (6,) and (got < 0).all()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_scores(run_dir)["jigsaw_loss"][:6], got.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_run_reports_conformal_rates_two_sided_and_fused_columns(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    mnist = metrics["ood"]["mnist"]
+    assert {"standardised_fevae", "standardised_fevae_two_sided"} <= set(mnist["APO"]) and "fused" in mnist["other"]
+    blocks = [b for scheme in mnist.values() for b in scheme.values()]
+    assert blocks and all(0 <= b["conformal_fpr"] <= 1 and 0 <= b["conformal_tpr"] <= 1 for b in blocks)
+    assert metrics["conformal"]["alpha"] == 0.05 and metrics["conformal"]["n"] == 12
+
+
+def test_the_recommendation_rule_reads_no_evaluation_image(run_dir, monkeypatch):
+    """Its images are the run's training images (none of any evaluation set's validation or test part), transformed;
+    its scores the in-distribution validation file; it ranks every full column on every proxy family."""
+    from fevae.data.proxies import PROXIES
+    from fevae.pipeline import recommend as rec
+    from fevae.utils import io
+
+    run, images, idx = rec.proxy_sources(run_dir)
+    data = make_datamodule(run.cfg, 16)
+    np.testing.assert_array_equal(idx, data.train_indices.numpy())
+    evaluation = {bytes(np.rint(x.numpy() * 255).astype(np.uint8)) for sets in (data.eval_sets, data.eval_val_sets)
+                  for ds in sets.values() for x in ds.tensors[0]}
+    assert len(images) == len(idx) > 0 and not {bytes(im) for im in images} & evaluation
+    read = []
+    real_load = io.load_scores
+    monkeypatch.setattr(rec, "load_scores", lambda path, *a, **k: read.append(str(path)) or real_load(path, *a, **k))
+    result = rec.recommend([run_dir], n_proxy=8, halvings=2)
+    assert read == [str(run_dir / "scores" / "val" / "fashionmnist.npz")]
+    table = result["candidates"]
+    assert {"jigsaw_loss", "fused", "dose", "standardised_fevae_two_sided_apo", "log_p_fevae_apo"} <= set(table)
+    assert "likelihood_regret" not in table
+    assert all(set(row["proxy_auroc"]) == set(PROXIES) and 0 <= row["worst_proxy_auroc"] <= 1 for row in table.values())
+    assert result["recommended"] in table or result["recommended"] is None
 
 
 def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, caplog):
@@ -135,7 +192,7 @@ def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tm
     assert "predates the settings eval.detectors, eval.regret, fe.extra_layers, detector" in caplog.text
     assert "the run has no mixture for layers [2, 3, 4]" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
+    assert set(metrics["ood"]["mnist"]["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss", "dose", "fused"}
     assert (out / "checkpoints" / "background" / "best.ckpt").is_file()  # the likelihood ratio's model, trained for it
     assert {"fevae_l2", "fevae_l3", "fevae_l4"} <= set(metrics["ood"]["mnist"]["APO"])
     assert sorted(p.name for p in out.glob("mixture*.npz")) == ["mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz"]

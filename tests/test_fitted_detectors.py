@@ -27,7 +27,7 @@ def test_standardised_fevae_is_fishers_sum_of_empirical_left_tails():
     det = StandardisedFevae(["PR", "APO"])
     det.fit(val)
     out = det.score(test)
-    assert sorted(out) == ["standardised_fevae_apo", "standardised_fevae_pr"]
+    assert sorted(out) == ["standardised_fevae_apo", "standardised_fevae_pr", "standardised_fevae_two_sided_apo", "standardised_fevae_two_sided_pr"]
     for scheme in ("pr", "apo"):
         expected = []
         for i in range(30):
@@ -43,6 +43,105 @@ def test_standardised_fevae_is_fishers_sum_of_empirical_left_tails():
     high = {c: np.array([1e9]) for c in COLS}
     assert det.score(low)["standardised_fevae_apo"][0] == pytest.approx(2 * np.log(1 / 51))
     assert det.score(high)["standardised_fevae_apo"][0] == pytest.approx(0.0)
+
+
+def test_the_two_sided_variant_flags_a_likelihood_too_high_as_well_as_too_low():
+    val = _set(50, 0)
+    det = StandardisedFevae(["APO"])
+    det.fit(val)
+    low, mid, high = ({c: np.array([-1e9]) for c in COLS}, {c: np.array([np.median(val[c])]) for c in COLS}, {c: np.array([1e9]) for c in COLS})
+    one, two = "standardised_fevae_apo", "standardised_fevae_two_sided_apo"
+    assert det.score(high)[one][0] == pytest.approx(0.0) and det.score(high)[two][0] == pytest.approx(2 * np.log(2 / 51))
+    assert det.score(low)[two][0] == pytest.approx(2 * np.log(2 / 51))
+    assert det.score(mid)[two][0] > np.log(0.9) * 2  # the middle of the validation values: p ≈ 1 per term
+
+
+def test_conformal_p_values_against_a_brute_force_count():
+    from fevae.metrics.conformal import flagged_rates, p_values
+
+    rng = np.random.default_rng(3)
+    cal, s = np.round(rng.normal(size=40), 1), np.round(rng.normal(size=25) * 1.5, 1)  # ties on purpose
+    left = [(1 + sum(c <= v for c in cal)) / 41 for v in s]
+    right = [(1 + sum(c >= v for c in cal)) / 41 for v in s]
+    np.testing.assert_allclose(p_values(cal, s), left, rtol=1e-12)
+    np.testing.assert_allclose(p_values(cal, s, two_sided=True), np.minimum(1, 2 * np.minimum(left, right)), rtol=1e-12)
+    rates = flagged_rates(cal, s, s - 3)
+    assert rates == {"conformal_fpr": float(np.mean(np.array(left) <= 0.05)),
+                     "conformal_tpr": float(np.mean(p_values(cal, s - 3) <= 0.05))}
+    # exchangeable scores: P(p <= alpha) <= alpha, and close to it
+    flagged = [np.mean(p_values(rng.normal(size=199), rng.normal(size=400)) <= 0.05) for _ in range(200)]
+    assert abs(np.mean(flagged) - 0.05) < 0.005
+
+
+class _Memory:
+    """A fitted detector that scores 1 for a value it was fitted on, else 0 (for the cross-fitting tests)."""
+
+    name = "memory"
+
+    def needs(self):
+        return ["iwae"]
+
+    def outputs(self):
+        return ["memory"]
+
+    def fit(self, id_val):
+        self.seen = set(np.asarray(id_val["iwae"]).tolist())
+
+    def score(self, scores):
+        return {"memory": np.array([float(v in self.seen) for v in scores["iwae"]])}
+
+
+def test_cross_fitting_never_scores_an_image_with_a_state_fitted_on_it():
+    from fevae.detectors.base import cross_fit
+
+    val, test = _set(23, 1), _set(10, 2)
+    det = _Memory()
+    oof = cross_fit(det, val, folds=5, seed=0)["memory"]
+    assert len(oof) == 23 and (oof == 0).all()  # every image scored by a fit that did not see it
+    assert not hasattr(det, "seen")  # the detector itself is left unfitted
+    out = fit_detectors([det], {"val/fashionmnist": val, "fashionmnist": {**test, "iwae": val["iwae"][:10]}}, "val/fashionmnist")
+    assert (out["val/fashionmnist"]["memory"] == 0).all()  # the validation part: out of fold
+    assert (out["fashionmnist"]["memory"] == 1).all()  # other sets: the fit on every validation image
+    in_sample = fit_detectors([_Memory()], {"val/fashionmnist": val}, "val/fashionmnist", folds=0)
+    assert (in_sample["val/fashionmnist"]["memory"] == 1).all()
+
+
+def test_fused_is_sklearns_gaussian_mixture_with_components_by_held_out_likelihood(tmp_path):
+    from sklearn.mixture import GaussianMixture
+    from sklearn.model_selection import KFold
+
+    from fevae.detectors.fused import COMPONENTS, Fused
+
+    rng = np.random.default_rng(5)
+    n = 600  # two clusters in the statistics: more than one component should win
+    val = {c: np.where(np.arange(n) % 2, 1.0, -1.0) * 3 + rng.normal(size=n) for c in ("log_p_vae_apo", "log_p_fe_apo")}
+    test = {c: rng.normal(size=50) * 4 for c in val}
+    det = Fused.for_run(["APO"], [])
+    assert det.needs() == ["log_p_vae_apo", "log_p_fe_apo"]  # the defaults this run computes
+    det.fit(val)
+    x = np.column_stack([val[c] for c in det.needs()])
+    z = (x - x.mean(0)) / x.std(0)
+    cv = {k: np.mean([GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=0).fit(z[a]).score(z[b])
+                      for a, b in KFold(5, shuffle=True, random_state=0).split(z)]) for k in COMPONENTS}
+    assert det.n_components == max(cv, key=cv.get) > 1
+    ref = GaussianMixture(det.n_components, covariance_type="full", reg_covar=1e-4, random_state=0).fit(z)
+    q = (np.column_stack([test[c] for c in det.needs()]) - x.mean(0)) / x.std(0)
+    np.testing.assert_allclose(det.score(test)["fused"], ref.score_samples(q), rtol=1e-10)
+    # plain-array state, round trip
+    save_fitted(tmp_path / "detectors.npz", [det])
+    again = Fused.for_run(["APO"], [])
+    load_fitted(tmp_path / "detectors.npz", [again])
+    np.testing.assert_allclose(again.score(test)["fused"], det.score(test)["fused"], rtol=1e-12)
+    # the KDE option is DoSE's KDE over the same statistics
+    kde = Fused.for_run(["APO"], [], density="kde")
+    kde.fit(val)
+    dose = Dose(["log_p_vae_apo", "log_p_fe_apo"])
+    dose.fit(val)
+    np.testing.assert_allclose(kde.score(test)["fused"], dose.score(test)["dose"], rtol=1e-12)
+    with pytest.raises(FevaeError, match=r"detector.fused.stats has statistics the run does not compute: \['jigsaw_loss'\]"):
+        Fused.for_run(["APO"], [], stats=["jigsaw_loss"])
+    with pytest.raises(FevaeError, match="detector.fused.density='tree' is invalid"):
+        Fused.for_run(["APO"], [], density="tree")
 
 
 def test_dose_is_sklearns_kde_with_the_cross_validated_bandwidth():

@@ -27,8 +27,8 @@ from pipeline import TINY, compose_cfg, save_run_config, train_cfg
 ROOT = Path(__file__).resolve().parents[1]
 #: the chains every corruption test runs (one per registered corruption)
 CHAINS = {"salt_and_pepper": {"p": 0.3}, "gaussian_noise": {"sigma": 0.2}, "hflip": {}, "vflip": {},
-          "rotate": {"degrees": 30}, "contrast": {"factor": 0.5}}
-RANDOM = ("salt_and_pepper", "gaussian_noise")
+          "rotate": {"degrees": 30}, "contrast": {"factor": 0.5}, "invert": {}, "constant": {}, "uniform_noise": {}}
+RANDOM = ("salt_and_pepper", "gaussian_noise", "constant", "uniform_noise")
 
 
 def chain(name: str) -> list[tuple[str, dict]]:
@@ -98,6 +98,18 @@ def test_geometric_corruptions_are_exact():
     flat = one({"name": "contrast", "factor": 0})
     assert (flat.max(axis=(1, 2)) - flat.min(axis=(1, 2)) == 0).all()
     np.testing.assert_array_equal(one({"name": "gaussian_noise", "sigma": 0}), images)
+    np.testing.assert_array_equal(one("invert"), 255 - images)
+
+
+def test_constant_and_uniform_noise_keep_nothing_of_the_image():
+    images, _ = labelled_images(400, seed=4)
+    flat = apply_corruptions(images, check_corruptions(["constant"]), 7)
+    assert (flat.max(axis=(1, 2)) == flat.min(axis=(1, 2))).all()  # one grey level per image
+    levels = flat[:, 0, 0] / 255.0
+    assert 0.4 < levels.mean() < 0.6 and levels.min() < 0.05 and levels.max() > 0.95  # ~U[0, 1]
+    noise = apply_corruptions(images, check_corruptions(["uniform_noise"]), 7) / 255.0
+    assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.var() - 1 / 12) < 0.002
+    assert abs(np.corrcoef(noise.reshape(-1), images.reshape(-1))[0, 1]) < 0.01  # independent of the image
 
 
 @pytest.mark.parametrize("corruptions, message", [

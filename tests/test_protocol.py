@@ -138,6 +138,13 @@ def test_split_metrics_mirror_test_and_validation(two_sets):
     assert m["bootstrap"]["n_resamples"] == 200 and m["bootstrap"]["level"] == 0.9
     json.dumps(m, allow_nan=False)
     assert "auroc_ci" not in compute_split_metrics(test, val)["ood"]["mnist"]["APO"]["vae"]
+    # each test block: the conformal flags at 5% against the in-distribution validation scores, nothing on ood_val
+    block = m["ood"]["mnist"]["APO"]["vae"]
+    p_in = (1 + np.searchsorted(np.sort(s_in[:100]), s_in, side="right")) / 101
+    p_out = (1 + np.searchsorted(np.sort(s_in[:100]), s_out, side="right")) / 101
+    assert block["conformal_fpr"] == pytest.approx(np.mean(p_in <= 0.05)) and block["conformal_tpr"] == pytest.approx(np.mean(p_out <= 0.05))
+    assert m["conformal"] == {"alpha": 0.05, "calibration": "fashionmnist validation part (out-of-fold for fitted detectors)", "n": 100}
+    assert "conformal_fpr" not in m["ood_val"]["mnist"]["APO"]["vae"]
 
 
 # ----------------------------------------------------------------------- Monte-Carlo error

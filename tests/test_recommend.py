@@ -1,52 +1,74 @@
-"""The recommended-detector rule (fevae/detectors/recommend.py) reads in-distribution validation scores only."""
+"""The recommended-detector rule (fevae/detectors/recommend.py): in-distribution data only, calibration, proxy outliers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
+from fevae.data.corruptions import CORRUPTIONS
+from fevae.data.proxies import PROXIES, make_proxies
 from fevae.detectors import recommend as rec
-from fevae.utils.io import save_scores
+from fevae.detectors.registry import build_fitted
 
 
-def _id_val_run(folder, n=400, seed=0):
-    """A run folder holding nothing but scores/val/fashionmnist.npz: the only file the rule may read."""
+def _id_val(n=400, seed=0):
     rng = np.random.default_rng(seed)
     cols = {f"log_p_{t}_{s}": rng.normal(size=n) * (100 if t == "vae" else 10) for s in ("pr", "apo") for t in ("vae", "fe", "fevae")}
     cols.update(iwae=rng.normal(size=n), input_complexity=rng.normal(size=n), likelihood_ratio=rng.normal(size=n))
-    save_scores(folder / "scores" / "val" / "fashionmnist.npz", cols)
-    return folder
+    return cols
 
 
-def test_an_unfitted_score_rejects_about_the_target_fraction_of_the_other_half(tmp_path):
-    run = _id_val_run(tmp_path / "r")
-    from fevae.utils.io import load_scores
-
-    r = rec.rejected_fraction(load_scores(run / "scores" / "val" / "fashionmnist.npz"), "likelihood_ratio", None, halvings=200)
-    assert abs(np.median(r) - rec.TARGET) < 0.01 and r.min() >= 0 and r.max() <= 0.15
+def test_candidates_are_the_full_columns():
+    cols = {**_id_val(), "likelihood_regret": np.zeros(10), "index__likelihood_regret": np.arange(10), "mcse__iwae": np.ones(400)}
+    assert set(rec.candidates(cols)) == set(_id_val())
 
 
-def test_the_first_candidate_that_passes_on_every_run_is_recommended(tmp_path, monkeypatch):
-    runs = [_id_val_run(tmp_path / str(k), seed=k) for k in range(2)]
-    fractions = {"dose": [0.15, 0.17], "standardised_fevae_apo": [0.05, 0.11], "likelihood_ratio": [0.06, 0.04], "log_p_fevae_apo": [0.05, 0.05]}
-    calls = iter(v for c, _ in rec.CANDIDATES for v in fractions[c])  # candidate by candidate, run by run
-
-    def fake(id_val, column, fitted, seed=0, halvings=rec.HALVINGS):
-        assert set(id_val) >= {"log_p_vae_apo", "likelihood_ratio"}  # the ID validation columns, nothing else
-        return np.array([next(calls)])
-
-    monkeypatch.setattr(rec, "rejected_fraction", fake)
-    result = rec.recommend(runs)
-    assert result["recommended"] == "likelihood_ratio"  # dose fails on both runs, standardised_fevae_apo on one
-    assert [row["passes"] for row in result["candidates"].values()] == [False, False, True, True]
+def test_an_exchangeable_score_flags_about_five_percent_of_the_other_half():
+    r = rec.flagged_fraction(_id_val(), "likelihood_ratio", halvings=100)
+    assert abs(np.median(r) - 0.05) < 0.012 and r.max() < 0.2  # (a half of 200: one halving's fraction spreads widely)
+    with pytest.raises(Exception, match="scores have no"):
+        rec.flagged_fraction({"iwae": np.zeros(10)}, "likelihood_ratio", halvings=1)
 
 
-def test_fitted_candidates_are_fitted_on_half_a_only(tmp_path):
-    run = _id_val_run(tmp_path / "r")
-    from fevae.utils.io import load_scores
+def test_a_fitted_candidate_is_refitted_on_half_a_with_out_of_fold_calibration():
+    det = build_fitted(["standardised_fevae"], ["PR", "APO"])[0]
+    r = rec.flagged_fraction(_id_val(), "standardised_fevae_apo", det, halvings=10)
+    assert 0.02 <= np.median(r) <= 0.09
+    with pytest.raises(KeyError):
+        det.score(_id_val())  # never fitted: flagged_fraction fits copies only
 
-    cols = load_scores(run / "scores" / "val" / "fashionmnist.npz")
-    r = rec.rejected_fraction(cols, "standardised_fevae_apo", "standardised_fevae", halvings=50)
-    assert 0.02 <= np.median(r) <= 0.09  # an ECDF fitted on A: B's rejections near the target
-    with pytest.raises(Exception, match="no likelihood_ratio|scores have no"):
-        rec.rejected_fraction({k: v for k, v in cols.items() if k != "likelihood_ratio"}, "likelihood_ratio", None, halvings=1)
+
+def test_the_calibrated_candidate_with_the_best_worst_case_proxy_auroc_is_recommended(monkeypatch):
+    rng = np.random.default_rng(1)
+    n = 300
+    id_val = {"a": rng.normal(size=n), "b": rng.normal(size=n), "c": rng.normal(size=n), "short": rng.normal(size=10)}
+    # a: strong on every family but blur (its worst); b: good everywhere; c: perfect but miscalibrated
+    shift = {"a": {f: (3.0 if f != "blur" else 0.35) for f in PROXIES}, "b": {f: 1.2 for f in PROXIES}, "c": {f: 9.0 for f in PROXIES}}
+    proxies = {f: {c: rng.normal(size=100) - shift[c][f] for c in shift} for f in PROXIES}
+    real = rec.flagged_fraction
+    monkeypatch.setattr(rec, "flagged_fraction", lambda v, c, f, halvings: np.array([0.2]) if c == "c" else real(v, c, f, halvings=halvings))
+    result = rec.decide([{"id_val": id_val, "fitted": {}, "proxies": proxies}], list(PROXIES), halvings=10)
+    assert set(result["candidates"]) == {"a", "b", "c"}  # "short" covers 10 of 300 images: not a candidate
+    assert result["recommended"] == "b" and result["ranking"] == ["b", "a"]
+    assert not result["candidates"]["c"]["calibrated"] and result["candidates"]["a"]["worst_proxy"] == "blur"
+    assert result["candidates"]["b"]["worst_proxy_auroc"] == pytest.approx(
+        min(roc_auc_score(np.r_[np.ones(n), np.zeros(100)], np.r_[id_val["b"], proxies[f]["b"]]) for f in PROXIES))
+    assert "| `b` |" in rec.format_table(result) and "recommended: `b`" in rec.format_table(result)
+
+
+def test_proxy_families_are_disjoint_from_the_shipped_corruptions_and_deterministic():
+    assert not set(PROXIES) & set(CORRUPTIONS)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    one, two = make_proxies(images, 10, seed=3), make_proxies(images, 10, seed=3)
+    assert list(one) == list(PROXIES)
+    for family, out in one.items():
+        assert out.shape == (10, 28, 28) and out.dtype == np.uint8, family
+        np.testing.assert_array_equal(out, two[family])
+    # the pixel permutations keep each image's pixel multiset; the tile shuffle keeps its 7x7 tiles
+    src = images[np.sort(np.random.default_rng([3, 1000]).choice(40, 10, replace=False))]
+    np.testing.assert_array_equal(np.sort(one["pixel_shuffle"].reshape(10, -1), 1), np.sort(src.reshape(10, -1), 1))
+    tiles = lambda x: sorted(x[i:i + 7, j:j + 7].tobytes() for i in range(0, 28, 7) for j in range(0, 28, 7))
+    src = images[np.sort(np.random.default_rng([3, 1001]).choice(40, 10, replace=False))]
+    assert all(tiles(a) == tiles(b) for a, b in zip(one["tile_shuffle"], src))

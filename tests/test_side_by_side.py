@@ -116,3 +116,27 @@ def test_channels_last_training_is_the_same_optimisation():
     torch.testing.assert_close(weights[0], weights[1], rtol=1e-3, atol=1e-5 * scale)
     with pytest.raises(FevaeError, match="channels_last"):
         VAE({"name": "gaussian", "sigma": "scalar"}, channels_last="yes")
+
+
+
+CHILD_OPENMP = """
+import numpy as np
+from sklearn.cluster import KMeans  # sklearn (and its own libgomp) before torch, as in a test session
+x = np.random.default_rng(0).normal(size=(2000, 10))
+expected = KMeans(5, n_init=1, random_state=0).fit(x).inertia_  # the parent's OpenMP pool exists from here on
+from fevae.side_by_side import TrainJob, train_jobs
+jobs = [TrainJob(n, lambda: {"inertia": float(KMeans(5, n_init=1, random_state=0).fit(x).inertia_)}) for n in "ab"]
+train_jobs(jobs, True, 1)
+assert all(abs(j.extra["inertia"] - expected) < 1e-6 * expected for j in jobs), [j.extra for j in jobs]
+print("ok")
+"""
+
+
+def test_a_child_runs_openmp_after_the_parent_did():
+    """libgomp is not fork-safe: after an OpenMP region in the parent (a mixture fit's KMeans), a forked child's
+    multi-threaded region waited forever for pool threads fork did not copy (it hung the test suite)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CHILD_OPENMP], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -17,6 +17,11 @@ rotate             degrees     rotate counter-clockwise about the centre (biline
                                resizing; multiples of 90 are exact)
 contrast           factor      ``mean + factor · (x − mean)`` per image, clipped (0 = flat grey,
                                1 = unchanged, > 1 = more contrast)
+invert             —           ``1 − x`` (a negative)
+constant           —           each image becomes one flat grey level drawn U[0, 1] (the image only
+                               gives the shape); random
+uniform_noise      —           each pixel becomes an independent U[0, 1] draw (the image only gives
+                               the shape); random
 =================  ==========  ==============================================================
 
 A set's chain is applied in order to the *whole* set before it is split into its validation and
@@ -104,6 +109,21 @@ def contrast(images: np.ndarray, rng: np.random.Generator, factor: float) -> np.
     return _back(mean + factor * (x - mean), images)
 
 
+def invert(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return _back(1.0 - _unit(images), images)
+
+
+def constant(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One grey level U[0, 1] per image, everywhere (the near-OOD "constant images" of the literature)."""
+    levels = rng.random(len(images)).reshape((-1,) + (1,) * (images.ndim - 1))
+    return _back(np.broadcast_to(levels, images.shape), images)
+
+
+def uniform_noise(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Every pixel an independent U[0, 1] draw."""
+    return _back(rng.random(images.shape), images)
+
+
 def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
@@ -128,6 +148,9 @@ CORRUPTIONS: dict[str, Corruption] = {
     "rotate": Corruption(rotate, {"degrees": (_real, "a finite number of degrees")}, "{name: rotate, degrees: 90}"),
     "contrast": Corruption(contrast, {"factor": (lambda v: _real(v) and v >= 0, "a number ≥ 0 (1 = unchanged)")},
                            "{name: contrast, factor: 0.5}"),
+    "invert": Corruption(invert, {}, "{name: invert}"),
+    "constant": Corruption(constant, {}, "{name: constant}"),
+    "uniform_noise": Corruption(uniform_noise, {}, "{name: uniform_noise}"),
 }
 
 

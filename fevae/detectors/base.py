@@ -11,6 +11,7 @@ Both are chosen by config (``conf/detector/<name>.yaml``, :mod:`fevae.detectors.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -123,11 +124,37 @@ class FittedDetector:
         return x
 
 
+#: folds of the cross-fitting that gives every fitted detector's in-distribution validation scores
+CROSS_FIT_FOLDS = 5
+
+
+def cross_fit(det: FittedDetector, id_val: Mapping[str, np.ndarray], folds: int = CROSS_FIT_FOLDS,
+              seed: int = 0) -> dict[str, np.ndarray]:
+    """Out-of-fold columns of ``det`` on the in-distribution validation part: the images are dealt at random
+    (``seed``) into ``folds`` folds, and each fold is scored by a fresh copy of ``det`` fitted on the other
+    folds, so no image is scored by a state fitted on itself (its score is then exchangeable with a test
+    image's: what conformal p-values and an honest ``ood_val`` AUROC need). ``det`` itself is left as it was.
+    With fewer than ``2 · folds`` images the folds shrink to ``n // 2`` (at least 2)."""
+    n = max(len(v) for v in id_val.values())
+    folds = max(2, min(int(folds), n // 2))
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+    out: dict[str, np.ndarray] = {}
+    for k in range(folds):
+        held = fold_of == k
+        other = copy.deepcopy(det)
+        other.fit({c: v[~held] for c, v in id_val.items() if len(v) == n})
+        for name, values in other.score({c: v[held] for c, v in id_val.items() if len(v) == n}).items():
+            out.setdefault(name, np.full(n, np.nan))[held] = values
+    return out
+
+
 def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping[str, np.ndarray]], id_val_key: str,
-                  seconds: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
+                  seconds: dict[str, float] | None = None, folds: int = CROSS_FIT_FOLDS) -> dict[str, dict[str, np.ndarray]]:
     """Fit each detector on ``scores[id_val_key]`` (the in-distribution validation part) and add its
-    columns to every set of ``scores``; returns the new scores (the input is not modified).
-    ``seconds`` (when given) receives each detector's ``fit/<name>`` and ``score/<name>`` wall time."""
+    columns to every set of ``scores``; returns the new scores (the input is not modified). The
+    validation part's own columns are out-of-fold (:func:`cross_fit`, ``folds`` folds; ``folds=0``: in-sample).
+    ``seconds`` (when given) receives each detector's ``fit/<name>`` (cross-fitting included) and ``score/<name>`` wall time."""
     clock = seconds if seconds is not None else {}
     if not fitted:
         return {k: dict(v) for k, v in scores.items()}
@@ -135,8 +162,11 @@ def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping
         log.warning("the fitted detectors %s are left out: they are fitted on the in-distribution validation images, and "
                     "this run has none (data.eval_split.val=0)", [d.name for d in fitted])
         return {k: dict(v) for k, v in scores.items()}
+    out_of_fold: dict[str, np.ndarray] = {}
     for det in fitted:
         start = time.perf_counter()
+        if folds:
+            out_of_fold.update(cross_fit(det, scores[id_val_key], folds))
         det.fit(scores[id_val_key])
         clock[f"fit/{det.name}"] = time.perf_counter() - start
     out = {}
@@ -146,6 +176,7 @@ def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping
             start = time.perf_counter()
             out[key].update(det.score(cols))
             clock[f"score/{det.name}"] = clock.get(f"score/{det.name}", 0.0) + time.perf_counter() - start
+    out[id_val_key].update(out_of_fold)
     return out
 
 

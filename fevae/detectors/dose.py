@@ -20,6 +20,22 @@ from fevae.errors import FevaeError
 
 #: bandwidth grid (standardised units) searched by cross-validation
 BANDWIDTHS = np.logspace(-2, 1, 31)
+def cv_folds(name: str, n: int, folds: int) -> int:
+    """The cross-validation folds for ``n`` fitting images: ``folds``, fewer (at least 2) when there are under
+    2 images per fold (a cross-fitted fold of a small validation part); one error below 4 images."""
+    if n < 4:
+        raise FevaeError(f"{name} is fitted on {n} in-distribution validation images, fewer than 4",
+                         f"raise data.eval_split.val, or drop {name} from eval.detectors")
+    return min(folds, n // 2)
+
+
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation of ``x`` [n, k] (a constant column's sd is 1)."""
+    mean, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    return mean, sd
+
+
 #: model-pass detectors whose score enters the statistics when the run computes them
 EXTRA_STATS = ("iwae", "input_complexity")
 
@@ -53,14 +69,11 @@ class Dose(FittedDetector):
         from sklearn.neighbors import KernelDensity
 
         x = self.columns(id_val, "the in-distribution validation part")
-        if len(x) < 2 * self.folds:
-            raise FevaeError(f"dose is fitted on {len(x)} in-distribution validation images, fewer than 2 per fold of {self.folds}",
-                             "raise data.eval_split.val, or drop dose from eval.detectors")
-        self.mean, self.sd = x.mean(0), x.std(0)
-        self.sd[self.sd == 0] = 1.0
+        folds = cv_folds(self.name, len(x), self.folds)
+        self.mean, self.sd = standardiser(x)
         self.points = (x - self.mean) / self.sd
         search = GridSearchCV(KernelDensity(kernel="gaussian"), {"bandwidth": BANDWIDTHS},
-                              cv=KFold(self.folds, shuffle=True, random_state=self.seed))
+                              cv=KFold(folds, shuffle=True, random_state=self.seed))
         search.fit(self.points)
         self.bandwidth = float(search.best_params_["bandwidth"])
         self._kde = KernelDensity(kernel="gaussian", bandwidth=self.bandwidth).fit(self.points)

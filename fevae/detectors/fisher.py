@@ -9,6 +9,10 @@ log p_FE} of a scheme becomes its left-tail probability under the in-distributio
 (the empirical CDF, never 0), and the two are combined by Fisher's method: the score is
 log p_VAE-tail + log p_FE-tail = ½ · (−χ²₄ statistic); higher = more in-distribution. An image
 below every validation value of a term gets the floor 1/(n + 1) for it. Nothing is tuned.
+
+The two-sided variant ``standardised_fevae_two_sided_<scheme>`` combines each term's *two-sided* tail
+probability (:func:`fevae.metrics.conformal.p_values`): an image whose likelihood is too *high* for the
+in-distribution images (a flat or low-contrast image) is flagged like one whose likelihood is too low.
 Reference: R. A. Fisher, *Statistical Methods for Research Workers* (1925), §21.1; the per-term
 tail probabilities as in "typicality" tests of Nalisnick et al. (2019).
 """
@@ -21,12 +25,14 @@ import numpy as np
 
 from fevae.detectors.base import STATE_FIX, FittedDetector, state_array
 from fevae.errors import FevaeError
+from fevae.metrics.conformal import p_values
 
 TERMS = ("vae", "fe")
 
 
 class StandardisedFevae(FittedDetector):
-    """``standardised_fevae_<scheme>``: Fisher's combination of the ID tail probabilities of log p_VAE and log p_FE."""
+    """``standardised_fevae_<scheme>``: Fisher's combination of the ID tail probabilities of log p_VAE and log p_FE;
+    ``standardised_fevae_two_sided_<scheme>``: the same of their two-sided tail probabilities."""
 
     name = "standardised_fevae"
 
@@ -49,7 +55,7 @@ class StandardisedFevae(FittedDetector):
         return [c for s in self.schemes for c in self._terms(s)]
 
     def outputs(self) -> list[str]:
-        return [f"{self.name}_{s.lower()}" for s in self.schemes]
+        return [f"{self.name}{side}_{s.lower()}" for side in ("", "_two_sided") for s in self.schemes]
 
     def fit(self, id_val: Mapping[str, np.ndarray]) -> None:
         x = self.columns(id_val, "the in-distribution validation part")
@@ -59,12 +65,10 @@ class StandardisedFevae(FittedDetector):
         x = self.columns(scores, "a set")
         cols = dict(zip(self.needs(), x.T))
         out = {}
-        for scheme, name in zip(self.schemes, self.outputs()):
-            total = np.zeros(len(x))
-            for c in self._terms(scheme):
-                ref = self.reference[c]
-                total += np.log((1.0 + np.searchsorted(ref, cols[c], side="right")) / (len(ref) + 1.0))
-            out[name] = total
+        names = iter(self.outputs())
+        for two_sided in (False, True):
+            for scheme in self.schemes:
+                out[next(names)] = sum(np.log(p_values(self.reference[c], cols[c], two_sided)) for c in self._terms(scheme))
         return out
 
     def state(self) -> dict[str, np.ndarray]:

@@ -1,97 +1,113 @@
-"""Which detector docs/detectors.md recommends: a rule fixed in advance that reads in-distribution validation data only.
+"""Which detector to recommend: a rule fixed in advance that reads in-distribution data only.
 
-    python -m fevae.detectors.recommend outputs/detectors_v2/0 outputs/detectors_v2/1 outputs/detectors_v2/2
+    python -m fevae.recommend outputs/seeds_v2/0 outputs/seeds_v2/1 outputs/seeds_v2/2 --out recommend.json
 
-The rule (written down before any likelihood-ratio or corrupted-set result existed; docs/detectors.md quotes it):
+The rule (issue #24; committed before any result of the detectors it ranks on any OOD set was looked at;
+docs/detectors.md quotes it). Its inputs are, per run, the in-distribution *validation* scores
+(``scores/val/<id>.npz``) and proxy outliers made from the run's *training* images — never a test image,
+never an image of an evaluation set:
 
-1. **Candidates, in a fixed order of preference** (:data:`CANDIDATES`): the detectors that combine the
-   most of what the model pass yields come first, since a detector that must hold on OOD sets nobody
-   tuned for should not rest on one statistic: ``dose`` (all statistics), ``standardised_fevae_apo``
-   (both terms of p_FEVAE on one scale), ``likelihood_ratio`` (likelihood minus background),
-   ``log_p_fevae_apo`` (the paper's score).
-2. **An in-distribution calibration check** each candidate must pass on every run: its OOD threshold
-   must be settable from in-distribution images alone. The run's in-distribution *validation* images
-   (``scores/val/<id>.npz``; never a test or OOD image) are split at random into halves A and B
-   (:data:`HALVINGS` times); a fitted detector is fitted on A only; the threshold is the 5th percentile
-   of its scores on A (a 5% false-rejection target); the check measures the fraction of B it rejects.
-   It passes when the median over the halvings lies in [:data:`LOW`, :data:`HIGH`] on every run.
-3. The recommended detector is the **first candidate that passes**; none passing is reported as such.
-
-Nothing else is read: the function opens ``scores/val/<id>.npz`` of each run and no other file.
+1. **Candidates**: every score column of the in-distribution validation scores that covers all its images
+   (a detector scored on a subset, likelihood regret, is left out), single likelihoods and detectors alike.
+2. **Calibration** (must pass on every run): its OOD flag must be settable from in-distribution images
+   alone. The validation images are split at random into halves A and B (:data:`HALVINGS` times); a fitted
+   detector is re-fitted on A, and A's calibration scores are out-of-fold
+   (:func:`fevae.detectors.base.cross_fit`), as a run's are; B's images are flagged when their conformal
+   p-value against A is ≤ 5% (:func:`fevae.metrics.conformal.p_values`). The median fraction of B flagged
+   must lie in [:data:`LOW`, :data:`HIGH`].
+3. **Separation on proxy outliers**: :data:`N_PROXY` images per family of :data:`fevae.data.proxies.PROXIES`
+   (transformations disjoint from every shipped evaluation set and corruption), each family made from its
+   own seeded sample of the run's training images, are scored through the finished run (the API's
+   scoring path, fitted detectors from ``detectors.npz``; likelihood regret is not scored: its cost).
+   Per family and run: the AUROC of the validation images (in-distribution) against the family's images.
+   A candidate's **worst-case proxy AUROC** is the lowest over families of its mean over runs.
+4. The recommended detector is the **calibrated candidate with the best worst-case proxy AUROC** (ties:
+   the better mean over families); none calibrated is reported as such.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fevae.detectors.registry import build_fitted
+from fevae.detectors.base import FittedDetector, cross_fit
 from fevae.errors import FevaeError
-from fevae.utils.io import load_scores
+from fevae.metrics.conformal import ALPHA, p_values
+from fevae.metrics.ood import ood_metrics
+from fevae.utils.io import INDEX_PREFIX, MCSE_PREFIX
 
-#: (score column, fitted detector that writes it or None), most preferred first
-CANDIDATES: tuple[tuple[str, str | None], ...] = (
-    ("dose", "dose"),
-    ("standardised_fevae_apo", "standardised_fevae"),
-    ("likelihood_ratio", None),
-    ("log_p_fevae_apo", None),
-)
-TARGET, LOW, HIGH = 0.05, 0.025, 0.10
-HALVINGS = 50
+LOW, HIGH = 0.035, 0.065
+HALVINGS = 20
+N_PROXY = 300
+#: the seed of the proxy images (the same training images and transformations for every candidate)
+PROXY_SEED = 0
 
 
-def rejected_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: str | None, seed: int = 0,
-                      halvings: int = HALVINGS) -> np.ndarray:
-    """Per random halving of the ID validation images: the fraction of half B below the 5th percentile of half A."""
-    n = len(next(iter(id_val.values())))
+def candidates(id_val: Mapping[str, np.ndarray]) -> list[str]:
+    """The score columns that cover every validation image (rule step 1)."""
+    n = max(len(v) for v in id_val.values())
+    return [c for c, v in id_val.items()
+            if not c.startswith((INDEX_PREFIX, MCSE_PREFIX)) and len(v) == n and np.isfinite(v).all()]
+
+
+def flagged_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: FittedDetector | None = None, seed: int = 0,
+                     halvings: int = HALVINGS) -> np.ndarray:
+    """Per random halving A/B of the ID validation images: the fraction of B flagged at 5% by conformal p-values
+    against A (a fitted detector re-fitted on A, A's scores out-of-fold) (rule step 2)."""
+    n = max(len(v) for v in id_val.values())
+    if column not in id_val and fitted is None:
+        raise FevaeError(f"the in-distribution validation scores have no {column}", "score the run with that detector")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(halvings):
         perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2 :]
-        part_a = {k: v[a] for k, v in id_val.items() if len(v) == n}
-        part_b = {k: v[b] for k, v in id_val.items() if len(v) == n}
+        a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
         if fitted is None:
-            if column not in part_a:
-                raise FevaeError(f"the in-distribution validation scores have no {column}", "score the run with that detector")
-            score_a, score_b = part_a[column], part_b[column]
+            cal, test = id_val[column][a], id_val[column][b]
         else:
-            schemes = ["PR", "APO"] if "log_p_vae_pr" in part_a else ["APO"]
-            extra = [d for d in ("iwae", "input_complexity") if d in part_a]
-            det = build_fitted([fitted], schemes, extra)[0]
+            part_a = {k: v[a] for k, v in id_val.items() if len(v) == n}
+            part_b = {k: v[b] for k, v in id_val.items() if len(v) == n}
+            det = copy.deepcopy(fitted)
+            cal = cross_fit(det, part_a, seed=seed)[column]
             det.fit(part_a)
-            score_a, score_b = det.score(part_a)[column], det.score(part_b)[column]
-        out.append(float(np.mean(score_b < np.quantile(score_a, TARGET))))
+            test = det.score(part_b)[column]
+        out.append(float(np.mean(p_values(cal, test) <= ALPHA)))
     return np.asarray(out)
 
 
-def recommend(runs: Sequence[Path], id_set: str = "fashionmnist") -> dict:
-    """The rule of the module doc over ``runs``: each candidate's median rejected fraction per run, and the choice."""
-    table = {}
-    for column, fitted in CANDIDATES:
-        medians = []
-        for run in runs:
-            id_val = load_scores(Path(run) / "scores" / "val" / f"{id_set}.npz")
-            medians.append(float(np.median(rejected_fraction(id_val, column, fitted))))
-        table[column] = {"median_rejected": medians, "passes": all(LOW <= m <= HIGH for m in medians)}
-    chosen = next((c for c, row in table.items() if row["passes"]), None)
-    return {"candidates": table, "recommended": chosen}
+def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings: int = HALVINGS) -> dict[str, Any]:
+    """Rule steps 2-4 over ``runs``, each ``{"id_val": columns, "fitted": {column: unfitted detector},
+    "proxies": {family: columns}}``: per common candidate its calibration per run and proxy AUROCs, the ranking
+    and the recommended detector."""
+    columns = [[c for c in candidates(r["id_val"]) if all(c in p for p in r["proxies"].values())] for r in runs]
+    common = [c for c in columns[0] if all(c in cols for cols in columns)]
+    table: dict[str, dict[str, Any]] = {}
+    for column in common:
+        flagged, auroc = [], {f: [] for f in families}
+        for r in runs:
+            flagged.append(float(np.median(flagged_fraction(r["id_val"], column, r["fitted"].get(column), halvings=halvings))))
+            for family in families:
+                auroc[family].append(ood_metrics(r["id_val"][column], r["proxies"][family][column])["auroc"])
+        means = {f: float(np.mean(v)) for f, v in auroc.items()}
+        table[column] = {"flagged": flagged, "calibrated": all(LOW <= m <= HIGH for m in flagged),
+                         "proxy_auroc": {f: [float(x) for x in v] for f, v in auroc.items()},
+                         "worst_proxy": min(means, key=means.get), "worst_proxy_auroc": min(means.values()),
+                         "mean_proxy_auroc": float(np.mean(list(means.values())))}
+    ranked = sorted((c for c, row in table.items() if row["calibrated"]),
+                    key=lambda c: (table[c]["worst_proxy_auroc"], table[c]["mean_proxy_auroc"]), reverse=True)
+    return {"rule": {"low": LOW, "high": HIGH, "alpha": ALPHA, "halvings": halvings, "proxies": list(families)},
+            "candidates": table, "ranking": ranked, "recommended": ranked[0] if ranked else None}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--id-set", default="fashionmnist")
-    args = parser.parse_args()
-    result = recommend(args.runs, args.id_set)
-    print(f"ID-validation calibration check (target {TARGET:.0%} rejected; passes in [{LOW:.1%}, {HIGH:.0%}]), median of {HALVINGS} halvings per run:")
-    for column, row in result["candidates"].items():
-        print(f"  {column:24s} " + " ".join(f"{m:.3f}" for m in row["median_rejected"]) + ("  passes" if row["passes"] else "  fails"))
-    print(f"recommended: {result['recommended'] or 'none passes'}")
-
-
-if __name__ == "__main__":
-    main()
+def format_table(result: Mapping[str, Any]) -> str:
+    """The rule's table (markdown), calibrated candidates first, best worst-case proxy AUROC first."""
+    rows = sorted(result["candidates"].items(), key=lambda kv: (kv[1]["calibrated"], kv[1]["worst_proxy_auroc"]), reverse=True)
+    lines = ["| candidate | flagged at 5% (per run) | calibrated | worst proxy (AUROC) | mean proxy AUROC |", "|---|---|---|---|---|"]
+    for c, row in rows:
+        lines.append(f"| `{c}` | {' '.join(f'{m:.3f}' for m in row['flagged'])} | {'yes' if row['calibrated'] else 'no'} | "
+                     f"{row['worst_proxy']} ({row['worst_proxy_auroc']:.3f}) | {row['mean_proxy_auroc']:.3f} |")
+    lines.append(f"\nrecommended: {'`' + result['recommended'] + '`' if result['recommended'] else 'none is calibrated'}")
+    return "\n".join(lines)

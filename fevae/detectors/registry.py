@@ -25,7 +25,7 @@ from fevae.utils.cli import CONFIG_DIR
 
 PACKAGE = "fevae.detectors"
 #: the detectors conf/detector/ ships (a run made before a detector's config existed gets it from there)
-SHIPPED = ("iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "standardised_fevae", "dose")
+SHIPPED = ("iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss", "standardised_fevae", "dose", "fused")
 
 
 def selected_names(cfg: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,8 @@ validation parts, see :func:`compute_split_metrics`)::
      "n_scored": {"likelihood_regret": {"fashionmnist": 500, ...}},  # only for subset scores
      "n_val": {..}, "ood_val": {..}, "n_scored_val": {..},      # the same for the validation parts
      "bootstrap": {"n_resamples": 1000, "level": 0.95, "seed": ..},   # how the *_ci were made
+     "conformal": {"alpha": 0.05, "calibration": "...", "n": 1000},  # each test score's conformal_fpr /
+                   # conformal_tpr: ID test / OOD images flagged at 5% against the ID validation scores
      "cost_s_per_image": {"PR": {"vae": .., ..}, "APO": {..}, "other": {..}}}  # added by runs
 
 A score array shorter than its set covers the set's *first* ``len`` examples, unless the set also holds
@@ -46,6 +48,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from fevae.metrics.bootstrap import Resampler
+from fevae.metrics.conformal import ALPHA, flagged_rates
 from fevae.errors import FevaeError
 from fevae.utils.parallel import usable_cores
 from fevae.utils.io import ESS_PREFIX, INDEX_PREFIX, MCSE_PREFIX, load_all_scores, load_scores, save_scores, set_size, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
@@ -244,13 +247,16 @@ def check_split_scores(test: Mapping[str, Mapping[str, np.ndarray]], val: Mappin
 
 def compute_metrics(
     scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION,
-    resampler: Resampler | None = None,
+    resampler: Resampler | None = None, calibration: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Compute the public metrics dict (see module docstring) for every OOD set and score.
 
     Every set other than ``in_distribution`` is treated as OOD. A score is evaluated for an OOD
     set when both the ID set and that OOD set have it. Values are plain Python floats/ints. With
     a ``resampler`` (``n_resamples`` > 0) every metric gets its bootstrap interval ``<metric>_ci``.
+    With ``calibration`` (the in-distribution *validation* scores, by score name) every score it holds
+    also gets ``conformal_fpr`` / ``conformal_tpr`` (:func:`fevae.metrics.conformal.flagged_rates`: the
+    fractions of in-distribution test / OOD images its conformal p-value flags at 5%).
     """
     n, blocks, tasks = _metric_tasks(scores, in_distribution)
     bootstrap = resampler is not None and resampler.n_resamples > 0
@@ -259,6 +265,8 @@ def compute_metrics(
         ood_set, _, _, id_name, out_name = task
         s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
         values = ood_metrics(s_in, s_out, **_labels(task, in_distribution))
+        if calibration is not None and id_name in calibration:
+            values.update(flagged_rates(calibration[id_name], s_in, s_out))
         if bootstrap:
             values.update(resampler.intervals(np.asarray(s_in, np.float64), np.asarray(s_out, np.float64), in_distribution, ood_set))
         return values
@@ -287,7 +295,11 @@ def compute_split_metrics(
 ) -> dict[str, Any]:
     """:func:`compute_metrics` of the test parts, plus ``n_val`` / ``ood_val`` / ``n_scored_val``
     from the validation parts (same shape as ``n`` / ``ood`` / ``n_scored``) when ``val`` has sets."""
-    metrics = compute_metrics(test, in_distribution, resampler)
+    calibration = (val or {}).get(in_distribution)
+    metrics = compute_metrics(test, in_distribution, resampler, calibration=calibration)
+    if calibration is not None:
+        metrics["conformal"] = {"alpha": ALPHA, "calibration": f"{in_distribution} validation part (out-of-fold for fitted detectors)",
+                                "n": int(max((len(v) for v in calibration.values()), default=0))}
     if val:
         v = compute_metrics(val, in_distribution, resampler)
         metrics["n_val"], metrics["ood_val"] = v["n"], v["ood"]
