@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -15,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from fevae.errors import FevaeError
 from fevae.metrics.ood import (
     compute_metrics,
+    compute_split_metrics,
     flatten_metrics,
     load_all_scores,
     load_scores,
@@ -322,10 +324,17 @@ def test_report_bernoulli(tmp_path):
     assert "| OOD set | scheme | p_VAE | p_FEVAE |" in text
     assert "| mnist | PR |" in text and "| mnist_saltpepper | APO |" in text
     assert "### All detectors (AUROC) and what they cost" in text
-    assert "| detector | AUROC mnist | AUROC mnist_saltpepper | cost per image |" in text
+    assert "| detector | worst set | conformal FPR | AUROC mnist | AUROC mnist_saltpepper | cost per image |" in text
     iwae_row = next(line for line in text.splitlines() if line.startswith("| iwae |"))
-    auc = metrics["ood"]["mnist"]["other"]["iwae"]["auroc"]
-    assert iwae_row.startswith(f"| iwae | {auc:.3f} |") and iwae_row.endswith("| 1.90 ms |")
+    aucs = {s: metrics["ood"][s]["other"]["iwae"]["auroc"] for s in ("mnist", "mnist_saltpepper")}
+    worst = min(aucs, key=aucs.get)
+    assert iwae_row.startswith(f"| iwae | {aucs[worst]:.3f} ({worst}) | — | {aucs['mnist']:.3f} |") and iwae_row.endswith("| 1.90 ms |")
+    # with validation scores to calibrate against, the conformal FPR of the test part is reported
+    val = {name: {k: v[:200] for k, v in cols.items()} for name, cols in scores.items()}
+    calibrated = compute_split_metrics(scores, val)
+    fpr = calibrated["ood"]["mnist"]["other"]["iwae"]["conformal_fpr"]
+    text = write_report(tmp_path, calibrated, scores, INFO).read_text()
+    assert next(line for line in text.splitlines() if line.startswith("| iwae |")).startswith(f"| iwae | {aucs[worst]:.3f} ({worst}) | {fpr:.3f} |")
     assert "| p_FEVAE (PR) |" in text and "| p_VAE (APO) |" in text
     assert "![fig1a_log_p_vae](figures/fig1a_log_p_vae.png)" in text
     assert "fig1a_log_p_vae.pdf)" not in text
@@ -345,3 +354,17 @@ def test_report_gaussian_not_shown(tmp_path):
     assert "- **C3 — not shown.**" in text  # APO AUROC 1.0 but not > PR AUROC 1.0
     assert "**Cost:**" not in text and "Cost: wall time per image" not in text  # no timings given
     assert "All detectors" in text and "| p_VAE (PR) |" in text
+
+
+def test_the_detector_table_leads_with_the_mean_over_runs_of_each_runs_worst_set():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detector_table", Path(__file__).resolve().parents[1] / "scripts" / "detector_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = [{"a": {"other": {"iwae": {"auroc": a, "conformal_fpr": f}}}, "b": {"other": {"iwae": {"auroc": b, "conformal_fpr": f}}}}
+            for a, b, f in ((0.9, 0.6, 0.04), (0.5, 0.7, 0.06))]
+    row = next(line for line in mod.table(runs) if line.startswith("| IWAE |"))
+    worst = np.array([0.6, 0.5])  # per run, not the min of the means (0.65)
+    assert row.startswith(f"| IWAE | {worst.mean():.4f} ± {worst.std(ddof=1):.4f} (b) | 0.0500 ± 0.0141 | 0.7000 ± 0.2828 [nan] |")
+    assert not any(line.startswith("| DoSE") for line in mod.table(runs))  # a detector no run has is left out

@@ -185,20 +185,29 @@ def _detector_table(metrics: Mapping) -> list[str]:
         sids = order_score_ids({sid for per in ood.values() for sid in per.get(scheme, {})})
         rows += [(sid, scheme) for sid in sids]
     lines = [
-        "| detector | " + " | ".join(f"AUROC {s}" for s in sets) + " | cost per image |",
-        "|---|" + "---:|" * (len(sets) + 1),
+        "| detector | worst set | conformal FPR | " + " | ".join(f"AUROC {s}" for s in sets) + " | cost per image |",
+        "|---|---:|---:|" + "---:|" * (len(sets) + 1),
     ]
     for sid, scheme in rows:
-        cells = []
+        cells, aucs = [], {}
         for s in sets:
             auc = _auroc(metrics, s, scheme, sid)
+            if auc is not None:
+                aucs[s] = auc
             cells.append(_f3(auc) + _ci_text(_auroc_ci(metrics, s, scheme, sid)) if auc is not None else "—")
+        worst = min(aucs, key=aucs.get) if aucs else None
+        fpr = next((b["conformal_fpr"] for s in sets if "conformal_fpr" in (b := ood[s].get(scheme, {}).get(sid) or {})), None)
+        lead = [f"{_f3(aucs[worst])} ({worst})" if worst else "—", _f3(fpr) if fpr is not None else "—"]
         cost = costs.get(scheme, {}).get(sid)
         label = detector_label(sid, scheme)
         if sid in subsets:
             label += " †"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt_cost(cost)} |")
+        lines.append(f"| {label} | " + " | ".join(lead + cells) + f" | {_fmt_cost(cost)} |")
     lines.append("")
+    lines.append("Worst set: the lowest AUROC over every OOD set of the run (read this first: a detector is as good as "
+                 "its worst set). Conformal FPR: the share of in-distribution *test* images flagged at 5% by the "
+                 "detector's conformal p-value against the in-distribution validation scores (out-of-fold for fitted "
+                 "detectors); ≈ 0.05 for a detector whose threshold can be set from in-distribution images.")
     if costs:
         lines.append(
             "Cost: wall time per image of everything the detector needs (encoder, S decodes, features, "
@@ -207,7 +216,7 @@ def _detector_table(metrics: Mapping) -> list[str]:
         )
     for sid, per_set in subsets.items():
         sizes = ", ".join(f"{k}: {v}" for k, v in per_set.items())
-        lines.append(f"† {sid}: scored on the first images of each set only ({sizes}; `eval.regret.subset`).")
+        lines.append(f"† {sid}: scored on a seeded random subset of each set only ({sizes}; `eval.regret.subset`).")
     return lines + [""]
 
 
