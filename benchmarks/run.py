@@ -64,6 +64,7 @@ from benchmarks.common import (
 )
 from benchmarks.memory import MARKER
 from benchmarks.training import training_section
+from fevae.detectors.jigsaw_loss import puzzle_log_probs
 from fevae.scoring.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
 from fevae.metrics.ood import write_json_atomic
@@ -371,6 +372,7 @@ class Bench:
             "iwae": iwae,
             "input_complexity": lambda: input_complexity_score(iwae(), to_uint8(xd)),
             "png_code_length": lambda: compressed_bits(to_uint8(xd)),
+            "jigsaw_loss": lambda: puzzle_log_probs(self.models.jigsaw, xd),
             "likelihood_regret": lambda: likelihood_regret_score(xrd, idxr, vae=vae, steps=s.regret_steps, lr=1e-4,
                                                                  n_samples=s.regret_samples, seed=self.seed),
             **{name: (lambda fn=fn, m=m: self._score(x, len(x), **common, features=fn, mixture=m))
@@ -425,10 +427,11 @@ class Bench:
         }
         notes = {"fevae": "reference: vae + fe + fevae", "input_complexity": "iwae + PNG code length",
                  "png_code_length": "part of input_complexity", "iwae": "standalone",
+                 "jigsaw_loss": "the Jigsaw's puzzles of the image (no decoding)",
                  "likelihood_regret": f"{s.regret_steps} Adam steps, {s.regret_samples} eval samples"}
         rows = [row("baselines", f"p_FEVAE ({s.scheme}, S={s.baseline_samples}) per image", ref * 1e3, "ms/img", 1.0, "",
                     notes["fevae"])]
-        order = ["iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "likelihood_regret", *extra,
+        order = ["iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "jigsaw_loss", "likelihood_regret", *extra,
                  "layers_alongside"]
         for name in order:
             e = entries[name]

@@ -6,7 +6,7 @@
 #  - v2: every shipped detector, on MNIST, salt-and-pepper MNIST, four corrupted FashionMNIST sets no default
 #    was chosen on (vertical flip, 90° rotation, Gaussian noise σ=0.1, contrast ×0.3) and the near-OOD sets of the
 #    literature (horizontal flip, inverted images, constant images, uniform noise) -> OUT/seeds_v2/{0,1,2}
-#  - v1: IWAE and input complexity -> OUT/seeds_v1/{0,1,2}
+#  - v1: every shipped detector on the two shipped sets (MNIST, salt-and-pepper MNIST) -> OUT/seeds_v1/{0,1,2}
 #  - mnist (only when named): the reversed direction of docs/detectors.md, V2 with every detector on MNIST's 10,000
 #    test digits as your own data (data=npz: 3,000 held out for evaluation, 1,000 validation, 6,000 train; fe.n=5000),
 #    FashionMNIST and salt-and-pepper FashionMNIST as OOD -> OUT/seeds_mnist/{0,1,2}; needs FEVAE_DATA_DIR. The 3,000
@@ -15,7 +15,7 @@
 # scores a random 100 of each part's images (eval.regret.subset=100, the same images for every seed; 300 would
 # add ~20 min per run here); its AUROC intervals are correspondingly wider.
 # Tables: python scripts/headline_table.py OUT/seeds_v2/{0,1,2}; python scripts/detector_table.py OUT/seeds_v2/{0,1,2};
-# python -m fevae.detectors.recommend OUT/seeds_v2/{0,1,2} --out OUT/seeds_v2/recommend.json
+# python -m fevae.recommend OUT/seeds_v2/{0,1,2} --out OUT/seeds_v2/recommend.json
 set -euo pipefail
 which=${1:-both}
 out=${2:-outputs}
@@ -33,7 +33,7 @@ if [ "$which" = v2 ] || [ "$which" = both ]; then
     paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
 fi
 if [ "$which" = v1 ] || [ "$which" = both ]; then
-  python -m fevae.train -m +experiment=v1_bernoulli seed=1,2,3 'eval.detectors=[iwae,input_complexity]' 'fe.extra_layers=[]' \
+  python -m fevae.train -m +experiment=v1_bernoulli seed=1,2,3 'fe.extra_layers=[]' eval.regret.subset=100 \
     trainer.enable_progress_bar=false paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v1"
 fi
 if [ "$which" = mnist ]; then

@@ -71,7 +71,9 @@ def test_score_equals_the_score_clis_csv(api_run, loaded, tmp_path):
         header, *rows = list(csv.reader(handle))
     frame = loaded.score(images)
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == header and len(frame) == len(rows) == len(images)
-    assert "log_p_fevae_l2_apo" in header and header[-5:] == ["likelihood_regret", "likelihood_ratio", "dose", "standardised_fevae_apo", "standardised_fevae_pr"]
+    assert "log_p_fevae_l2_apo" in header and header[-9:] == ["likelihood_regret", "likelihood_ratio", "jigsaw_loss", "dose", "fused",
+                                                        "standardised_fevae_apo", "standardised_fevae_pr",
+                                                        "standardised_fevae_two_sided_apo", "standardised_fevae_two_sided_pr"]
     for j, column in enumerate(header):
         csv_values = np.array([float(r[j]) if r[j] != "" else math.nan for r in rows])
         got = frame[column].to_numpy()

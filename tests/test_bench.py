@@ -64,7 +64,7 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
         f["sklearn"]["seconds_spread"]["values"], f["parallel"]["seconds_spread"]["values"])])
 
     scores = bench["baselines"]["scores"]
-    expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "likelihood_regret",
+    expected = {"fevae", "iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "jigsaw_loss", "likelihood_regret",
                 "fevae_l2", "fevae_l3", "fevae_l4", "layers_alongside"}
     assert expected <= set(scores)
     assert scores["fevae"]["ratio_to_fevae"] == pytest.approx(1.0)

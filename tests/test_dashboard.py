@@ -28,8 +28,8 @@ from fevae.outputs.dashboard import (
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
-HIST_TAGS = {f"{scheme}/log_p_{sid}" for scheme in ("PR", "APO") for sid in (*IDS, "standardised_fevae")} | {
-    f"other/{d}" for d in ("iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose")}
+HIST_TAGS = {f"{scheme}/log_p_{sid}" for scheme in ("PR", "APO") for sid in (*IDS, "standardised_fevae", "standardised_fevae_two_sided")} | {
+    f"other/{d}" for d in ("iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss", "dose", "fused")}
 
 
 def accumulator(folder: Path):

@@ -18,14 +18,15 @@ pytestmark = pytest.mark.slow
 
 SETS = ["fashionmnist", "mnist", "mnist_saltpepper"]
 IDS = ("vae", "fe", "fevae", "fevae_l2", "fevae_l3", "fevae_l4")
-SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio"]
+SCORES = [f"log_p_{s}_{m}" for m in ("pr", "apo") for s in IDS] + ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss"]
 #: the in-distribution-fitted detectors (of eval.detectors): scored on every part, no Monte-Carlo error of their own
-FITTED = ["standardised_fevae_pr", "standardised_fevae_apo", "dose"]
-#: every score but likelihood regret and the likelihood ratio (a difference of two estimates on common noise) is a
-#: Monte-Carlo log-mean-exp with a stored standard error
-MCSE = [f"mcse__{k}" for k in SCORES if k not in ("likelihood_regret", "likelihood_ratio")]
+FITTED = [f"standardised_fevae{side}_{m}" for side in ("", "_two_sided") for m in ("pr", "apo")] + ["dose", "fused"]
+#: every score but likelihood regret, the likelihood ratio (a difference of two estimates on common noise) and the
+#: Jigsaw loss (exact: no sampling) is a Monte-Carlo log-mean-exp with a stored standard error
+EXACT = ("likelihood_regret", "likelihood_ratio", "jigsaw_loss")
+MCSE = [f"mcse__{k}" for k in SCORES if k not in EXACT]
 #: ... and the effective sample size of its S weights
-ESS = [f"ess__{k}" for k in SCORES if k not in ("likelihood_regret", "likelihood_ratio")]
+ESS = [f"ess__{k}" for k in SCORES if k not in EXACT]
 #: likelihood regret's random subset: the dataset indices of the images it scored
 SUBSET = ["likelihood_regret", "index__likelihood_regret"]
 #: TINY's split of the 32 synthetic images of each eval set: 12 validation (from the validation pool of 16,
@@ -61,11 +62,12 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
         for ood in metrics[block].values():
             assert set(ood) >= {"PR", "APO"}
             for scheme in ("PR", "APO"):
-                assert set(ood[scheme]) == {*IDS, "standardised_fevae"}
-            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "dose"}
+                assert set(ood[scheme]) == {*IDS, "standardised_fevae", "standardised_fevae_two_sided"}
+            assert set(ood["other"]) == {"iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss", "dose", "fused"}
             for scheme in ("PR", "APO", "other"):
-                for m in ood[scheme].values():
-                    assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci"}
+                for m in ood[scheme].values():  # the test parts: also the conformal flags against the validation scores
+                    conformal = {"conformal_fpr", "conformal_tpr"} if block == "ood" else set()
+                    assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci", *conformal}
                     for key in ("auroc", "auprc", "fpr95"):
                         lo, hi = m[f"{key}_ci"]
                         assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= m[key] <= 1.0

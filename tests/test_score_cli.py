@@ -49,7 +49,8 @@ def test_scores_of_the_cli_equal_the_runs_own_scores(trained_run, tmp_path):
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     extra = [f"log_p_fevae_l{k}_{s}" for s in ("apo", "pr") for k in (2, 3, 4)]
-    fitted = ["dose", "standardised_fevae_apo", "standardised_fevae_pr"]  # eval.fitted_detectors, applied from detectors.npz
+    fitted = ["dose", "fused", "standardised_fevae_apo", "standardised_fevae_pr", "standardised_fevae_two_sided_apo",
+              "standardised_fevae_two_sided_pr"]  # eval.fitted_detectors, applied from detectors.npz
     assert list(rows[0]) == COLUMNS + sorted(extra) + OTHER_COLUMNS + fitted and len(rows) == len(images)
     # same images, same seed, same index -> the same numbers as the run's own scores/mnist.npz,
     # whose rows are the test part: the images at the positions eval_split.json lists

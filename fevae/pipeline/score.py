@@ -29,7 +29,7 @@ from fevae.utils.io import INDEX_PREFIX, atomic_open, full_length_scores
 log = logging.getLogger("fevae.score")
 
 COLUMNS = ["log_p_vae_pr", "log_p_fe_pr", "log_p_fevae_pr", "log_p_vae_apo", "log_p_fe_apo", "log_p_fevae_apo"]
-OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio"]
+OTHER_COLUMNS = ["iwae", "input_complexity", "likelihood_regret", "likelihood_ratio", "jigsaw_loss"]
 USAGE = "usage: python -m fevae.score run_dir=RUN_FOLDER input=IMAGES(.npy|PNG folder|IDX) output=OUT.csv"
 
 def score_images(
