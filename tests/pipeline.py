@@ -25,7 +25,13 @@ TINY = [
     "budget.jigsaw.batch_size=16",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    # no figures (~9 s of a tiny run's ~18 s) and the layer-1 mixture fitted here, not in a worker pool (~2.5 s):
+    # the tests of figures, dashboards and worker processes ask for them (FIGURES, or their own overrides)
+    "eval.figures=none",
+    "fe.n_jobs=1",
 ]
+#: what a test of the figures adds to TINY: Fig. 1(a), 1(b), 2 and the detector AUROCs (`all` adds a histogram per score)
+FIGURES = ["eval.figures=paper"]
 
 
 def compose_cfg(config_name: str, run_dir: Path, overrides: list[str]) -> DictConfig:

@@ -5,15 +5,23 @@ must equal those recorded before the move (``tests/data/tiny_run_reference.json`
 its length, sum, sum of squares and first and last values (not every value: the file stays small), and every
 number of ``metrics.json`` that does not measure time. Regenerate it deliberately, after a change that is meant
 to change the numbers, with ``FEVAE_WRITE_REFERENCE=1 pytest tests/test_pipeline.py -k same_seed``.
+
+Training amplifies float rounding: another CPU (vector unit), torch build or thread count gives weights that
+differ from the 4th digit on (seen: an AMD EPYC with AVX-512 against the machine #27 recorded on), so a digest
+is kept per :func:`machine` and compared on that machine only; elsewhere the comparison is skipped, saying how
+to record one. Writing replaces the whole file with this machine's digest: the others are stale once the code
+changed the numbers on purpose.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REFERENCE = Path(__file__).parent / "data" / "tiny_run_reference.json"
@@ -58,12 +66,26 @@ def digest(run_dir: Path) -> dict[str, object]:
     return {"scores": scores, "weights": weights, "mixture": mixture, "metrics": metrics}
 
 
+def machine() -> str:
+    """What decides the last bits of a trained weight here: CPU model, torch's vector instruction set, torch
+    version, threads (e.g. ``x86_64 AMD EPYC | AVX512 | torch 2.14.1 | 2 threads``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+    return (f"{platform.machine()} {model} | {torch.backends.cpu.get_cpu_capability()} | "
+            f"torch {torch.__version__.split('+')[0]} | {torch.get_num_threads()} threads")
+
+
 def assert_matches_reference(run_dir: Path) -> None:
-    got = digest(run_dir)
+    got, here = digest(run_dir), machine()
     if os.environ.get("FEVAE_WRITE_REFERENCE"):
         REFERENCE.parent.mkdir(exist_ok=True)
-        REFERENCE.write_text(json.dumps(got, indent=0, sort_keys=True))
-    ref = json.loads(REFERENCE.read_text())
+        REFERENCE.write_text(json.dumps({"machines": {here: got}}, indent=0, sort_keys=True))
+    recorded = json.loads(REFERENCE.read_text())["machines"]
+    if here not in recorded:
+        pytest.skip(f"no reference digest for this machine ({here}; recorded: {sorted(recorded)}): record one with "
+                    "FEVAE_WRITE_REFERENCE=1 pytest tests/test_pipeline.py -k same_seed on unchanged code")
+    ref = recorded[here]
     for part in ("scores", "weights", "mixture", "metrics"):
         assert sorted(got[part]) == sorted(ref[part]), f"{part}: keys differ from the recorded reference"
         for key, value in ref[part].items():

@@ -97,7 +97,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("dashboard")
     run_dir = root / "run"
-    cfg = train_cfg(run_dir, make_data_dir(root / "data"), "v2_gaussian", ["seed=7"])
+    cfg = train_cfg(run_dir, make_data_dir(root / "data"), "v2_gaussian", ["seed=7", "eval.figures=paper"])
     save_run_config(cfg, run_dir)
     train(cfg)
     return run_dir

@@ -70,5 +70,5 @@ def test_two_process_scores_equal_one_process_scores(tmp_path, synthetic_data_di
             # The likelihood ratio is a difference of two IWAEs of ~1e3 nats each: compare it absolutely too.
             # DoSE and fused are densities fitted on the other scores, so their rounding moves them (~2e-5 relative): absolutely.
             absolute = key in ("likelihood_regret", "likelihood_ratio", "dose", "fused") or key.startswith(("mcse__", "ess__"))
-            tol = {"atol": 1e-3} if absolute else {"rtol": 2e-6}
+            tol = {"atol": 1e-3, "rtol": 1e-6} if absolute else {"rtol": 2e-6}  # (fused reaches ~6e3 nats)
             np.testing.assert_allclose(two[key], one[key], **tol, err_msg=f"{name}/{key}")

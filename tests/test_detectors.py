@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("detectors")
     run_dir = root / "run"
-    cfg = train_cfg(run_dir, make_data_dir(root / "data"), extra=["eval.regret.subset=5", "eval.regret.batch_size=2"])
+    cfg = train_cfg(run_dir, make_data_dir(root / "data"), extra=["eval.regret.subset=5", "eval.regret.batch_size=2", "eval.figures=paper"])
     save_run_config(cfg, run_dir)
     train(cfg)
     return run_dir

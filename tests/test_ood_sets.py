@@ -379,7 +379,7 @@ def mine_run(tmp_path_factory):
     images, _ = labelled_images(28, seed=11)
     np.save(root / "mine.npy", images)
     run_dir = root / "run"
-    cfg = train_cfg(run_dir, data_dir, extra=[*LEAN, f"+data.ood_sets.mine.path={root / 'mine.npy'}"])
+    cfg = train_cfg(run_dir, data_dir, extra=[*LEAN, "eval.figures=all", f"+data.ood_sets.mine.path={root / 'mine.npy'}"])
     save_run_config(cfg, run_dir)
     with pytest.MonkeyPatch.context() as mp:
         figures = FigureTexts(mp)

@@ -40,7 +40,7 @@ def _metrics(run_dir: Path) -> dict:
 
 def test_cifar10_svhn_experiment_trains_and_scores_3x32x32(tmp_path, colour_data_dir):
     run_dir = tmp_path / "run"
-    cfg = train_cfg(run_dir, colour_data_dir, experiment="cifar10_svhn")
+    cfg = train_cfg(run_dir, colour_data_dir, experiment="cifar10_svhn", extra=["eval.figures=paper"])
     assert cfg.profile_name == "smoke"  # the command line's profile wins over the experiment's paper profile
     assert list(cfg.data.image_shape) == [3, 32, 32] and cfg.model.vae.likelihood.sigma == "channel"
     result = train(cfg)

@@ -42,16 +42,28 @@ def run_train(tmp_path: Path, data_dir: Path, name: str, experiment: str = "v2_g
     return run_dir
 
 
+#: each experiment's run draws one choice of eval.figures, and the figures it must (not) have
+FIGURE_CHOICE = {"v2_gaussian": "all", "v1_bernoulli": "paper", "v3_continuous_bernoulli": "none"}
+PAPER_FIGURES = {"fig1a_log_p_vae", "fig1b_log_p_fevae", "fig2_saltpepper", "detectors_auroc"}
+
+
 @pytest.mark.parametrize("experiment", ["v1_bernoulli", "v2_gaussian", "v3_continuous_bernoulli"])
 def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir, experiment):
-    run_dir = run_train(tmp_path, synthetic_data_dir, "run", experiment)
+    run_dir = run_train(tmp_path, synthetic_data_dir, "run", experiment, extra=[f"eval.figures={FIGURE_CHOICE[experiment]}"])
     for rel in ["checkpoints/vae/best.ckpt", "checkpoints/vae/last.ckpt", "checkpoints/jigsaw/best.ckpt",
                 "checkpoints/jigsaw/last.ckpt", "mixture.npz", "mixture_l2.npz", "mixture_l3.npz", "mixture_l4.npz",
-                "metrics.json", "report.md", "timings.json", "figures/detectors_auroc.png"]:
+                "metrics.json", "report.md", "timings.json"]:
         assert (run_dir / rel).is_file(), rel
     assert list((run_dir / "tensorboard" / "vae").glob("events.out.tfevents.*"))
     assert list((run_dir / "tensorboard" / "eval").glob("events.out.tfevents.*"))
-    assert list((run_dir / "figures").glob("*.png")) and list((run_dir / "figures").glob("*.pdf"))
+    pngs, pdfs = ({p.stem for p in (run_dir / "figures").glob(f"*.{ext}")} for ext in ("png", "pdf"))
+    assert pngs == pdfs
+    if FIGURE_CHOICE[experiment] == "none":
+        assert not pngs and "figures/" not in (run_dir / "report.md").read_text()
+    elif FIGURE_CHOICE[experiment] == "paper":
+        assert pngs == PAPER_FIGURES
+    else:  # all: a histogram per score too
+        assert pngs > PAPER_FIGURES | {"hist_iwae", "hist_fe", "hist_jigsaw_loss"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["in_distribution"] == "fashionmnist"
     assert set(metrics["ood"]) == {"mnist", "mnist_saltpepper"}

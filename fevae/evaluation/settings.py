@@ -19,6 +19,8 @@ from fevae.metrics.ood import parse_score_name
 log = logging.getLogger(__name__)
 
 SCHEMES = ("PR", "APO")
+#: the values of ``eval.figures``: every figure, the paper's figures (and the detector AUROCs), none
+FIGURES = ("all", "paper", "none")
 #: images whose model-pass outputs are turned into scores at once when reading stored samples
 SAMPLE_BATCH = 512
 #: sample-key prefix of a detector's own values (``own/<detector>/<key>``) in kept model-pass outputs
@@ -54,6 +56,8 @@ def validate_eval_config(ev: Mapping[str, Any], cfg: DictConfig | None = None) -
             raise FevaeError(f"eval.n_samples={ev['n_samples']!r} is not a positive integer for {scheme}", "set eval.n_samples to an integer ≥ 1 (or {PR: S, APO: S})")
     if not isinstance(ev.get("channels_last", False), bool):
         raise FevaeError(f"eval.channels_last={ev.get('channels_last')!r} is not true or false", "set eval.channels_last=true or false")
+    if ev.get("figures", "all") not in FIGURES:
+        raise FevaeError(f"eval.figures={ev.get('figures')!r} is invalid", f"choose one of {list(FIGURES)} (all: every figure; paper: Fig. 1-2 and the detector AUROCs)")
     for key in ("chunk_size", "batch_size"):
         if not isinstance(ev[key], int) or ev[key] < 1:
             raise FevaeError(f"eval.{key}={ev[key]!r} is not a positive integer", f"set eval.{key} to an integer ≥ 1")

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fevae.errors import FevaeError
+from fevae.evaluation.settings import FIGURES
 from fevae.metrics.ood import (
     IN_DISTRIBUTION,
     index_scores,
@@ -341,9 +342,11 @@ def plot_all(
     examples: np.ndarray | None = None,
     *,
     in_distribution: str = IN_DISTRIBUTION,
+    which: str = "all",
 ) -> list[Path]:
     """Write every figure the scores allow into ``figures_dir``; returns all written files
-    (``.png`` and ``.pdf`` of each figure, in that order).
+    (``.png`` and ``.pdf`` of each figure, in that order). ``which`` (``eval.figures``, :data:`FIGURES`):
+    ``all`` as listed below, ``paper`` only Fig. 1(a), 1(b) and 2, ``none`` nothing.
 
     * ``fig1a_log_p_vae``   — Fig. 1(a), needs the ID set + mnist (else the first OOD set,
       :func:`figure_sets`) and ``log_p_vae_{pr,apo}``
@@ -358,8 +361,10 @@ def plot_all(
 
     A figure whose sets/scores are absent is skipped silently.
     """
+    if which not in FIGURES:
+        raise ValueError(f"which={which!r}: choose one of {FIGURES}")
     figures_dir = Path(figures_dir)
-    if in_distribution not in scores:
+    if in_distribution not in scores or which == "none":
         return []
     fig1_set, fig2_set = figure_sets(order_sets(scores), in_distribution)
     written: list[Path] = []
@@ -371,6 +376,8 @@ def plot_all(
     if fig2_set is not None:
         written += plot_fig2(scores, figures_dir / "fig2_saltpepper", examples,
                              title_prefix=run_label, in_distribution=in_distribution, ood_set=fig2_set)
+    if which == "paper":
+        return written
     score_ids = order_score_ids({sid for _, sid in index_scores(scores[in_distribution])})
     paper_sets = {fig1_set} | ({fig2_set} if any(p.stem == "fig2_saltpepper" for p in written) else set())
     others = [s for s in order_sets(scores) if s != in_distribution and s not in paper_sets]

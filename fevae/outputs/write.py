@@ -56,6 +56,7 @@ def write_outputs(
     split: Mapping[str, Any] | None = None,
     in_distribution: str = IN_DISTRIBUTION,
     fitted: Sequence[Any] = (),
+    figures: str = "all",
 ) -> dict[str, Any]:
     """Write ``scores/<set>.npz`` (test parts) and ``scores/val/<set>.npz`` (validation parts), each
     with the scores' Monte-Carlo standard errors, ``metrics.json`` (with bootstrap intervals per
@@ -68,7 +69,8 @@ def write_outputs(
     ``in_distribution`` names the in-distribution set (the data module's ``id_name``). ``fitted``
     (:func:`fevae.detectors.build_fitted`) are fitted on the in-distribution set's validation part,
     add their columns to every part of every set, and store their state in ``detectors.npz``.
-    Returns the metrics dict (the ``metrics.json`` contract).
+    ``figures`` (``eval.figures``): which figures to draw (:data:`fevae.outputs.plots.FIGURES`; ``none``: no
+    ``figures/``, and report.md and the dashboards show none). Returns the metrics dict (the ``metrics.json`` contract).
     """
 
     if fitted:
@@ -89,9 +91,9 @@ def write_outputs(
     # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
     # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
     # (`joblib.parallel_config(backend=...)` moves it: the backend is joblib's default, not fixed here.)
-    drawing = Parallel(n_jobs=min(2, usable_cores()), return_as="generator", **pool_args())(  # (its worker dies with this process)
+    drawing = Parallel(n_jobs=min(2, usable_cores()) if figures != "none" else 1, return_as="generator", **pool_args())(
         [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
-                           in_distribution=in_distribution)])
+                           in_distribution=in_distribution, which=figures)])  # (its worker dies with this process)
     try:
         with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
             metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)
@@ -106,14 +108,15 @@ def write_outputs(
             write_json_atomic(out_dir / "eval_split.json", split)
         scores = parts["test"]  # figures and the report show the test parts; metrics.json has both
         with stage("figures (drawn beside the metrics)", logger=log):
-            figures = next(drawing)
-            figures += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
+            drawn = next(drawing)
+            if figures != "none":
+                drawn += plot_detector_aurocs(metrics, out_dir / "figures" / "detectors_auroc", run_label=info.get("experiment", ""))
     finally:
         for _ in drawing:  # (on an error above: wait for the drawing, never leave it writing behind us)
             pass
     with stage("TensorBoard dashboards", logger=log):
-        write_dashboard(out_dir, scores, metrics, info, figures)
-    info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in figures if str(p).endswith(".png")]}
+        write_dashboard(out_dir, scores, metrics, info, drawn)
+    info = {**info, "figures": [str(Path(p).relative_to(out_dir)) for p in drawn if str(p).endswith(".png")]}
     test_se = {k: v for k, v in (mc_se or {}).items() if split_part(k)[1] == "test"}
     write_report(out_dir, metrics, scores, info, mc_se=test_se)
     return metrics

@@ -48,7 +48,7 @@ def evaluate(run_dir: str | Path, overrides: list[str], out_dir: Path, composed:
     metrics = write_outputs(out_dir, scoring.scores, info, examples=example_images(data), costs=scoring.costs,
                             mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
                             split=data.split_record(), in_distribution=data.id_name,
-                            fitted=fitted_detectors(cfg))
+                            fitted=fitted_detectors(cfg), figures=cfg.eval.get("figures", "all"))
     log.info("evaluation written to %s", out_dir)
     return {"metrics": metrics, "out_dir": str(out_dir)}
 

@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics = write_outputs(run_dir, scoring.scores, report_info(cfg, timings), examples=example_images(vae_data), costs=scoring.costs,
                                 mc_se=scoring.mc_se, bootstrap=cfg.eval.get("bootstrap"),
                                 split=vae_data.split_record(), in_distribution=vae_data.id_name,
-                                fitted=fitted_detectors(cfg))
+                                fitted=fitted_detectors(cfg), figures=cfg.eval.get("figures", "all"))
     write_json_atomic(run_dir / "timings.json", timings)
     log.info("run folder: %s", run_dir)
     return {"metrics": metrics, "run_dir": str(run_dir)}
