@@ -151,6 +151,7 @@ def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, capl
         ({"schemes": ["PR"], "detectors": ["iwae"]}, "APO is not in eval.schemes"),
         ({"regret": {"subset": -1, "steps": 5, "n_samples": 1, "batch_size": 4, "lr": 1e-4}}, "eval.regret.subset"),
         ({"regret": {"subset": 5, "steps": 5, "n_samples": 1, "batch_size": 4, "lr": 0}}, "eval.regret.lr"),
+        ({"figures": "some"}, r"eval.figures='some' is invalid"),
     ],
 )
 def test_invalid_detector_settings_are_refused(change, message):

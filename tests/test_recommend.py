@@ -39,6 +39,19 @@ def test_a_fitted_candidate_is_refitted_on_half_a_with_out_of_fold_calibration()
         det.score(_id_val())  # never fitted: flagged_fraction fits copies only
 
 
+def test_a_fitted_detectors_columns_share_one_refit_per_halving(monkeypatch):
+    det = build_fitted(["standardised_fevae"], ["PR", "APO"])[0]
+    columns = ["standardised_fevae_pr", "standardised_fevae_apo"]
+    apart = {c: rec.flagged_fraction(_id_val(), c, det, halvings=4) for c in columns}
+    fits = []
+    real_fit = type(det).fit
+    monkeypatch.setattr(type(det), "fit", lambda self, v: (fits.append(1), real_fit(self, v))[1])
+    together = rec.flagged_fractions(_id_val(), columns, det, halvings=4)
+    for c in columns:
+        np.testing.assert_array_equal(together[c], apart[c])
+    assert len(fits) == 4 * (5 + 1)  # per halving: 5 cross-fitting folds and the fit on half A, for both columns
+
+
 def test_the_calibrated_candidate_with_the_best_worst_case_proxy_auroc_is_recommended(monkeypatch):
     rng = np.random.default_rng(1)
     n = 300
@@ -46,8 +59,9 @@ def test_the_calibrated_candidate_with_the_best_worst_case_proxy_auroc_is_recomm
     # a: strong on every family but blur (its worst); b: good everywhere; c: perfect but miscalibrated
     shift = {"a": {f: (3.0 if f != "blur" else 0.35) for f in PROXIES}, "b": {f: 1.2 for f in PROXIES}, "c": {f: 9.0 for f in PROXIES}}
     proxies = {f: {c: rng.normal(size=100) - shift[c][f] for c in shift} for f in PROXIES}
-    real = rec.flagged_fraction
-    monkeypatch.setattr(rec, "flagged_fraction", lambda v, c, f, halvings: np.array([0.2]) if c == "c" else real(v, c, f, halvings=halvings))
+    real = rec.flagged_fractions
+    monkeypatch.setattr(rec, "flagged_fractions", lambda v, cols, f, halvings: {
+        c: np.array([0.2]) if c == "c" else real(v, [c], f, halvings=halvings)[c] for c in cols})
     result = rec.decide([{"id_val": id_val, "fitted": {}, "proxies": proxies}], list(PROXIES), halvings=10)
     assert set(result["candidates"]) == {"a", "b", "c"}  # "short" covers 10 of 300 images: not a candidate
     assert result["recommended"] == "b" and result["ranking"] == ["b", "a"]

@@ -53,29 +53,38 @@ def candidates(id_val: Mapping[str, np.ndarray]) -> list[str]:
             if not c.startswith((INDEX_PREFIX, MCSE_PREFIX)) and len(v) == n and np.isfinite(v).all()]
 
 
-def flagged_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: FittedDetector | None = None, seed: int = 0,
-                     halvings: int = HALVINGS) -> np.ndarray:
+def flagged_fractions(id_val: Mapping[str, np.ndarray], columns: Sequence[str], fitted: FittedDetector | None = None,
+                      seed: int = 0, halvings: int = HALVINGS) -> dict[str, np.ndarray]:
     """Per random halving A/B of the ID validation images: the fraction of B flagged at 5% by conformal p-values
-    against A (a fitted detector re-fitted on A, A's scores out-of-fold) (rule step 2)."""
+    against A, for each of ``columns`` (rule step 2). ``fitted``: the detector whose outputs the columns are, re-fitted
+    on A once per halving for all of them, A's scores out-of-fold; without it, the columns are read as they are."""
     n = max(len(v) for v in id_val.values())
-    if column not in id_val and fitted is None:
-        raise FevaeError(f"the in-distribution validation scores have no {column}", "score the run with that detector")
+    missing = [c for c in columns if c not in id_val]
+    if missing and fitted is None:
+        raise FevaeError(f"the in-distribution validation scores have no {missing}", "score the run with that detector")
     rng = np.random.default_rng(seed)
-    out = []
+    out: dict[str, list[float]] = {c: [] for c in columns}
     for _ in range(halvings):
         perm = rng.permutation(n)
         a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
         if fitted is None:
-            cal, test = id_val[column][a], id_val[column][b]
+            cal, test = {c: id_val[c][a] for c in columns}, {c: id_val[c][b] for c in columns}
         else:
             part_a = {k: v[a] for k, v in id_val.items() if len(v) == n}
             part_b = {k: v[b] for k, v in id_val.items() if len(v) == n}
             det = copy.deepcopy(fitted)
-            cal = cross_fit(det, part_a, seed=seed)[column]
+            cal = cross_fit(det, part_a, seed=seed)
             det.fit(part_a)
-            test = det.score(part_b)[column]
-        out.append(float(np.mean(p_values(cal, test) <= ALPHA)))
-    return np.asarray(out)
+            test = det.score(part_b)
+        for c in columns:
+            out[c].append(float(np.mean(p_values(cal[c], test[c]) <= ALPHA)))
+    return {c: np.asarray(v) for c, v in out.items()}
+
+
+def flagged_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: FittedDetector | None = None, seed: int = 0,
+                     halvings: int = HALVINGS) -> np.ndarray:
+    """:func:`flagged_fractions` of one column."""
+    return flagged_fractions(id_val, [column], fitted, seed, halvings)[column]
 
 
 def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings: int = HALVINGS) -> dict[str, Any]:
@@ -84,11 +93,18 @@ def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings:
     and the recommended detector."""
     columns = [[c for c in candidates(r["id_val"]) if all(c in p for p in r["proxies"].values())] for r in runs]
     common = [c for c in columns[0] if all(c in cols for cols in columns)]
+    flagged_by_run = []  # per run {column: median fraction flagged}; a fitted detector's columns from one set of refits
+    for r in runs:
+        groups: dict[tuple[str, Any], tuple[FittedDetector | None, list[str]]] = {}
+        for column in common:
+            det = r["fitted"].get(column)
+            groups.setdefault(("detector", id(det)) if det is not None else ("column", column), (det, []))[1].append(column)
+        flagged_by_run.append({c: float(np.median(v)) for det, cols in groups.values()
+                               for c, v in flagged_fractions(r["id_val"], cols, det, halvings=halvings).items()})
     table: dict[str, dict[str, Any]] = {}
     for column in common:
-        flagged, auroc = [], {f: [] for f in families}
+        flagged, auroc = [by_run[column] for by_run in flagged_by_run], {f: [] for f in families}
         for r in runs:
-            flagged.append(float(np.median(flagged_fraction(r["id_val"], column, r["fitted"].get(column), halvings=halvings))))
             for family in families:
                 auroc[family].append(ood_metrics(r["id_val"][column], r["proxies"][family][column])["auroc"])
         means = {f: float(np.mean(v)) for f, v in auroc.items()}
