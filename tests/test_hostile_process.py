@@ -260,7 +260,7 @@ def test_sigterm_during_scoring_stops_it_and_resume_finishes_without_retraining(
                          ids=["side-by-side-training", "scoring", "writing"])
 def test_no_process_outlives_a_sigkilled_training(tmp_path, data_dir, marker):
     run = Training(tmp_path / "run", data_dir, "eval.detectors=[]", "fe.extra_layers=[2]", "separation.enabled=false",
-                   "fe.n_jobs=-1", "eval.figures=paper",  # (TINY has neither worker pool)
+                   "fe.n_jobs=-1", "eval.figures=all",  # (TINY has neither worker pool)
                    "training.side_by_side=true", "budget.vae.trainer.max_epochs=6", "budget.jigsaw.trainer.max_epochs=40")
     try:
         run.wait_for(marker)  # the mixture fits' (and then the figure's) loky workers are alive now

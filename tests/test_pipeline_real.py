@@ -18,7 +18,8 @@ def test_smoke_run_on_real_data(tmp_path, real_data_dir, experiment):
     run_dir = tmp_path / experiment
     cfg = compose_cfg(
         "train", run_dir, [f"+experiment={experiment}", "profile=smoke", f"paths.data_dir={real_data_dir}",
-                           "trainer.enable_progress_bar=false", "data.eval_split.val=100", "data.eval_split.test=200"],
+                           "trainer.enable_progress_bar=false", "data.eval_split.val=100", "data.eval_split.test=200",
+                           "eval.figures=paper"],  # (every figure: tests/test_pipeline.py)
     )
     save_run_config(cfg, run_dir)
     train(cfg)

@@ -91,7 +91,9 @@ def write_outputs(
     # The figures are drawn in a worker process (joblib's loky, the one the mixture fits started and left
     # running) while the metrics run here: matplotlib holds the GIL, so a thread would stall the metrics.
     # (`joblib.parallel_config(backend=...)` moves it: the backend is joblib's default, not fixed here.)
-    drawing = Parallel(n_jobs=min(2, usable_cores()) if figures != "none" else 1, return_as="generator", **pool_args())(
+    # Only `all` (a histogram per score, ~10-25 s) is worth a worker; `paper`'s three figures (~3 s) take less than
+    # starting one (~4 s of imports), so they are drawn here, after the metrics.
+    drawing = Parallel(n_jobs=min(2, usable_cores()) if figures == "all" else 1, return_as="generator", **pool_args())(
         [delayed(plot_all)(parts["test"], out_dir / "figures", run_label=info.get("experiment", ""), examples=examples,
                            in_distribution=in_distribution, which=figures)])  # (its worker dies with this process)
     try:
