@@ -246,6 +246,12 @@ class Run:
             scores = score_loaded(trained, x, stream_name)
         return scores_frame(scores)
 
+    def outlier_score(self, images: Any, overrides: Iterable[str] = (), stream_name: str = "input"):
+        """:meth:`score` in pytorch-ood's convention, **higher = more OOD**: the same DataFrame negated (the
+        same columns and rows; a subset detector's NaN rows stay NaN). AUROC computed with the OOD images as
+        the positive class on these equals fevae's AUROC on :meth:`score`."""
+        return -self.score(images, overrides, stream_name)
+
 
 def load_run(run_dir: str | Path, overrides: Iterable[str] = (), map_location: str | torch.device = "cpu") -> Run:
     """Load a finished run (``python -m fevae.train``'s folder) once, to score images with it.

@@ -81,6 +81,10 @@ def test_score_equals_the_score_clis_csv(api_run, loaded, tmp_path):
         np.testing.assert_array_equal(got, csv_values, err_msg=column)  # exact; NaN where the CSV cell is empty
     assert frame["likelihood_regret"].isna().sum() == len(images) - loaded.config.eval.regret.subset > 0
     assert loaded.score(images).equals(frame)  # the same numbers on every call
+    # pytorch-ood's convention: higher = more OOD, the same frame negated (NaN stays NaN)
+    outlier = loaded.outlier_score(images)
+    assert list(outlier.columns) == header and outlier.equals(-frame)
+    assert (outlier["log_p_fevae_apo"] > outlier["log_p_fevae_apo"].median()).equals(frame["log_p_fevae_apo"] < frame["log_p_fevae_apo"].median())
 
 
 def test_uint8_float_torch_and_channel_inputs_agree(loaded):

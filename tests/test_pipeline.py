@@ -79,8 +79,8 @@ def test_every_experiment_trains_scores_and_reports(tmp_path, synthetic_data_dir
             for scheme in ("PR", "APO", "other"):
                 for m in ood[scheme].values():  # the test parts: also the conformal flags against the validation scores
                     conformal = {"conformal_fpr", "conformal_tpr"} if block == "ood" else set()
-                    assert set(m) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci", *conformal}
-                    for key in ("auroc", "auprc", "fpr95"):
+                    assert set(m) == {"auroc", "auprc", "aupr_out", "fpr95", "auroc_ci", "auprc_ci", "aupr_out_ci", "fpr95_ci", *conformal}
+                    for key in ("auroc", "auprc", "aupr_out", "fpr95"):
                         lo, hi = m[f"{key}_ci"]
                         assert 0.0 <= lo <= hi <= 1.0 and 0.0 <= m[key] <= 1.0
     assert metrics["n_scored"] == {"likelihood_regret": {name: 8 for name in SETS}}  # smoke: eval.regret.subset=8

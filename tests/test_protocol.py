@@ -80,7 +80,7 @@ def test_weighted_metrics_equal_sklearn_with_sample_weights(two_sets):
     s_in, s_out = two_sets
     ones = weighted_ood_metrics(s_in, s_out, np.ones((1, 300)), np.ones((1, 200)))
     plain = ood_metrics(s_in, s_out)
-    for key in ("auroc", "auprc", "fpr95"):
+    for key in ("auroc", "auprc", "aupr_out", "fpr95"):
         assert ones[key][0] == pytest.approx(plain[key], abs=1e-12)
     rng = np.random.default_rng(1)
     w_in, w_out = resample_weights(300, 5, rng), resample_weights(200, 5, rng)
@@ -92,6 +92,8 @@ def test_weighted_metrics_equal_sklearn_with_sample_weights(two_sets):
         fpr, tpr, _ = roc_curve(y, s, sample_weight=sw, drop_intermediate=False)
         assert got["auroc"][r] == pytest.approx(roc_auc_score(y, s, sample_weight=sw), abs=1e-12)
         assert got["auprc"][r] == pytest.approx(average_precision_score(y, s, sample_weight=sw), abs=1e-12)
+        # AUPR-OUT (pytorch-ood's): OOD positive, ranked by the negated score
+        assert got["aupr_out"][r] == pytest.approx(average_precision_score(1 - y, -s, sample_weight=sw), abs=1e-12)
         assert got["fpr95"][r] == pytest.approx(fpr[np.argmax(tpr >= 0.95 - 1e-12)], abs=1e-12)
 
 
@@ -104,7 +106,7 @@ def test_bootstrap_intervals_are_seeded_cover_the_estimate_and_shrink_with_n():
     assert ci == Resampler(1000, 0.95, seed=5).intervals(*small, "a", "b")
     assert ci != Resampler(1000, 0.95, seed=6).intervals(*small, "a", "b")
     point = ood_metrics(*small)
-    for key in ("auroc", "auprc", "fpr95"):
+    for key in ("auroc", "auprc", "aupr_out", "fpr95"):
         lo, hi = ci[f"{key}_ci"]
         assert lo < point[key] < hi
     width = lambda c: c["auroc_ci"][1] - c["auroc_ci"][0]  # noqa: E731
@@ -134,7 +136,8 @@ def test_split_metrics_mirror_test_and_validation(two_sets):
     assert m["n"] == {"fashionmnist": 300, "mnist": 200} and m["n_val"] == {"fashionmnist": 100, "mnist": 80}
     assert m["ood"]["mnist"]["APO"]["vae"]["auroc"] == pytest.approx(ood_metrics(s_in, s_out)["auroc"])
     assert m["ood_val"]["mnist"]["APO"]["vae"]["auroc"] == pytest.approx(ood_metrics(s_in[:100], s_out[:80])["auroc"])
-    assert set(m["ood_val"]["mnist"]["other"]["iwae"]) == {"auroc", "auprc", "fpr95", "auroc_ci", "auprc_ci", "fpr95_ci"}
+    assert set(m["ood_val"]["mnist"]["other"]["iwae"]) == {"auroc", "auprc", "aupr_out", "fpr95", "auroc_ci", "auprc_ci", "aupr_out_ci",
+                                                           "fpr95_ci"}
     assert m["bootstrap"]["n_resamples"] == 200 and m["bootstrap"]["level"] == 0.9
     json.dumps(m, allow_nan=False)
     assert "auroc_ci" not in compute_split_metrics(test, val)["ood"]["mnist"]["APO"]["vae"]

@@ -42,7 +42,7 @@ def _set(rng, n=200, shift=0.0, scale=1.0, extra=()):
 def test_perfect_separation():
     m = ood_metrics(np.arange(10.0, 20.0), np.arange(0.0, 10.0))
     assert m["auroc"] == 1.0 and m["fpr95"] == 0.0
-    assert m["auprc"] == pytest.approx(1.0)
+    assert m["auprc"] == pytest.approx(1.0) and m["aupr_out"] == pytest.approx(1.0)
 
 
 def test_reversed_separation_is_nalisnick_direction():
@@ -56,6 +56,16 @@ def test_identical_distributions_near_chance():
     m = ood_metrics(rng.normal(size=4000), rng.normal(size=4000))
     assert abs(m["auroc"] - 0.5) < 0.03
     assert abs(m["fpr95"] - 0.95) < 0.03
+
+
+def test_aupr_in_and_out_sit_at_their_class_shares_by_chance():
+    # pytorch-ood's AUPR-IN / AUPR-OUT: with no separation each is its positive class's share of the images
+    rng = np.random.default_rng(1)
+    m = ood_metrics(rng.normal(size=6000), rng.normal(size=2000))
+    assert m["auprc"] == pytest.approx(0.75, abs=0.02) and m["aupr_out"] == pytest.approx(0.25, abs=0.02)
+    # negating the score swaps the roles: AUPR-OUT of s is AUPR-IN of -s with the classes swapped
+    s_in, s_out = rng.normal(1, 1, 300), rng.normal(0, 1, 100)
+    assert ood_metrics(s_in, s_out)["aupr_out"] == pytest.approx(ood_metrics(-s_out, -s_in)["auprc"], abs=1e-12)
 
 
 def test_auroc_matches_sklearn_with_id_positive():
@@ -126,7 +136,7 @@ def test_schema_exact():
         assert list(m["ood"]["mnist"][scheme]) == ["vae", "fe", "fevae"]
     assert list(m["ood"]["mnist"]["other"]) == ["iwae"]
     leaf = m["ood"]["mnist"]["APO"]["fevae"]
-    assert set(leaf) == {"auroc", "auprc", "fpr95"}
+    assert set(leaf) == {"auroc", "auprc", "aupr_out", "fpr95"}
     assert all(type(v) is float for v in leaf.values())
     json.dumps(m, allow_nan=False)  # plain, finite python values
 

@@ -117,7 +117,7 @@ def check_optimized_metric(cfg: DictConfig) -> None:
 
         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
         raise FevaeError(f"optimized_metric={key} is not a metric this run writes",
-                         f"use e.g. {close[0] if close else known[0]} (keys: ood_val/<set>/<PR|APO|other>/<score>/<auroc|auprc|fpr95>)")
+                         f"use e.g. {close[0] if close else known[0]} (keys: ood_val/<set>/<PR|APO|other>/<score>/<{'|'.join(METRICS)}>)")
     in_sample = {parse_score_name(name) for det in fitted_detectors(cfg) for name in det.outputs()}
     parts = str(key).split("/")
     if len(parts) == 5 and (parts[2], parts[3]) in in_sample:

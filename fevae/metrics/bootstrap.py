@@ -3,7 +3,7 @@
 A resample draws ``n_in`` in-distribution and ``n_out`` OOD images with replacement, each class
 on its own (stratified: every resample keeps both class sizes). Instead of materialising the
 resampled arrays, a resample is a vector of *counts* (multinomial weights) over the original
-images, and AUROC / AUPRC / FPR95 are computed as *weighted* metrics over the scores sorted once:
+images, and AUROC / AUPRC / AUPR-OUT / FPR95 are computed as *weighted* metrics over the scores sorted once:
 cumulative weighted true/false positives at each distinct threshold. This equals sklearn's
 ``roc_auc_score`` / ``average_precision_score`` / ``roc_curve`` with ``sample_weight`` (tested),
 and with unit weights it equals :func:`fevae.metrics.ood.ood_metrics` exactly.
@@ -41,7 +41,8 @@ def resample_weights(n: int, n_resamples: int, rng: np.random.Generator) -> np.n
 
 def weighted_ood_metrics(s_in: np.ndarray, s_out: np.ndarray, w_in: np.ndarray, w_out: np.ndarray,
                          tpr_level: float = 0.95) -> dict[str, np.ndarray]:
-    """AUROC, AUPRC (in-distribution positive) and FPR at ``tpr_level`` TPR for each row of weights.
+    """AUROC, AUPRC (in-distribution positive), AUPR-OUT (OOD positive, negated score) and FPR at ``tpr_level``
+    TPR for each row of weights.
 
     ``s_*`` are 1-D scores (higher = more in-distribution), ``w_*`` ``[R, n_*]`` non-negative
     weights (counts of a bootstrap resample; ones for the plain metric). Returns ``[R]`` arrays.
@@ -72,6 +73,17 @@ def weighted_ood_metrics(s_in: np.ndarray, s_out: np.ndarray, w_in: np.ndarray, 
             precision = tp / denom
         precision[denom == 0] = 1.0  # (a threshold that only resample-omitted images reach)
         out["auprc"][lo : lo + rows] = np.sum(np.diff(tpr0, axis=1) * precision, axis=1)
+        # AUPR-OUT: OOD images positive, thresholds on the negated score, i.e. from the lowest score up. At the
+        # threshold of distinct score j the accepted images are those scoring <= it: every OOD / ID image minus
+        # those scoring above it (the cumulative weight one threshold earlier); the recall gained is the OOD
+        # weight at exactly that score.
+        tp_before, fp_before = np.hstack([zero, tp])[:, :-1], np.hstack([zero, fp])[:, :-1]
+        out_accepted, in_accepted = fp[:, -1:] - fp_before, tp[:, -1:] - tp_before
+        denom = out_accepted + in_accepted
+        with np.errstate(invalid="ignore"):
+            precision = out_accepted / denom
+        precision[denom == 0] = 1.0
+        out["aupr_out"][lo : lo + rows] = np.sum((fp - fp_before) * precision, axis=1) / fp[:, -1]
         first = np.argmax(tpr >= tpr_level - 1e-12, axis=1)
         out["fpr95"][lo : lo + rows] = fpr[np.arange(rows), first]
     return out

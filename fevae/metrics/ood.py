@@ -17,8 +17,8 @@ validation parts, see :func:`compute_split_metrics`)::
 
     {"in_distribution": "fashionmnist",
      "n": {"fashionmnist": 2000, "mnist": 2000, ...},          # test parts
-     "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "fpr95": ..,
-                                       "auroc_ci": [lo, hi], "auprc_ci": [..], "fpr95_ci": [..]},
+     "ood": {"mnist": {"PR":  {"vae": {"auroc": .., "auprc": .., "aupr_out": .., "fpr95": ..,
+                                       "auroc_ci": [lo, hi], "auprc_ci": [..], "aupr_out_ci": [..], "fpr95_ci": [..]},
                                "fe": {..}, ..},
                        "APO": {..},
                        "other": {"iwae": {..}}},          # only present when non-empty
@@ -172,7 +172,7 @@ def ood_metrics(
     in_label: str = "in-distribution",
     out_label: str = "out-of-distribution",
 ) -> dict[str, float]:
-    """AUROC, AUPRC and FPR@95%TPR of a score separating ID (positive) from OOD (negative).
+    """AUROC, AUPRC (AUPR-IN), AUPR-OUT and FPR@95%TPR of a score separating ID (positive) from OOD (negative).
 
     ``scores_*`` are per-example scores where higher means "more in-distribution" (a
     log-likelihood). The in-distribution set is the **positive class (label 1)**:
@@ -180,7 +180,9 @@ def ood_metrics(
     * ``auroc``: probability that a random ID example scores higher than a random OOD example.
       1 = perfect separation, 0.5 = chance, **< 0.5 = the OOD data looks *more* likely than the
       ID data** (the Nalisnick et al. 2018 effect, paper Fig. 1(a) top-left).
-    * ``auprc``: average precision with ID as the positive class.
+    * ``auprc``: average precision with ID as the positive class (pytorch-ood's AUPR-IN).
+    * ``aupr_out``: average precision with OOD as the positive class, ranked by the negated score
+      (pytorch-ood's AUPR-OUT; its chance level is the OOD share of the images, not 0.5).
     * ``fpr95``: fraction of OOD examples accepted (score ≥ threshold) at the largest threshold
       whose TPR (fraction of ID accepted) is ≥ 0.95; read directly off ``roc_curve`` (first
       index with ``tpr >= 0.95``), no interpolation. 0 is best.
@@ -194,9 +196,10 @@ def ood_metrics(
     s = np.concatenate([s_in, s_out])
     auroc = float(roc_auc_score(y, s))
     auprc = float(average_precision_score(y, s))
+    aupr_out = float(average_precision_score(1 - y, -s))
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     idx = int(np.argmax(tpr >= TPR_LEVEL - 1e-12))  # tpr ends at 1.0, so an index always exists
-    return {"auroc": auroc, "auprc": auprc, "fpr95": float(fpr[idx])}
+    return {"auroc": auroc, "auprc": auprc, "aupr_out": aupr_out, "fpr95": float(fpr[idx])}
 
 
 def _metric_tasks(scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str):

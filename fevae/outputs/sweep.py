@@ -259,7 +259,7 @@ def plot_heatmaps(frame, sweep_dir: Path, metric: str = "auroc") -> list[Path]:
         for j, scheme in enumerate(schemes):
             col = f"{SELECT_PREFIX}{ood}/{scheme}/{HEATMAP_SCORE}/{metric}"
             grid = sub.assign(n=sub["fe.n"].astype(int), C=sub["fe.C"].astype(int)).pivot_table(index="n", columns="C", values=col, aggfunc="mean")
-            low, high = (0.0, 1.0) if metric == "fpr95" else (0.5, 1.0)
+            low, high = (0.0, 1.0) if metric in ("fpr95", "aupr_out") else (0.5, 1.0)  # AUPR-OUT: chance = the OOD share
             ax = axes[i][j]
             sns.heatmap(grid, annot=True, fmt=".3f", vmin=low, vmax=high, cmap="viridis_r" if minimize else "viridis", ax=ax,
                         cbar=j == len(schemes) - 1)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 __all__ = ["METRICS", "METRIC_DIRECTIONS", "metric_direction"]
 
-METRICS = ("auroc", "auprc", "fpr95")
-#: which way each metric is better: AUROC and AUPRC higher, FPR95 (the share of OOD images accepted at
-#: the threshold that keeps 95% of the in-distribution images) lower
-METRIC_DIRECTIONS = {"auroc": "maximize", "auprc": "maximize", "fpr95": "minimize"}
+METRICS = ("auroc", "auprc", "aupr_out", "fpr95")
+#: which way each metric is better: AUROC, AUPRC (AUPR-IN: in-distribution positive) and AUPR-OUT (OOD positive,
+#: ranked by the negated score: pytorch-ood's pair) higher, FPR95 (the share of OOD images accepted at the
+#: threshold that keeps 95% of the in-distribution images) lower
+METRIC_DIRECTIONS = {"auroc": "maximize", "auprc": "maximize", "aupr_out": "maximize", "fpr95": "minimize"}
 
 
 def metric_direction(key: str | None) -> str:
