@@ -86,3 +86,18 @@ def test_every_docs_page_is_in_nav() -> None:
     assert sorted(set(nav)) == pages, f"pages not in mkdocs.yml's nav: {sorted(set(pages) - set(nav))}; " \
                                       f"nav entries without a page: {sorted(set(nav) - set(pages))}"
     assert len(nav) == len(set(nav)), "a page is in nav twice"
+
+
+def test_generated_column_lists_are_current() -> None:
+    """The score CSV's columns in docs/scoring.md are generated (scripts/doc_columns.py), and the metrics.json
+    contract in docs/protocol.md names every score id of a default V2 run, so neither list goes stale silently."""
+    out = subprocess.run([sys.executable, "scripts/doc_columns.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    from fevae.api import compose_config
+    from fevae.evaluation.settings import score_names
+    from fevae.metrics.ood import parse_score_name
+
+    contract = (DOCS / "protocol.md").read_text(encoding="utf-8").split("```json", 1)[1].split("```", 1)[0]
+    ids = {parse_score_name(n)[1] for n in score_names(compose_config("train", ["+experiment=v2_gaussian"]))}
+    missing = sorted(i for i in ids if f'"{i}"' not in contract)
+    assert not missing, f"docs/protocol.md's metrics.json contract does not name {missing}"

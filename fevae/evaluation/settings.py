@@ -80,15 +80,21 @@ VAL_METRICS_KEY = "ood_val"
 SUBSET_SEED = 0
 
 
+def score_names(cfg: DictConfig) -> list[str]:
+    """Every score a run with ``cfg`` writes per image (``log_p_<id>_<scheme>`` of the schemes, then each
+    detector's outputs), before any data is read: the score files' and the score CLI's columns."""
+    fe = cfg.fe
+    ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
+    names = [f"log_p_{i}_{s.lower()}" for s in cfg.eval.schemes for i in ids]
+    passed, fitted = build_detectors(cfg)
+    return names + [name for det in [*passed, *fitted] for name in det.outputs()]
+
+
 def selectable_metrics(cfg: DictConfig) -> list[str]:
     """Every flattened validation metric (``ood_val/<set>/<scheme>/<score>/<metric>``) a run with ``cfg``
     writes; ``<set>`` runs over the run's OOD sets (``data.ood_sets``)."""
 
-    fe = cfg.fe
-    ids = ["vae", "fe", "fevae", *(f"fevae_l{k}" for k in (fe.get("extra_layers") or []) if int(k) != int(fe.layer))]
-    blocks = [(s, i) for s in cfg.eval.schemes for i in ids]
-    passed, fitted = build_detectors(cfg)
-    blocks += [parse_score_name(name) for det in [*passed, *fitted] for name in det.outputs()]
+    blocks = [parse_score_name(name) for name in score_names(cfg)]
     sets = ood_set_names(cfg.get("data"))
     return [f"{VAL_METRICS_KEY}/{s}/{sch}/{i}/{m}" for s in sets for sch, i in blocks for m in METRICS]
 
