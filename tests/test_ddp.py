@@ -72,3 +72,48 @@ def test_two_process_scores_equal_one_process_scores(tmp_path, synthetic_data_di
             absolute = key in ("likelihood_regret", "likelihood_ratio", "dose", "fused") or key.startswith(("mcse__", "ess__"))
             tol = {"atol": 1e-3, "rtol": 1e-6} if absolute else {"rtol": 2e-6}  # (fused reaches ~6e3 nats)
             np.testing.assert_allclose(two[key], one[key], **tol, err_msg=f"{name}/{key}")
+    # the log holds each message once: rank 1 logs only its warnings, tagged (fevae.utils.log.RankFilter)
+    lines = (tmp_path / "two" / "evaluate.log").read_text().splitlines()
+    assert sum("Initializing distributed" in line for line in lines) == 1, [l for l in lines if "Initializing distributed" in l]
+    assert all("[WARNING]" in line or "[ERROR]" in line for line in lines if "[rank " in line)
+    assert sum("evaluation written to" in line for line in lines) == 1
+
+
+def test_rank_filter_keeps_rank_zero_and_tags_other_ranks_warnings():
+    import logging
+
+    from fevae.utils.log import RankFilter
+
+    def record(level, msg="m"):
+        return logging.LogRecord("fevae", level, __file__, 1, msg, None, None)
+
+    assert RankFilter(0).filter(record(logging.INFO)) and RankFilter(0).filter(record(logging.DEBUG))
+    assert not RankFilter(1).filter(record(logging.INFO))
+    warning = record(logging.WARNING, "slow")
+    assert RankFilter(3).filter(warning) and RankFilter(3).filter(warning) and warning.getMessage() == "[rank 3] slow"  # tagged once
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_rank_zero_alone_fits_the_mixtures_and_the_others_receive_them(monkeypatch, tmp_path, rank):
+    from types import SimpleNamespace
+
+    import torch
+
+    from fevae.features import fitting
+
+    fitted, saved, sent = [], [], {4: "rank 0's arrays"}
+    monkeypatch.setattr(fitting, "restore_best_weights", lambda trainer, module: None)
+    monkeypatch.setattr(fitting, "fit_feature_mixtures", lambda *a, **k: fitted.append(rank) or sent)
+    monkeypatch.setattr(fitting, "save_mixtures", lambda out_dir, arrays, fe: saved.append(arrays))
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            assert src == 0 and obj == (sent if rank == 0 else None)
+            return sent
+
+    trainer = SimpleNamespace(is_global_zero=rank == 0, world_size=2, strategy=Strategy(), datamodule=SimpleNamespace(train_set=None))
+    callback = fitting.MixtureCallback({"n": 2}, seed=0, out_dir=tmp_path)
+    callback.on_train_end(trainer, torch.nn.Linear(1, 1))
+    assert callback.mixtures == sent  # every rank holds the mixtures ...
+    assert fitted == ([0] if rank == 0 else [])  # ... fitted once, on rank 0
+    assert saved == ([sent] if rank == 0 else [])

@@ -141,15 +141,15 @@ class MixtureCallback(L.Callback):
     Runs in ``on_train_end`` (in ``on_fit_end`` the module is already torn down). If the trainer
     has a checkpoint callback with a best model, the features come from a copy of the module
     holding those weights, so the mixture and later scoring use the same (best-by-validation)
-    Jigsaw while the trainer's own state is left untouched. Under DDP every rank fits the same
-    mixtures (available as :attr:`mixtures`) and rank 0 saves them.
+    Jigsaw while the trainer's own state is left untouched. Under DDP rank 0 alone fits the mixtures
+    and broadcasts them (:attr:`mixtures` on every rank); rank 0 saves them.
     """
 
     def __init__(self, fe: Mapping[str, Any], seed: int, out_dir: str | Path):
         self.fe = dict(fe)
         self.seed = seed
         self.out_dir = Path(out_dir)
-        #: the fitted mixtures ``{layer: arrays}``, once training has ended (every rank fits the same)
+        #: the fitted mixtures ``{layer: arrays}``, once training has ended (fitted on rank 0, sent to the others)
         self.mixtures: dict[int, MixtureArrays] | None = None
         #: wall time of the fits (s)
         self.fit_seconds = 0.0
@@ -159,9 +159,11 @@ class MixtureCallback(L.Callback):
 
         jigsaw = copy.deepcopy(pl_module)
         restore_best_weights(trainer, jigsaw)
-        # Every rank fits the same (seeded) mixture, so no rank waits for a file; rank 0 writes it.
+        # Under DDP rank 0 alone fits (the fit is seeded, so any rank would get the same arrays) and sends the
+        # arrays to the others through the process group: the mixtures are fitted once, and no rank waits for a file.
         start = time.perf_counter()
-        self.mixtures = fit_feature_mixtures(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed)
+        arrays = fit_feature_mixtures(jigsaw.eval(), trainer.datamodule.train_set, self.fe, self.seed) if trainer.is_global_zero else None
+        self.mixtures = trainer.strategy.broadcast(arrays, src=0) if trainer.world_size > 1 else arrays
         self.fit_seconds = time.perf_counter() - start
         if not trainer.is_global_zero:
             return

@@ -28,13 +28,41 @@ CONFIG_TREE_FILE = "config_tree.log"
 
 
 def route_lightning_logs() -> None:
-    """Send Lightning's messages through the root logger's handlers (the run's log file included)."""
+    """Send Lightning's messages through the root logger's handlers (the run's log file included), and keep the
+    log to rank 0's lines under DDP (:class:`RankFilter`)."""
     for name in LIGHTNING_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
     logging.captureWarnings(True)  # Python warnings (Lightning's hints among them) reach the log file too
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RankFilter) for f in handler.filters):
+            handler.addFilter(RankFilter())
+
+
+class RankFilter(logging.Filter):
+    """Under DDP every rank runs the whole command and writes to the same log file. Rank 0 (and a process outside
+    DDP) logs as usual; any other rank only its warnings and errors, each tagged ``[rank N]``, so ``train.log``
+    holds each message once and says which process a warning came from (lightning-hydra-template's
+    ``RankedLogger`` does the same per logger; this is one filter on the run's handlers)."""
+
+    def __init__(self, rank: int | None = None):
+        super().__init__()
+        if rank is None:
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+            rank = getattr(rank_zero_only, "rank", 0)
+        self.rank = int(rank)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.rank == 0:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        if not getattr(record, "rank_tagged", False):
+            record.msg, record.rank_tagged = f"[rank {self.rank}] {record.msg}", True
+        return True
 
 
 def interactive() -> bool:
