@@ -1,4 +1,5 @@
-"""A Hydra callback that summarises a multirun sweep: summary.csv, summary.md and AUROC heatmaps.
+"""A Hydra callback that summarises a multirun sweep: summary.csv, summary.md, AUROC heatmaps and the sweep's
+TensorBoard view (:mod:`fevae.outputs.sweep_board`).
 
 What selects reads validation only: the best row is the job with the best ``optimized_metric``
 (an ``ood_val/...`` key) in that metric's direction (highest AUROC/AUPRC, lowest FPR95:
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fevae.utils.metric_names import metric_direction
 from fevae.errors import FevaeError
 from fevae.metrics.ood import flatten_metrics, order_sets, write_text_atomic
+from fevae.outputs.sweep_board import write_sweep_board
 from fevae.utils.io import atomic_open
 from fevae.utils.cli import SWEEP, one_line
 from fevae.utils.log import stage
@@ -160,10 +162,10 @@ def sweep_cost(frame) -> dict[str, Any] | None:
 def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[Path]:
     import pandas as pd
 
-    rows = collect_jobs(sweep_dir)
-    if not rows:
+    jobs = collect_jobs(sweep_dir)
+    if not jobs:
         return []
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(jobs)
     written = [sweep_dir / "summary.csv", sweep_dir / "summary.md"]
     with atomic_open(written[0], "w", newline="") as handle:
         frame.to_csv(handle, index=False)
@@ -205,8 +207,12 @@ def write_summary(sweep_dir: Path, optimized_metric: str | None = None) -> list[
             lines += [_markdown_table(table.reset_index()), ""]
     heatmaps = plot_heatmaps(frame, sweep_dir, heatmap_metric(optimized_metric))
     lines += [f"![{p.stem}]({p.name})" for p in heatmaps if p.suffix == ".png"]
+    board = write_sweep_board(sweep_dir, jobs)
+    if board is not None:
+        lines += ["", f"TensorBoard view of the sweep (one run per OOD set, the job as the step): "
+                      f"`tensorboard --logdir {board}`."]
     write_text_atomic(written[1], "\n".join(lines) + "\n")
-    return written + heatmaps
+    return written + heatmaps + ([board] if board is not None else [])
 
 
 def _markdown_table(frame) -> str:
