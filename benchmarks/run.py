@@ -63,6 +63,7 @@ from benchmarks.common import (
     train_images,
 )
 from benchmarks.memory import MARKER
+from benchmarks.api import api_section
 from benchmarks.training import training_section
 from fevae.detectors.jigsaw_loss import puzzle_log_probs
 from fevae.scoring.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
@@ -79,7 +80,7 @@ THROUGHPUT_TARGET = 1.25  # p_FEVAE time / p_VAE time
 AGREEMENT_TARGET = 0.99  # TorchMixture.predict == sklearn predict
 MEMORY_TARGET = 1.10  # peak(S_max) / peak(S_min): flat in S
 #: the sections, in the order they run (``--sections`` picks some)
-SECTIONS = ("throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training", "stages")
+SECTIONS = ("throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training", "api", "stages")
 
 
 @dataclass(frozen=True)
@@ -709,6 +710,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ("training", lambda: training_section(models.cfg, train_images(dm, int(models.cfg.budget.vae.batch_size), seed),
                                               train_images(dm, int(models.cfg.budget.jigsaw.batch_size), seed),
                                               sizes.training_vae_steps, sizes.repeats, row)),
+        ("api", lambda: api_section(run_dir, sizes.repeats, row, spread, paired_ratio, seed)),
         ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
     ]
     for name, step in steps:

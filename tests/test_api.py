@@ -135,3 +135,20 @@ def test_metrics_config_and_scoring_overrides(api_run, loaded, tmp_path):
         loaded.score(images, overrides=["+model.vae.latent_dim=3"])
     with pytest.raises(FevaeError, match="Hydra"):
         loaded.score(images, overrides=["hydra.run.dir=x"])
+
+
+def test_bench_api_section_times_calls_on_a_real_run(api_run):
+    """``make bench``'s api section (benchmarks/api.py): load_run once, then interleaved 4- and 64-image calls."""
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.api import api_section
+    from benchmarks.run import paired_ratio, row, spread
+
+    result, rows = api_section(api_run, 2, row, spread, paired_ratio)
+    assert result["load_run_s"] > 0 and result["first_score_s"] > 0 and result["repeats"] == 2
+    few, many = result["score_4_s"], result["score_64_s"]
+    assert few["n"] == many["n"] == 2
+    assert result["ratio_64_to_4"]["values"] == pytest.approx([m / f for m, f in zip(many["values"], few["values"])])
+    assert [r["section"] for r in rows] == ["api"] * 4 and rows[2]["target"] == "< 0.5 s"
+

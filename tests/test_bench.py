@@ -108,8 +108,9 @@ def test_quick_bench_measures_every_section(synthetic_data_dir, tmp_path):
         wall["one after another"]["values"], wall["side by side"]["values"])])
     assert all(positive(v["median"]) for v in tr["peak_memory_mb"].values())
 
+    assert bench["api"] == {"available": False, "reason": "no trained run"}  # --untrained: the API needs a run folder
     assert {r["section"] for r in bench["rows"]} == {"throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training",
-                                                     "stages"}
+                                                     "api", "stages"}
 
 
 def test_stage_times_reads_old_and_new_timings():

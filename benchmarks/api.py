@@ -1,0 +1,61 @@
+"""``make bench``'s ``api`` section: what ``fevae.load_run(run).score(images)`` costs per call (issue #26).
+
+``load_run`` once (timed), the first ``score`` call (timed: it builds what later calls reuse), then rounds
+of ``score`` on 4 images and on 64 images, interleaved (the order flips each round): the 4-image call's
+median with its min-max is the per-call cost a user scoring a few images at a time pays (target < 0.5 s),
+and the per-round ratio 64-image / 4-image time says how much of it is fixed (a ratio near 1: almost all).
+Every detector of the run's ``eval.detectors`` is scored, likelihood regret included (its encoder steps are
+most of the per-image cost). Needs a trained run (``--run`` or the newest default run).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: images per call: a user's few images, and a larger call to separate fixed from per-image cost
+FEW, MANY = 4, 64
+
+
+def api_section(run_dir: Path | None, repeats: int, row: Callable[..., dict[str, Any]], spread: Callable, paired_ratio: Callable,
+                seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    if run_dir is None:
+        return {"available": False, "reason": "no trained run"}, [row("api", "(no trained run: pass --run)", None, "")]
+    import fevae
+
+    start = time.perf_counter()
+    run = fevae.load_run(run_dir)
+    load_s = time.perf_counter() - start
+    images = _images(run, seed)
+    start = time.perf_counter()
+    run.score(images[:FEW])
+    first_s = time.perf_counter() - start
+    times: dict[int, list[float]] = {FEW: [], MANY: []}
+    for k in range(repeats):
+        for n in ((FEW, MANY) if k % 2 == 0 else (MANY, FEW)):
+            start = time.perf_counter()
+            run.score(images[:n])
+            times[n].append(time.perf_counter() - start)
+    few, many, ratio = spread(times[FEW]), spread(times[MANY]), paired_ratio(times[MANY], times[FEW])
+    result = {"load_run_s": load_s, "first_score_s": first_s, f"score_{FEW}_s": few, f"score_{MANY}_s": many,
+              f"ratio_{MANY}_to_{FEW}": ratio, "repeats": repeats}
+    rows = [row("api", "load_run", load_s, "s"),
+            row("api", f"first score() of {FEW} images", first_s, "s"),
+            row("api", f"score() of {FEW} images, later calls", few["median"], "s", None, "< 0.5 s",
+                f"min-max {few['min']:.3f}-{few['max']:.3f} s over {repeats} rounds"),
+            row("api", f"score() of {MANY} images / of {FEW}", many["median"], "s", ratio["median"], "",
+                "fixed cost share: a ratio near 1 means the call is mostly fixed cost", (ratio["min"], ratio["max"]))]
+    return result, rows
+
+
+def _images(run: Any, seed: int) -> np.ndarray:
+    """``MANY`` random images of the run's shape (uint8, [N,H,W] or [N,H,W,C])."""
+    from fevae.inputs import image_shape_of
+
+    c, h, w = image_shape_of(run.config.data)
+    shape = (MANY, h, w) if c == 1 else (MANY, h, w, c)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
