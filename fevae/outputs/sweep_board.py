@@ -12,7 +12,7 @@ the **job as the step or the tag prefix**:
   a set's curves of every job share its colour; job labels are ``job<k>-<overrides that vary>``
   (``job3-fe.C=10``);
 * a Custom Scalars layout (``jobs`` run): one chart per score with its validation and test AUROC, and one
-  per model with every job's separation curves.
+  per model with every job's separation curves (its tags are anchored regular expressions: ``fe`` is not ``fevae``).
 
 Failed jobs (no ``metrics.json``) are left out and named in ``sweep/jobs``. Nothing here reads a score file:
 the numbers are the jobs' ``metrics.json`` and training event files, so the view costs seconds.
@@ -21,6 +21,7 @@ the numbers are the jobs' ``metrics.json`` and training event files, so the view
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,7 @@ def _separation_curves(job_dir: Path) -> dict[str, dict[str, list[tuple[int, flo
     """``{model: {set: [(epoch step, auroc), ...]}}`` from the job's training event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader's "No path found after <file>" notices
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for model in MODELS:
         run = job_dir / "tensorboard" / model
@@ -109,9 +111,10 @@ def write_sweep_board(sweep_dir: str | Path, jobs: Sequence[Mapping[str, Any]]) 
             ordered = sorted(scores, key=lambda k: (SCHEMES.index(k[0]), order_score_ids([sid for _, sid in scores]).index(k[1])))
             layout = {
                 "AUROC per job (step = job; one line per OOD set)": {
-                    f"{scheme} {sid}": ["Multiline", [f"val/auroc/{scheme}/{sid}", f"test/auroc/{scheme}/{sid}"]] for scheme, sid in ordered},
+                    f"{scheme} {sid}": ["Multiline", [f"^{re.escape(f'{part}/auroc/{scheme}/{sid}')}$" for part in ("val", "test")]]
+                    for scheme, sid in ordered},
                 "separation during training (one line per job and set)": {
-                    model: ["Multiline", [f"separation/{model}/.*"]] for model in separation},
+                    model: ["Multiline", [f"^separation/{model}/"]] for model in separation},
             }
             jobs_writer.add_custom_scalars({k: v for k, v in layout.items() if v})
         finally:
