@@ -108,7 +108,8 @@ def write_sweep_board(sweep_dir: str | Path, jobs: Sequence[Mapping[str, Any]]) 
         jobs_writer = SummaryWriter(log_dir=str(board / JOBS_RUN))
         try:
             jobs_writer.add_text("sweep/jobs", _jobs_markdown(jobs, labels, finished), global_step=0)
-            ordered = sorted(scores, key=lambda k: (SCHEMES.index(k[0]), order_score_ids([sid for _, sid in scores]).index(k[1])))
+            ids = order_score_ids({sid for _, sid in scores})  # once, not per sort key
+            ordered = sorted(scores, key=lambda k: (SCHEMES.index(k[0]), ids.index(k[1])))
             layout = {
                 "AUROC per job (step = job; one line per OOD set)": {
                     f"{scheme} {sid}": ["Multiline", [f"^{re.escape(f'{part}/auroc/{scheme}/{sid}')}$" for part in ("val", "test")]]
