@@ -150,5 +150,7 @@ def test_bench_api_section_times_calls_on_a_real_run(api_run):
     few, many = result["score_4_s"], result["score_64_s"]
     assert few["n"] == many["n"] == 2
     assert result["ratio_64_to_4"]["values"] == pytest.approx([m / f for m, f in zip(many["values"], few["values"])])
-    assert [r["section"] for r in rows] == ["api"] * 4 and rows[2]["target"] == "< 0.5 s"
+    assert result["score_4_without_regret_s"]["n"] == 2
+    assert [r["section"] for r in rows] == ["api"] * 5 and rows[2]["target"] == rows[3]["target"] == "< 0.5 s"
+    assert "likelihood_regret" in rows[3]["name"]
 
