@@ -117,3 +117,66 @@ def test_under_ddp_rank_zero_alone_fits_the_mixtures_and_the_others_receive_them
     assert callback.mixtures == sent  # every rank holds the mixtures ...
     assert fitted == ([0] if rank == 0 else [])  # ... fitted once, on rank 0
     assert saved == ([sent] if rank == 0 else [])
+
+
+def _numbers(tree, path=""):
+    """``{path: value}`` of every number in a parsed metrics.json but the timings (``cost_s_per_image``)."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() if key != "cost_s_per_image" for k, v in _numbers(sub, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f"{path}[{i}]").items()}
+    return {path: tree} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
+
+
+@pytest.mark.slow
+def test_two_process_training_fits_the_mixtures_once_and_one_process_reproduces_them_and_the_metrics(tmp_path, synthetic_data_dir):
+    """`trainer=ddp` training on 2 CPU processes (gloo). DDP splits each batch over the ranks (BatchNorm statistics
+    and the ELBO's noise per rank), so its weights are not a 1-process training's; what fevae adds after the
+    weights must equal one process's: the mixtures (fitted on rank 0 alone, broadcast) equal a 1-process refit
+    from the run's Jigsaw, and the metrics equal a 1-process `fevae.evaluate` of the run; each log line once."""
+    import json
+
+    from pipeline import TINY
+
+    from fevae.features.fitting import fit_feature_mixtures, load_mixtures
+    from fevae.pipeline.runs import load_run
+    from fevae.pipeline.stages import make_datamodule
+
+    run_dir = tmp_path / "ddp"
+    overrides = ["+experiment=v2_gaussian", f"paths.data_dir={synthetic_data_dir}", *TINY, "eval.regret.subset=6",
+                 "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run([sys.executable, "-m", "fevae.train", *overrides], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = load_run(run_dir)
+    saved = load_mixtures(run_dir, trained.cfg.fe)
+    refit = fit_feature_mixtures(trained.jigsaw.eval(), make_datamodule(trained.cfg, 16).train_set, trained.cfg.fe, trained.cfg.seed)
+    assert sorted(saved) == sorted(refit) == [1, 2, 3, 4]
+    for layer in saved:
+        for field in ("weights", "means", "covariances", "precisions_cholesky"):
+            np.testing.assert_allclose(getattr(saved[layer], field), getattr(refit[layer], field), rtol=1e-6, atol=1e-9, err_msg=f"layer {layer} {field}")
+    evaluate_cli(run_dir, tmp_path / "one")
+    two = _numbers(json.loads((run_dir / "metrics.json").read_text()))
+    one = _numbers(json.loads((tmp_path / "one" / "metrics.json").read_text()))
+    assert sorted(one) == sorted(two) and any("/auroc" in k for k in one)
+    for key in one:  # scores equal up to float32 rounding (test above), so their AUROCs, FPRs, intervals too
+        assert one[key] == pytest.approx(two[key], rel=1e-5, abs=1e-6), key
+    log = (run_dir / "train.log").read_text()
+    lines = log.splitlines()
+    assert sum("Initializing distributed" in line for line in lines) == 1
+    assert sum("run folder:" in line for line in lines) == 1
+    assert all("[WARNING]" in line or "[ERROR]" in line for line in lines if "[rank " in line)
+    assert "sync_dist" not in log  # the models' epoch metrics are averaged over the ranks (no Lightning warning)
+    assert "Grad strides do not match" not in log  # channels-last is set before DDP lays out its buckets
+
+
+def test_ddp_training_on_the_cpu_refuses_sync_batchnorm_before_any_work():
+    from omegaconf import OmegaConf
+
+    from fevae.pipeline.checks import check_sync_batchnorm
+
+    ddp = {"strategy": "ddp", "sync_batchnorm": True}
+    with pytest.raises(FevaeError, match="sync_batchnorm=false"):
+        check_sync_batchnorm(OmegaConf.create({**ddp, "accelerator": "cpu"}))
+    check_sync_batchnorm(OmegaConf.create({**ddp, "accelerator": "cpu", "sync_batchnorm": False}))
+    check_sync_batchnorm(OmegaConf.create({**ddp, "accelerator": "gpu"}))  # CUDA: Lightning's SyncBatchNorm
+    check_sync_batchnorm(OmegaConf.create({"strategy": "auto", "sync_batchnorm": True, "accelerator": "cpu"}))  # one process

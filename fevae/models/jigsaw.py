@@ -256,9 +256,9 @@ class Jigsaw(L.LightningModule):
         logits = self(shuffle_tiles(tiles, self.permutations[labels]))
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(-1) == labels).float().mean()
-        on_epoch = stage == "val"
-        self.log(f"{stage}/loss", loss, on_epoch=on_epoch)
-        self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=on_epoch)
+        on_epoch = stage == "val"  # epoch means are averaged over DDP ranks (sync_dist; nothing to do on one process)
+        self.log(f"{stage}/loss", loss, on_epoch=on_epoch, sync_dist=on_epoch)
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_epoch=on_epoch, sync_dist=on_epoch)
         return loss
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:

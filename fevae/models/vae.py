@@ -216,8 +216,10 @@ class VAE(L.LightningModule):
 
     # -------------------------------------------------------------------------- training
 
-    def on_fit_start(self) -> None:
-        if self.hparams.get("channels_last", False):  # in place: the optimiser keeps the same parameters
+    def setup(self, stage: str) -> None:
+        # Before the strategy wraps the model (DDP lays its gradient buckets out after the parameters' strides)
+        # and before the optimiser is made: in place, the same parameters, the same arithmetic as before.
+        if stage == "fit" and self.hparams.get("channels_last", False):
             self.to(memory_format=torch.channels_last)
 
     def on_fit_end(self) -> None:
@@ -230,10 +232,10 @@ class VAE(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.elbo(x)
         loss = -out["elbo"].mean()
-        on_epoch = stage == "val"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=on_epoch)
+        on_epoch = stage == "val"  # epoch means are averaged over DDP ranks (sync_dist; nothing to do on one process)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=on_epoch, sync_dist=on_epoch)
         for key in (("elbo",) if stage == "val" else ()) + ("log_likelihood", "kl"):
-            self.log(f"{stage}/{key}", out[key].mean(), on_epoch=on_epoch)
+            self.log(f"{stage}/{key}", out[key].mean(), on_epoch=on_epoch, sync_dist=on_epoch)
         return loss
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:

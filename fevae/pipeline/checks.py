@@ -31,7 +31,20 @@ from fevae.validation import (
     positive_int,
 )
 
-__all__ = ["check_targets", "validate_config"]
+__all__ = ["check_sync_batchnorm", "check_targets", "validate_config"]
+
+
+def check_sync_batchnorm(trainer: DictConfig) -> None:
+    """Training with ``trainer.sync_batchnorm=true`` under DDP on the CPU would fail at the first step
+    (PyTorch's SyncBatchNorm runs on CUDA only): refused before any work. Scoring (``trainer.predict``)
+    does not convert the BatchNorm layers, so :mod:`fevae.evaluate` keeps such a run's setting."""
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if trainer.get("sync_batchnorm") and "ddp" in str(trainer.get("strategy", "")) and on_cpu:
+        raise FevaeError("trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version), and this DDP training runs on the CPU",
+                         "add trainer.sync_batchnorm=false (each rank then normalises with its own batch's statistics)")
 
 def check_targets(cfg: DictConfig, source: str = "the config", skip: tuple[str, ...] = ("hydra",)) -> None:
     """Refuse any ``_target_`` that is not an allowed class at an allowed key (nothing is instantiated).

@@ -28,7 +28,7 @@ from fevae.features.fitting import (
 from fevae.metrics.ood import write_json_atomic
 from fevae.monitor import separation_callbacks
 from fevae.outputs.write import example_images, write_outputs
-from fevae.pipeline.checks import validate_config
+from fevae.pipeline.checks import check_sync_batchnorm, validate_config
 from fevae.pipeline.runs import load_model
 from fevae.pipeline.stages import (
     detector_model_configs,
@@ -52,6 +52,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """The train task: returns ``{"metrics": ..., "run_dir": ...}``."""
     validate_config(cfg)  # every setting, before any data is read or model trained (fevae/validation.py)
+    check_sync_batchnorm(cfg.trainer)
     run_dir = run_dir_of(cfg)
     timings: dict[str, float] = {}
     validate_eval_config(cfg.eval, cfg)
