@@ -20,6 +20,7 @@ ARGS ?=
 DATA_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FLOORS_ARGS ?=
 # Install stamps, one folder per interpreter (PYTHON=... installs anew into another one).
 STAMP := .make/$(subst /,_,$(PYTHON))
 # PYTHON as a command that works from any folder (a path is made absolute, a bare name is left to PATH).
@@ -28,7 +29,7 @@ PYTHON_CMD := $(if $(findstring /,$(PYTHON)),$(abspath $(PYTHON)),$(PYTHON))
 VENV_DEP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install install-test data run run-v1 run-v2 run-v3 smoke test test-unit docs bench clean clean-venv
+.PHONY: help venv install install-test data run run-v1 run-v2 run-v3 smoke test test-unit docs bench check-floors clean clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +90,9 @@ docs: install-test ## build the documentation site into site/ (mkdocs, warnings 
 
 bench: install ## what scoring costs: table + outputs/bench/bench.json (~8 min on 2 CPU cores; BENCH_ARGS=--quick: ~30 s)
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
+
+check-floors: install ## install every dependency at its declared floor into .floors-venv/ (Python 3.10) and run the smoke pipeline there (~3 GB download, ~10 min)
+	$(PYTHON) scripts/check_floors.py $(FLOORS_ARGS)
 
 clean: ## remove caches, build files and install stamps (never outputs/ nor .venv/)
 	rm -rf .make .pytest_cache *.egg-info build dist

@@ -27,6 +27,41 @@ def test_pyproject_lists_every_subpackage():
     assert found | {"fevae.conf"} == set(packages)
 
 
+def _declared_distributions() -> set[str]:
+    """Every distribution pyproject.toml declares (dependencies and extras), names normalised (PEP 503)."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = [*project["dependencies"], *(s for extra in project["optional-dependencies"].values() for s in extra)]
+    return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", s).group(0)).lower() for s in specs}
+
+
+def test_every_third_party_module_imported_is_declared():
+    """Every module that fevae/, benchmarks/, scripts/ and tests/ import, outside the standard library and the
+    checkout, belongs to a distribution that pyproject.toml declares (a floor check installs only those)."""
+    import ast
+    import importlib.metadata
+    import re
+
+    local = {"fevae", "benchmarks", "scripts"} | {p.stem for p in (ROOT / "tests").rglob("*.py")}
+    imported: dict[str, set[str]] = {}
+    for folder in ("fevae", "benchmarks", "scripts", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                        [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+                for name in names:
+                    imported.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    third_party = {m: files for m, files in imported.items() if m not in sys.stdlib_module_names and m not in local}
+    assert {"torch", "lightning", "sklearn", "joblib", "threadpoolctl"} <= set(third_party)  # the scan sees the imports
+    owners = importlib.metadata.packages_distributions()
+    declared = _declared_distributions()
+    undeclared = {m: sorted(files)[:3] for m, files in third_party.items()
+                  if not {re.sub(r"[-_.]+", "-", d).lower() for d in owners.get(m, [m])} & declared}
+    assert not undeclared, f"declare their distributions in pyproject.toml: {undeclared}"
+
+
 def outer_site_dirs() -> list[str]:
     """The site-packages folders of the Python running the tests, in its sys.path order."""
     dirs = set(site.getsitepackages()) | ({site.getusersitepackages()} if site.ENABLE_USER_SITE else set())
@@ -88,3 +123,28 @@ def test_the_wheel_runs_the_console_scripts_outside_the_checkout(tmp_path, synth
     assert len(runs) == 1, list(work.rglob("*"))[:50]
     hydra_yaml = (runs[0].parent / ".hydra" / "hydra.yaml").read_text()
     assert f"path: {purelib / 'fevae' / 'conf'}" in hydra_yaml
+
+
+def test_check_floors_pins_every_dependency_at_its_floor(tmp_path):
+    """scripts/check_floors.py (make check-floors) installs ``name==X`` for every ``name>=X``; a dependency
+    without a floor is refused (the check could not say which version it tested)."""
+    pytest.importorskip("tomllib")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_floors
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    pins = check_floors.floors()
+    assert "torch==2.2" in pins and "lightning==2.6" in pins and len(pins) == len(_declared_runtime())
+    toml = tmp_path / "pyproject.toml"
+    toml.write_text('[project]\ndependencies = ["a[x]>=1.2,<2", "b >= 3", "c"]\n')
+    with pytest.raises(SystemExit, match="'c'.*no floor"):
+        check_floors.floors(toml)
+    toml.write_text('[project]\ndependencies = ["a[x]>=1.2,<2", "b >= 3"]\n')
+    assert check_floors.floors(toml) == ["a==1.2", "b==3"]
+
+
+def _declared_runtime() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
