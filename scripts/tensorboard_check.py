@@ -21,6 +21,10 @@ Starts ``tensorboard --logdir RUN_DIR`` on a free port, then
    ``text.png``, ``scalars.png``, ``hparams.png``) and ``check.json`` (what was found), and stops TensorBoard and
    the browser.
 
+``--sweep-board JOBS`` checks a sweep's own view instead (``RUN_DIR`` = ``<sweep>/tensorboard``,
+:func:`check_sweep_board`): runs are the OOD sets, one step per job, and on the Custom Scalars page one colour
+per set in every chart and job, the separation curves named by the jobs' labels (``custom_scalars.png``).
+
 Exit status 0 when every check passes, 1 otherwise (each failed check is printed), 2 when
 chromium or TensorBoard cannot be started.
 """
@@ -227,6 +231,50 @@ return {groups: inside.filter(e => e.tagName === 'TF-CATEGORY-PAGINATED-VIEW')
 """
 
 
+class Checks:
+    """``expect(ok, message)``: prints each check as it is made and keeps the failed ones in :attr:`failures`."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __call__(self, ok: bool, message: str) -> None:
+        print(("ok    " if ok else "FAIL  ") + message, flush=True)
+        if not ok:
+            self.failures.append(message)
+
+
+@contextmanager
+def tensorboard(logdir: Path, out: Path, timeout: float):
+    """``tensorboard --logdir <logdir>`` on a free port, once it answers: yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    tb_cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
+              "--load_fast", "false", "--reload_interval", "0"]
+    with process(tb_cmd, out / "tensorboard.log") as tb:
+        wait_for(lambda: tb.poll() is None and http_json(f"{base}/data/runs") is not None, timeout, what="TensorBoard to answer")
+        yield base
+
+
+@contextmanager
+def devtools(out: Path, size: tuple[int, int], timeout: float, chromium: str):
+    """Headless Chromium with a fresh profile, driven over its DevTools protocol: yields a :class:`DevTools` on its page."""
+    dt_port = free_port()
+    with tempfile.TemporaryDirectory() as profile:
+        browser_cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                       "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                       f"--remote-debugging-port={dt_port}", "--remote-allow-origins=*", "about:blank"]
+        with process(browser_cmd, out / "chromium.log"):
+            targets = wait_for(lambda: [t for t in http_json(f"http://127.0.0.1:{dt_port}/json/list") if t.get("type") == "page"],
+                               timeout, what="chromium's DevTools")
+            dev = DevTools(targets[0]["webSocketDebuggerUrl"], timeout=timeout)
+            try:
+                dev.call("Page.enable")
+                dev.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
+                yield dev
+            finally:
+                dev.close()
+
+
 def curves_first(groups: list[str], points: dict[str, int]) -> bool:
     """True when every group of training curves (``epoch``, ``train``, ``val``, or any group whose every tag has
     more than one point) comes before every group of one-point charts. ``points``: tag -> most points in a run."""
@@ -238,23 +286,81 @@ def curves_first(groups: list[str], points: dict[str, int]) -> bool:
     return bool(kinds) and kinds[0] and all(kinds[i] or not any(kinds[i:]) for i in range(len(kinds)))
 
 
+JS_CUSTOM_SCALARS = "(() => {" + DEEP + """
+const dash = deep().find(e => e.tagName === 'TF-CUSTOM-SCALAR-DASHBOARD');
+if (!dash) return null;
+return deep(dash.shadowRoot || dash).filter(e => e.tagName === 'TF-CUSTOM-SCALAR-MULTI-LINE-CHART-CARD').map(card => {
+  const chart = deep(card.shadowRoot || card).find(e => e.tagName === 'VZ-LINE-CHART2');
+  const scale = chart && chart.colorScale && chart.colorScale.scale ? chart.colorScale : null;
+  const drawn = chart ? deep(chart.shadowRoot || chart).filter(x => x.tagName.toLowerCase() === 'path' && (x.getAttribute('d') || '').length > 10
+                                                                  && (x.getAttribute('stroke') || 'none') !== 'none').length : 0;
+  return {title: card.title, drawn: drawn, series: (card._seriesNames || []).map(n => [n, scale ? scale.scale(n) : null])};
+});
+})()
+"""
+
+
+def check_sweep_board(board: Path, out: Path, jobs: int, timeout: float, chromium: str,
+                      size: tuple[int, int] = (1400, 1000)) -> tuple[list[str], dict]:
+    """A sweep's own view (``<sweep>/tensorboard``, :mod:`fevae.outputs.sweep_board`) as a user opens it: runs are the
+    OOD sets (plus ``jobs``), every ``test/`` AUROC chart has one step per job, and on the Custom Scalars page each
+    set keeps one colour in every chart and across the ``jobs`` jobs' lines, each colour a different set, and the
+    separation curves are named by the jobs' labels (``job<k>-...``); screenshot ``custom_scalars.png``."""
+    expect = Checks()
+    failures, found = expect.failures, {}
+
+    with tensorboard(board, out, timeout) as base:
+        runs = http_json(f"{base}/data/runs")
+        sets = sorted(r for r in runs if r != "jobs")
+        found["runs"] = runs
+        expect("jobs" in runs and len(sets) >= 2, f"runs: the jobs table and one run per OOD set ({runs})")
+        scalars = http_json(f"{base}/data/plugin/scalars/tags")
+        steps = {(r, t): sorted(e[1] for e in http_json(f"{base}/data/plugin/scalars/scalars?" + urllib.parse.urlencode({"run": r, "tag": t})))
+                 for r in sets for t in scalars.get(r, {}) if t.startswith("test/auroc/")}
+        expect(bool(steps) and all(v == list(range(jobs)) for v in steps.values()),
+               f"every test/auroc chart of every set: one step per job 0..{jobs - 1} ({len(steps)} charts)")
+        layout = http_json(f"{base}/data/plugin/custom_scalars/layout")
+        charts = [c["title"] for cat in layout.get("category", []) for c in cat.get("chart", [])]
+        expect(len(charts) >= 2, f"a Custom Scalars layout ({len(charts)} charts)")
+        with devtools(out, size, timeout, chromium) as dev:
+            dev.call("Page.navigate", url=f"{base}/#custom_scalars")
+
+            def coloured():
+                cards = dev.evaluate(JS_CUSTOM_SCALARS) or []
+                ready = len(cards) >= len(charts) and all(c["drawn"] and c["series"] and all(col for _, col in c["series"]) for c in cards)
+                return cards if ready else None
+            try:
+                cards = wait_for(coloured, timeout, every=1.0, what="the Custom Scalars charts")
+            except TimeoutError:
+                cards = dev.evaluate(JS_CUSTOM_SCALARS) or []
+            found["custom_scalar_cards"] = cards
+            expect(len(cards) == len(charts) and all(c["drawn"] for c in cards),
+                   f"Custom Scalars page: every chart of the layout drawn ({sum(bool(c['drawn']) for c in cards)} of {len(charts)})")
+            colours: dict[str, set[str]] = {}
+            for card in cards:
+                for name, colour in card["series"]:
+                    colours.setdefault(name.rsplit(" (", 1)[-1].rstrip(")"), set()).add(colour)
+            found["colours"] = {k: sorted(v) for k, v in colours.items()}
+            expect(sorted(colours) == sets, f"Custom Scalars page: the lines belong to the sets {sorted(colours)}")
+            expect(all(len(v) == 1 for v in colours.values()) and len({next(iter(v)) for v in colours.values()}) == len(colours),
+                   f"Custom Scalars page: one colour per set in every chart and job, a different one per set ({found['colours']})")
+            labels = {name.split("/")[2].rsplit(" (", 1)[0] for c in cards for name, _ in c["series"] if name.startswith("separation/")}
+            found["job_labels"] = sorted(labels)
+            expect(len(labels) == jobs and all(any(lb.startswith(f"job{k}") for lb in labels) for k in range(jobs)),
+                   f"Custom Scalars page: the separation curves are named by the jobs' labels ({sorted(labels)})")
+            time.sleep(1)
+            dev.screenshot(out / "custom_scalars.png")
+            print(f"      screenshot {out / 'custom_scalars.png'}", flush=True)
+    return failures, found
+
+
 def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chromium: str,
           tag_filter: str = "", size: tuple[int, int] = (1400, 1000), sessions: int = 1,
           pages: tuple[str, ...] = tuple(name for name, _ in PAGES)) -> tuple[list[str], dict]:
-    failures: list[str] = []
-    found: dict = {}
+    expect = Checks()
+    failures, found = expect.failures, {}
 
-    def expect(ok: bool, message: str) -> None:
-        print(("ok    " if ok else "FAIL  ") + message, flush=True)
-        if not ok:
-            failures.append(message)
-
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    tb_cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port", str(port),
-              "--load_fast", "false", "--reload_interval", "0"]
-    with process(tb_cmd, out / "tensorboard.log") as tb:
-        wait_for(lambda: tb.poll() is None and http_json(f"{base}/data/runs") is not None, timeout, what="TensorBoard to answer")
+    with tensorboard(run_dir, out, timeout) as base:
         # ---- 1. what TensorBoard serves
         hist_tags = wait_for(lambda: (lambda t: t if any(tag in v for v in t.values()) else None)(
             http_json(f"{base}/data/plugin/histograms/tags")), timeout, what=f"histogram tag {tag}")
@@ -327,86 +433,73 @@ def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chrom
                f"validation and test AUROCs: {found['hparams_sessions']}")
 
         # ---- 2. what the browser draws
-        dt_port = free_port()
-        with tempfile.TemporaryDirectory() as profile:
-            browser_cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
-                           f"--remote-debugging-port={dt_port}", "--remote-allow-origins=*", "about:blank"]
-            with process(browser_cmd, out / "chromium.log"):
-                targets = wait_for(lambda: [t for t in http_json(f"http://127.0.0.1:{dt_port}/json/list") if t.get("type") == "page"],
-                                   timeout, what="chromium's DevTools")
-                dev = DevTools(targets[0]["webSocketDebuggerUrl"], timeout=timeout)
-                try:
-                    dev.call("Page.enable")
-                    dev.call("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1, mobile=False)
-                    for name, fragment in PAGES:
-                        if name not in pages:
-                            continue
-                        if name == "histograms" and tag_filter:
-                            fragment += "&tagFilter=" + urllib.parse.quote(tag_filter, safe="")
-                        dev.call("Page.navigate", url=f"{base}/{fragment}")
-                        if name == "histograms":
-                            def drawn():
-                                cards = dev.evaluate(JS_HISTOGRAMS) or []
-                                card = next((c for c in cards if c["run"] == eval_run and c["tag"] == tag), None)
-                                return (cards, card) if card and card["series"] >= len(sets) else None
-                            try:
-                                cards, card = wait_for(drawn, timeout, every=1.0, what=f"the {eval_run} {tag} chart")
-                            except TimeoutError as e:
-                                cards, card = dev.evaluate(JS_HISTOGRAMS) or [], None
-                                print(f"       {e}")
-                            found["histogram_cards"] = cards
-                            expect(card is not None, f"Histograms page: the {tag} chart of run {eval_run} shows "
-                                                     f"{card['series'] if card else 0} histograms, one per set ({len(sets)})")
-                            expect(card is not None and all(s in card["title"] for s in sets),
-                                   f"Histograms page: that chart's title names {sets}")
-                            per_set = {c["run"] for c in cards if c["tag"] == tag and c["run"] in set_runs and c["series"] >= 1}
-                            expect(per_set == set(set_runs), f"Histograms page: {tag} of every eval/<set> run ({sorted(per_set)})")
-                        elif name == "images":
-                            def shown():
-                                imgs = dev.evaluate(JS_IMAGES) or []
-                                return imgs if any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs) else None
-                            try:
-                                imgs = wait_for(shown, timeout, every=1.0, what=f"the image figures/{figure}")
-                            except TimeoutError:
-                                imgs = dev.evaluate(JS_IMAGES) or []
-                            found["image_cards"] = imgs
-                            expect(any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs),
-                                   f"Images page: figures/{figure} is displayed")
-                        elif name == "text":
-                            def rendered():
-                                cards = dev.evaluate(JS_TEXT) or []
-                                card = next((c for c in cards if c["tag"] == "summary/overview/text_summary" and c["run"] == summary_run), None)
-                                return card if card and card["tables"] else None
-                            try:
-                                card = wait_for(rendered, timeout, every=1.0, what="the text summary")
-                            except TimeoutError:
-                                card = None
-                            found["text_tables"] = card["tables"] if card else 0
-                            found["text_headings"] = card["headings"] if card else []
-                            expect(card is not None and any("OOD detection metrics" in h for h in card["headings"]),
-                                   f"Text page: the summary with its tables ({found['text_tables']} tables)")
-                        elif name == "scalars":
-                            try:
-                                page = wait_for(lambda: (lambda v: v if v and v["groups"] and v["cards"] else None)(
-                                    dev.evaluate(JS_SCALARS)), timeout, every=1.0, what="the scalar charts")
-                            except TimeoutError:
-                                page = {"groups": [], "cards": []}
-                            cats = page["groups"]
-                            found["scalar_groups"], found["first_scalar_charts"] = cats, page["cards"][:8]
-                            if any(g in ("epoch", "train", "val") for g in cats):
-                                expect(curves_first(cats, points), f"Scalars page opens on the training curves, one-point "
-                                                                   f"charts after them: groups {cats}")
-                            else:
-                                print(f"skip  Scalars page: no training curves in this logdir (groups {cats})")
-                            expect(not cats or cats[-1] == "z_final", f"Scalars page: the HParams metrics (z_final) come last: {cats}")
-                        else:
-                            time.sleep(3)
-                        time.sleep(1)
-                        dev.screenshot(out / f"{name}.png")
-                        print(f"      screenshot {out / (name + '.png')}", flush=True)
-                finally:
-                    dev.close()
+        with devtools(out, size, timeout, chromium) as dev:
+            for name, fragment in PAGES:
+                if name not in pages:
+                    continue
+                if name == "histograms" and tag_filter:
+                    fragment += "&tagFilter=" + urllib.parse.quote(tag_filter, safe="")
+                dev.call("Page.navigate", url=f"{base}/{fragment}")
+                if name == "histograms":
+                    def drawn():
+                        cards = dev.evaluate(JS_HISTOGRAMS) or []
+                        card = next((c for c in cards if c["run"] == eval_run and c["tag"] == tag), None)
+                        return (cards, card) if card and card["series"] >= len(sets) else None
+                    try:
+                        cards, card = wait_for(drawn, timeout, every=1.0, what=f"the {eval_run} {tag} chart")
+                    except TimeoutError as e:
+                        cards, card = dev.evaluate(JS_HISTOGRAMS) or [], None
+                        print(f"       {e}")
+                    found["histogram_cards"] = cards
+                    expect(card is not None, f"Histograms page: the {tag} chart of run {eval_run} shows "
+                                             f"{card['series'] if card else 0} histograms, one per set ({len(sets)})")
+                    expect(card is not None and all(s in card["title"] for s in sets),
+                           f"Histograms page: that chart's title names {sets}")
+                    per_set = {c["run"] for c in cards if c["tag"] == tag and c["run"] in set_runs and c["series"] >= 1}
+                    expect(per_set == set(set_runs), f"Histograms page: {tag} of every eval/<set> run ({sorted(per_set)})")
+                elif name == "images":
+                    def shown():
+                        imgs = dev.evaluate(JS_IMAGES) or []
+                        return imgs if any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs) else None
+                    try:
+                        imgs = wait_for(shown, timeout, every=1.0, what=f"the image figures/{figure}")
+                    except TimeoutError:
+                        imgs = dev.evaluate(JS_IMAGES) or []
+                    found["image_cards"] = imgs
+                    expect(any(i["tag"] == f"figures/{figure}" and i["loaded"] for i in imgs),
+                           f"Images page: figures/{figure} is displayed")
+                elif name == "text":
+                    def rendered():
+                        cards = dev.evaluate(JS_TEXT) or []
+                        card = next((c for c in cards if c["tag"] == "summary/overview/text_summary" and c["run"] == summary_run), None)
+                        return card if card and card["tables"] else None
+                    try:
+                        card = wait_for(rendered, timeout, every=1.0, what="the text summary")
+                    except TimeoutError:
+                        card = None
+                    found["text_tables"] = card["tables"] if card else 0
+                    found["text_headings"] = card["headings"] if card else []
+                    expect(card is not None and any("OOD detection metrics" in h for h in card["headings"]),
+                           f"Text page: the summary with its tables ({found['text_tables']} tables)")
+                elif name == "scalars":
+                    try:
+                        page = wait_for(lambda: (lambda v: v if v and v["groups"] and v["cards"] else None)(
+                            dev.evaluate(JS_SCALARS)), timeout, every=1.0, what="the scalar charts")
+                    except TimeoutError:
+                        page = {"groups": [], "cards": []}
+                    cats = page["groups"]
+                    found["scalar_groups"], found["first_scalar_charts"] = cats, page["cards"][:8]
+                    if any(g in ("epoch", "train", "val") for g in cats):
+                        expect(curves_first(cats, points), f"Scalars page opens on the training curves, one-point "
+                                                           f"charts after them: groups {cats}")
+                    else:
+                        print(f"skip  Scalars page: no training curves in this logdir (groups {cats})")
+                    expect(not cats or cats[-1] == "z_final", f"Scalars page: the HParams metrics (z_final) come last: {cats}")
+                else:
+                    time.sleep(3)
+                time.sleep(1)
+                dev.screenshot(out / f"{name}.png")
+                print(f"      screenshot {out / (name + '.png')}", flush=True)
     return failures, found
 
 
@@ -418,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", default="fig1b_log_p_fevae", help="the figure the Images page must show")
     parser.add_argument("--filter", default="", help="a tag regex typed into the Histograms page's filter (screenshots)")
     parser.add_argument("--sessions", type=int, default=1, help="rows the HParams table must list (a sweep: its jobs)")
+    parser.add_argument("--sweep-board", type=int, metavar="JOBS", default=0,
+                        help="RUN_DIR is a sweep's own view (<sweep>/tensorboard) of JOBS jobs: check it instead (Custom Scalars)")
     parser.add_argument("--pages", default=",".join(name for name, _ in PAGES), help="the pages opened in the browser")
     parser.add_argument("--size", default="1400x1000", help="browser window WIDTHxHEIGHT")
     parser.add_argument("--timeout", type=float, default=90, help="seconds to wait for each thing")
@@ -426,14 +521,17 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which(args.chromium):
         print(f"error: {args.chromium} not found (Debian: apt-get install chromium)", file=sys.stderr)
         return 2
-    if not (args.run_dir / "tensorboard").is_dir() and not list(args.run_dir.glob("**/tensorboard")):
+    if not args.sweep_board and not (args.run_dir / "tensorboard").is_dir() and not list(args.run_dir.glob("**/tensorboard")):
         print(f"error: no tensorboard/ folder under {args.run_dir}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         size = tuple(int(x) for x in args.size.lower().split("x"))
-        failures, found = check(args.run_dir, args.out, args.tag, args.figure, args.timeout, args.chromium, args.filter, size, args.sessions,
-                                tuple(args.pages.split(",")))
+        if args.sweep_board:
+            failures, found = check_sweep_board(args.run_dir, args.out, args.sweep_board, args.timeout, args.chromium, size)
+        else:
+            failures, found = check(args.run_dir, args.out, args.tag, args.figure, args.timeout, args.chromium, args.filter, size,
+                                    args.sessions, tuple(args.pages.split(",")))
     except (TimeoutError, ConnectionError, OSError) as e:
         print(f"error: {e} (logs in {args.out})", file=sys.stderr)
         return 2

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline import TINY
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_smoke_sweep_reuses_models_summarises_and_survives_a_failed_job(tmp_path, synthetic_data_dir):
@@ -48,6 +51,49 @@ def test_smoke_sweep_reuses_models_summarises_and_survives_a_failed_job(tmp_path
     assert "tensorboard --logdir" in (sweep / "summary.md").read_text()
 
 
+def synthetic_sweep(sweep, overrides: list[list[str]], failed=frozenset()):
+    """Job folders as a sweep leaves them, without training: each job's overrides, a metrics.json with AUROCs on two
+    OOD sets (mnist, noise) but for the ``failed`` jobs, and the VAE's separation curves of mnist (3 epochs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for job, job_overrides in enumerate(overrides):
+        folder = sweep / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in job_overrides))
+        if job in failed:
+            continue
+        block = lambda a: {"APO": {"fevae": {"auroc": a}}, "PR": {"fevae": {"auroc": a - 0.1}}, "other": {"iwae": {"auroc": a - 0.2}}}  # noqa: E731
+        (folder / "metrics.json").write_text(json.dumps({"ood": {"mnist": block(0.9 + job / 100), "noise": block(0.5)},
+                                                         "ood_val": {"mnist": block(0.8 + job / 100), "noise": block(0.4)}}))
+        with SummaryWriter(log_dir=str(folder / "tensorboard" / "vae")) as writer:
+            for epoch in range(3):
+                writer.add_scalar("val/separation/auroc/mnist", 0.5 + epoch / 10 + job / 100, global_step=epoch)
+                writer.add_scalar("val/loss", 1.0, global_step=epoch)
+    return sweep
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_a_2x2_sweeps_view_in_a_headless_browser_has_one_colour_per_set_and_named_job_curves(tmp_path):
+    """The view of a 2 x 2 sweep (fe.n x fe.C, synthetic job folders) opened in Chromium by scripts/tensorboard_check.py
+    --sweep-board: runs are the sets, one step per job, and on the Custom Scalars page one colour per set in every
+    chart and job and separation curves named job0-fe.C=5-fe.n=256 ... (what docs/sweeps.md's screenshot shows)."""
+    from fevae.outputs.sweep import collect_jobs
+    from fevae.outputs.sweep_board import write_sweep_board
+
+    grid = [[f"fe.n={n}", f"fe.C={c}"] for n in (256, 512) for c in (5, 10)]
+    sweep = synthetic_sweep(tmp_path / "sweep", grid)
+    board = write_sweep_board(sweep, collect_jobs(sweep))
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "tensorboard_check.py"), str(board), "--sweep-board", "4",
+                           "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout and (out / "custom_scalars.png").stat().st_size > 10_000
+    found = json.loads((out / "check.json").read_text())
+    assert sorted(found["colours"]) == ["mnist", "noise"] and found["colours"]["mnist"] != found["colours"]["noise"]
+    assert found["job_labels"] == ["job0-fe.C=5-fe.n=256", "job1-fe.C=10-fe.n=256", "job2-fe.C=5-fe.n=512", "job3-fe.C=10-fe.n=512"]
+
+
 def scalars_of(board):
     """``{run: {tag: [(step, value)]}}`` of a TensorBoard folder whose runs are its subfolders."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -63,25 +109,11 @@ def scalars_of(board):
 def test_sweep_board_runs_are_sets_steps_are_jobs_and_separation_curves_keep_the_set(tmp_path):
     """Synthetic job folders (no training): AUROCs by job, the jobs' separation curves, the Custom Scalars layout."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from torch.utils.tensorboard import SummaryWriter
 
     from fevae.outputs.sweep import collect_jobs
     from fevae.outputs.sweep_board import job_labels, write_sweep_board
 
-    sweep = tmp_path / "sweep"
-    for job, (c, ok) in enumerate([(2, True), (3, True), (4, False)]):
-        folder = sweep / str(job)
-        (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(f"- fe.C={c}\n- seed=1\n")
-        if not ok:
-            continue
-        block = lambda a: {"APO": {"fevae": {"auroc": a}}, "PR": {"fevae": {"auroc": a - 0.1}}, "other": {"iwae": {"auroc": a - 0.2}}}  # noqa: E731
-        (folder / "metrics.json").write_text(json.dumps({"ood": {"mnist": block(0.9 + job / 100), "noise": block(0.5)},
-                                                         "ood_val": {"mnist": block(0.8 + job / 100), "noise": block(0.4)}}))
-        with SummaryWriter(log_dir=str(folder / "tensorboard" / "vae")) as writer:
-            for epoch in range(3):
-                writer.add_scalar("val/separation/auroc/mnist", 0.5 + epoch / 10 + job / 100, global_step=epoch)
-                writer.add_scalar("val/loss", 1.0, global_step=epoch)
+    sweep = synthetic_sweep(tmp_path / "sweep", [["fe.C=2", "seed=1"], ["fe.C=3", "seed=1"], ["fe.C=4", "seed=1"]], failed={2})
     jobs = collect_jobs(sweep)
     assert job_labels(jobs) == {0: "job0-fe.C=2", 1: "job1-fe.C=3", 2: "job2-fe.C=4"}  # seed does not vary: not in the label
     board = write_sweep_board(sweep, jobs)
