@@ -44,7 +44,7 @@ def test_every_third_party_module_imported_is_declared():
     import importlib.metadata
     import re
 
-    local = {"fevae", "benchmarks", "scripts"} | {p.stem for p in (ROOT / "tests").rglob("*.py")}
+    local = {"fevae", "benchmarks", "scripts"} | {p.stem for folder in ("tests", "scripts") for p in (ROOT / folder).rglob("*.py")}
     imported: dict[str, set[str]] = {}
     for folder in ("fevae", "benchmarks", "scripts", "tests"):
         for path in (ROOT / folder).rglob("*.py"):
