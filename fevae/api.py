@@ -48,7 +48,7 @@ from fevae.inputs import DEFAULT_IMAGE_SHAPE, image_shape_of, shape_help, valida
 from fevae.pipeline.runs import CONFIG_FILE, TrainedRun, run_config
 from fevae.pipeline.folders import config_differences
 from fevae.pipeline.runs import load_run as load_trained_run
-from fevae.pipeline.score import output_columns, score_loaded
+from fevae.pipeline.score import ScoringParts, output_columns, score_loaded, scoring_parts
 from fevae.utils.cli import CONFIG_DIR, override_key
 from fevae.pipeline.checks import validate_config
 
@@ -192,6 +192,10 @@ class Run:
     def __init__(self, trained: TrainedRun, overrides: Iterable[str] = ()):
         self.trained = trained
         self.overrides = list(overrides)
+        # what scoring reads from the folder besides the models (fitted detectors, the background VAE), loaded by
+        # the first call and kept, per eval settings (a call's overrides may change eval.detectors or eval.schemes)
+        self._parts: dict[str, ScoringParts] = {}
+        self._configs: dict[tuple[str, ...], DictConfig] = {}  # a call's overrides -> its composed, checked config
 
     def __repr__(self) -> str:
         return f"fevae.Run({str(self.run_dir)!r})"
@@ -225,13 +229,27 @@ class Run:
         as ``python -m fevae.score run_dir=... input=<the images as .npy> [overrides]``
         (``likelihood_regret`` is NaN past the first ``eval.regret.subset`` rows). ``overrides`` are
         the CLI's scoring overrides (``eval.*``, ``trainer.*``, e.g. ``["eval.n_samples=50"]``) on
-        top of the load's; the models are not reloaded. Invalid images raise the CLI's
+        top of the load's; the models are not reloaded, and what else the call reads from the folder (the fitted
+        detectors' ``detectors.npz``, the background VAE) and the config composed from ``overrides`` are loaded by
+        the first call that needs them and kept for the next ones. Invalid images raise the CLI's
         :class:`FevaeError`. The global RNG state is left as it was, and Lightning's notices are not shown.
         """
         trained = self.trained
         x = as_images(images, image_shape=image_shape_of(trained.cfg.data))
         overrides = _scoring_overrides(overrides)
         if overrides:
+            trained = dataclasses.replace(self.trained, cfg=self._scoring_config(overrides))
+        key = OmegaConf.to_yaml(trained.cfg.eval, resolve=True)
+        with _rng_kept(), _lightning_quiet():
+            if key not in self._parts:
+                self._parts[key] = scoring_parts(trained)
+            scores = score_loaded(trained, x, stream_name, self._parts[key])
+        return scores_frame(scores)
+
+    def _scoring_config(self, overrides: list[str]) -> DictConfig:
+        """The run's config with a call's scoring ``overrides``, composed and checked once per distinct list."""
+        key = tuple(overrides)
+        if key not in self._configs:
             every = self.overrides + overrides
             cfg = run_config(self.run_dir, every, compose_config("score", every))
             validate_config(cfg, source=str(self.run_dir / CONFIG_FILE), skip=())
@@ -241,10 +259,8 @@ class Run:
                     f"score(overrides=...) changes {', '.join(differ)}, which the loaded models and mixtures were made with",
                     "override only eval.* and trainer.* here; pass other settings to load_run(run_dir, overrides=[...])",
                 )
-            trained = dataclasses.replace(self.trained, cfg=cfg)
-        with _rng_kept(), _lightning_quiet():
-            scores = score_loaded(trained, x, stream_name)
-        return scores_frame(scores)
+            self._configs[key] = cfg
+        return self._configs[key]
 
     def outlier_score(self, images: Any, overrides: Iterable[str] = (), stream_name: str = "input"):
         """:meth:`score` in pytorch-ood's convention, **higher = more OOD**: the same DataFrame negated (the

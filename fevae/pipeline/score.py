@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -42,23 +43,40 @@ def score_images(
     return score_loaded(run, images, stream_name)
 
 
-def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input") -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class ScoringParts:
+    """What scoring reads from a run folder besides its models and mixtures, loaded once (:func:`scoring_parts`)
+    and reusable by every call with the same ``eval.detectors`` (:class:`fevae.api.Run` keeps them)."""
+
+    fitted: list  # the in-distribution-fitted detectors, their state loaded from detectors.npz
+    models: dict[str, torch.nn.Module]  # the detectors' extra models (the background VAE)
+    mixtures: dict[int, TorchMixture]
+
+
+def scoring_parts(run: TrainedRun) -> ScoringParts:
+    """:class:`ScoringParts` of ``run`` (its config's ``eval.detectors``): detectors.npz first, validated before any
+    other work (a damaged one is refused first), then the detectors' models from the run folder."""
+    fitted = load_fitted_detectors(run)
+    if run.missing_layers():
+        log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
+    mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
+    return ScoringParts(fitted, detector_models(run.cfg, run.run_dir), mixtures)
+
+
+def score_loaded(run: TrainedRun, images: np.ndarray, stream_name: str = "input", parts: ScoringParts | None = None) -> dict[str, np.ndarray]:
     """Scores of validated ``images`` (:func:`fevae.inputs.validate_images`) under a loaded run.
 
     The one scoring path of the score CLI and of :meth:`fevae.api.Run.score`: seeds with the run's
-    seed, applies its preprocessing, scores in input order.
+    seed, applies its preprocessing, scores in input order. ``parts``: :func:`scoring_parts` of ``run``
+    made earlier (loaded here when None).
     """
-    fitted = load_fitted_detectors(run)  # validated before any work: a damaged detectors.npz is refused first
+    parts = scoring_parts(run) if parts is None else parts
     L.seed_everything(run.cfg.seed, workers=True)
     x = to_model_input(images, run.cfg.data.preprocess)
     dataset = TensorDataset(x, torch.zeros(len(x), dtype=torch.long), torch.arange(len(x)))
     loader = DataLoader(dataset, batch_size=run.cfg.eval.batch_size, shuffle=False)
-    if run.missing_layers():
-        log.warning("the run has no mixture for layers %s: their fevae_l<k> columns are left out", run.missing_layers())
-    mixtures = {k: TorchMixture(m) for k, m in run.mixtures.items()}
-    models = detector_models(run.cfg, run.run_dir)  # the detectors' extra models (the background VAE), from the run folder
-    scores = run_scoring(run.cfg, run.vae, run.jigsaw, mixtures, {stream_name: loader}, models=models).scores[stream_name]
-    return {**scores, **fitted_scores(run, scores, fitted)}
+    scores = run_scoring(run.cfg, run.vae, run.jigsaw, parts.mixtures, {stream_name: loader}, models=parts.models).scores[stream_name]
+    return {**scores, **fitted_scores(run, scores, parts.fitted)}
 
 
 def load_fitted_detectors(run: TrainedRun) -> list:

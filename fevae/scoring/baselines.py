@@ -213,6 +213,17 @@ def _fixed_noise_elbo(vae: nn.Module, encode: Callable[[Tensor], tuple[Tensor, T
     return (ll - kl)[0]
 
 
+def _adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all the stacked tensors: a 4-image API call's 50 steps ~0.06 s faster on 2 CPU
+    cores) where this torch has it for these tensors' device (CPU: torch >= 2.4), else the plain loop. The same
+    algorithm; the float rounding of the update differs (per-image scores within 1e-3 nats, 3e-5 relative, of the
+    plain loop's on 64 images)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def likelihood_regret_score(
     x: Tensor,
     index: Tensor,
@@ -271,7 +282,8 @@ def likelihood_regret_score(
             eps = eps.transpose(0, 1)  # [B, rows, L]
 
             def elbo(p: dict[str, Tensor], xi: Tensor, ei: Tensor) -> Tensor:
-                return _fixed_noise_elbo(vae, lambda xx: functional_call(wrapper, p, (xx,)), xi, ei)
+                # tie_weights=False: the VAE ties no weights, so the same numbers without a walk over all its tensors per call
+                return _fixed_noise_elbo(vae, lambda xx: functional_call(wrapper, p, (xx,), tie_weights=False), xi, ei)
 
             eval_elbo = vmap(elbo)
             step_grad = vmap(grad_and_value(lambda p, xi, ei: -elbo(p, xi, ei)))
@@ -279,7 +291,7 @@ def likelihood_regret_score(
             before = eval_elbo(params, x, eps[:, :n_samples])
             if steps > 0:
                 leaves = list(params.values())
-                optimiser = torch.optim.Adam(leaves, lr=lr)
+                optimiser = _adam(leaves, lr)
                 for t in range(steps):
                     grads, _ = step_grad(params, x, eps[:, n_samples + t : n_samples + t + 1])
                     for n, leaf in zip(names, leaves):
