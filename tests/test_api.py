@@ -154,3 +154,28 @@ def test_bench_api_section_times_calls_on_a_real_run(api_run):
     assert [r["section"] for r in rows] == ["api"] * 5 and rows[2]["target"] == rows[3]["target"] == "< 0.5 s"
     assert "likelihood_regret" in rows[3]["name"]
 
+
+
+def test_a_run_reads_its_folder_and_composes_overrides_once_and_later_calls_give_the_same_scores(api_run, monkeypatch):
+    """score() keeps what it read from the folder besides the models (detectors.npz, the background VAE) per eval
+    settings, and the config composed from a call's overrides per distinct list; the numbers do not change."""
+    import fevae.api as api
+
+    parts, composed = [], []
+    real_parts, real_compose = api.scoring_parts, api.compose_config
+    monkeypatch.setattr(api, "scoring_parts", lambda trained: parts.append(tuple(trained.cfg.eval.detectors)) or real_parts(trained))
+    monkeypatch.setattr(api, "compose_config", lambda *a, **k: composed.append(a) or real_compose(*a, **k))
+    run = fevae.load_run(api_run)
+    composed.clear()
+    x = some_images(4)
+    first = run.score(x)
+    pd.testing.assert_frame_equal(run.score(x), first)
+    assert len(parts) == 1 and composed == []
+    fewer = ["eval.detectors=[iwae]"]
+    only = run.score(x, fewer)
+    run.score(x, fewer)
+    assert len(parts) == 2 and parts[1] == ("iwae",) and len(composed) == 1  # composed and loaded once for that list
+    np.testing.assert_array_equal(only["iwae"].to_numpy(), first["iwae"].to_numpy())
+    assert "likelihood_ratio" not in only.columns and "likelihood_ratio" in first.columns
+    pd.testing.assert_frame_equal(run.score(x), first)  # back to the load's settings: nothing reloaded
+    assert len(parts) == 2
