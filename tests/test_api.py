@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +181,24 @@ def test_a_run_reads_its_folder_and_composes_overrides_once_and_later_calls_give
     assert "likelihood_ratio" not in only.columns and "likelihood_ratio" in first.columns
     pd.testing.assert_frame_equal(run.score(x), first)  # back to the load's settings: nothing reloaded
     assert len(parts) == 2
+
+
+def test_the_docs_example_scores_a_folder_of_pngs_and_plots_the_histogram(api_run, tmp_path):
+    """docs/api.md's notebook-style example, run as written but for its two paths (RUN, FOLDER)."""
+    from PIL import Image
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    block = text.split("<!-- example: score a folder of PNGs -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(some_images(5)):
+        Image.fromarray(image).save(folder / f"img{i}.png")
+    code, n = re.subn(r'^RUN = ".*"$', f"RUN = {str(api_run)!r}", block, flags=re.M)
+    code, m = re.subn(r'^FOLDER = ".*"$', f"FOLDER = {str(folder)!r}", code, flags=re.M)
+    assert n == m == 1
+    (tmp_path / "example.py").write_text(code)
+    result = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "MPLBACKEND": "Agg"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(f"img{i}.png" in result.stdout for i in range(5)) and "log_p_fevae_apo" in result.stdout
+    assert (tmp_path / "histogram.png").stat().st_size > 5_000
