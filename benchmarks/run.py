@@ -64,7 +64,7 @@ from benchmarks.common import (
 )
 from benchmarks.memory import MARKER
 from benchmarks.api import api_section
-from benchmarks.training import training_section
+from benchmarks.training import compile_section, training_section
 from fevae.detectors.jigsaw_loss import puzzle_log_probs
 from fevae.scoring.baselines import compressed_bits, input_complexity_score, iwae_score, likelihood_regret_score, to_uint8
 from fevae.errors import FevaeError
@@ -81,6 +81,8 @@ AGREEMENT_TARGET = 0.99  # TorchMixture.predict == sklearn predict
 MEMORY_TARGET = 1.10  # peak(S_max) / peak(S_min): flat in S
 #: the sections, in the order they run (``--sections`` picks some)
 SECTIONS = ("throughput", "mixture", "fits", "baselines", "detectors", "peak_memory", "training", "api", "stages")
+#: sections measured only when named in ``--sections`` (compile: ~20 s of compiling)
+OPTIONAL_SECTIONS = ("compile",)
 
 
 @dataclass(frozen=True)
@@ -648,8 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-samples", type=int, nargs="+", default=None, metavar="S",
                    help=f"S values of the peak-memory measurement (default {FULL.memory_samples}, quick {QUICK.memory_samples})")
     p.add_argument("--memory-images", type=int, default=None, help=f"images scored per S (default {FULL.memory_images})")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
-                   help=f"measure only these sections (default: all of {', '.join(SECTIONS)})")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS), metavar="NAME",
+                   help=f"measure only these sections (default: all of {', '.join(SECTIONS)}; also {', '.join(OPTIONAL_SECTIONS)})")
     return p.parse_args(argv)
 
 
@@ -710,6 +712,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         ("training", lambda: training_section(models.cfg, train_images(dm, int(models.cfg.budget.vae.batch_size), seed),
                                               train_images(dm, int(models.cfg.budget.jigsaw.batch_size), seed),
                                               sizes.training_vae_steps, sizes.repeats, row)),
+        ("compile", lambda: compile_section(models.cfg, train_images(dm, int(models.cfg.budget.vae.batch_size), seed),
+                                            sizes.training_vae_steps, sizes.repeats, row)),
         ("api", lambda: api_section(run_dir, sizes.repeats, row, spread, paired_ratio, seed)),
         ("stages", lambda: stages_section(args.timings or (run_dir / "timings.json" if run_dir else None), args.timings is not None)),
     ]

@@ -91,8 +91,10 @@ class PeakMemory:
         return self.peak_kb / 1024
 
 
-def step_loop(cfg: DictConfig, name: str, x: torch.Tensor, channels_last: bool | None = None) -> Callable[[int], None]:
-    """``run(n)``: ``n`` training steps of ``model.<name>`` (fresh from the config, seeded) on batch ``x``."""
+def step_loop(cfg: DictConfig, name: str, x: torch.Tensor, channels_last: bool | None = None,
+              compiled: bool = False) -> Callable[[int], None]:
+    """``run(n)``: ``n`` training steps of ``model.<name>`` (fresh from the config, seeded) on batch ``x``; with
+    ``compiled`` its loss (forward) goes through ``torch.compile`` (compiled by the warm-up step, here)."""
     node = OmegaConf.to_container(cfg.model[name if name != "background" else "vae"], resolve=True)
     if channels_last is not None:
         node["channels_last"] = channels_last
@@ -112,10 +114,12 @@ def step_loop(cfg: DictConfig, name: str, x: torch.Tensor, channels_last: bool |
         def loss() -> torch.Tensor:
             return -module.elbo(xx)["elbo"].mean()
 
+    forward = torch.compile(loss) if compiled else loss
+
     def run(n: int) -> None:
         for _ in range(n):
             optimizer.zero_grad()
-            loss().backward()
+            forward().backward()
             optimizer.step()
 
     run(1)  # warm-up: oneDNN's kernels are chosen on the first call
@@ -190,4 +194,32 @@ def training_section(cfg: DictConfig, x_vae: torch.Tensor, x_jigsaw: torch.Tenso
                         + (f"; {per_model_threads} thread(s) each" if key == "side by side" else f"; {threads} threads")))
     rows.append(row("training", "3 models: one after another / side by side", speedup["ratio"], "", speedup["ratio"], "> 1",
                     f"VAE + background VAE {vae_steps} steps each, Jigsaw {jigsaw_steps}", tuple(speedup["ratio_range"])))
+    return result, rows
+
+
+def compile_section(cfg: DictConfig, x_vae: torch.Tensor, vae_steps: int, rounds: int,
+                    row: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``--sections compile`` (not in the default ``make bench``: compiling takes ~20 s): issue #28's question
+    whether ``torch.compile`` speeds up the VAE's training step on this CPU. The channels-last step loop eager vs
+    with its loss compiled (inductor; the backward is compiled with it), interleaved rounds; the compile time is the
+    compiled loop's first step. A ratio eager / compiled near 1 means compiling buys nothing here."""
+    start = time.perf_counter()
+    loops = {"compiled": step_loop(cfg, "vae", x_vae, True, compiled=True)}
+    compile_s = time.perf_counter() - start
+    loops["eager"] = step_loop(cfg, "vae", x_vae, True)
+    seconds: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(rounds):
+        for key in (["eager", "compiled"] if r % 2 == 0 else ["compiled", "eager"]):
+            start = time.perf_counter()
+            loops[key](vae_steps)
+            seconds[key].append(time.perf_counter() - start)
+    ratio = _ratio(seconds["eager"], seconds["compiled"])
+    images = {k: _spread([vae_steps * len(x_vae) / t for t in v]) for k, v in seconds.items()}
+    result = {"compile_seconds": compile_s, "vae_steps": vae_steps, "rounds": rounds, "threads": torch.get_num_threads(),
+              "images_per_s": images, "eager_over_compiled": ratio}
+    rows = [row("compile", "VAE step compiled: compile time (first step)", compile_s, "s")]
+    rows += [row("compile", f"VAE step {k} images/s", v["median"], "img/s", None, "", f"range {v['range'][0]:.0f}-{v['range'][1]:.0f}")
+             for k, v in images.items()]
+    rows.append(row("compile", "VAE step: eager / compiled", ratio["ratio"], "", ratio["ratio"], "> 1",
+                    f"median of {rounds} rounds of {vae_steps} steps", tuple(ratio["ratio_range"])))
     return result, rows

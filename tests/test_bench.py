@@ -138,3 +138,23 @@ def test_a_superset_faster_than_its_subset_beyond_the_spread_is_flagged_not_repo
     assert (r["median"], r["min"], r["max"], r["n"]) == (2.0, 2.0, 3.0, 3)
     table = format_table([row("s", "x", 1.0, "s", r["median"], "", "", (r["min"], r["max"]))])
     assert "2.000x [2.000-3.000]" in table
+
+
+def test_compile_section_times_eager_against_compiled_steps(monkeypatch):
+    """``--sections compile`` (benchmarks/training.py): interleaved eager and compiled VAE step loops, the ratio per
+    round. torch.compile is replaced by the identity here (compiling takes ~20 s): the arithmetic is what is tested."""
+    import torch
+
+    from benchmarks.run import row
+    from benchmarks.training import compile_section
+    from fevae.api import compose_config
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
+    cfg = compose_config("train", ["+experiment=v2_gaussian"])
+    result, rows = compile_section(cfg, torch.rand(4, 1, 28, 28), 2, 3, row)
+    assert len(compiled) == 1 and result["rounds"] == 3 and result["vae_steps"] == 2 and positive(result["compile_seconds"])
+    assert sorted(result["images_per_s"]) == ["compiled", "eager"] and all(positive(v["median"]) for v in result["images_per_s"].values())
+    ratio = result["eager_over_compiled"]
+    assert len(ratio["values"]) == 3 and ratio["ratio_range"][0] <= ratio["ratio"] <= ratio["ratio_range"][1]
+    assert [r["section"] for r in rows] == ["compile"] * 4 and rows[-1]["target"] == "> 1"
