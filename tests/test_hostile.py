@@ -276,6 +276,46 @@ def test_ddp_ranks_other_than_zero_do_not_take_the_lock(tmp_path, monkeypatch):
             monkeypatch.delenv(var)
 
 
+@pytest.mark.parametrize("local_rank", ["1", "0"])
+def test_a_ddp_rank_above_zero_ends_when_its_launcher_is_killed(tmp_path, local_rank):
+    """A launcher (rank 0 under Lightning's DDP launcher, or torchrun's agent) killed with SIGKILL starts a rank
+    (LOCAL_RANK=1) that runs a fevae entry point and is then killed: the rank ends within seconds instead of waiting
+    in a collective until gloo's timeout. Rank 0 itself watches nothing (it is the user's process)."""
+    import signal
+
+    child = ("import os, time\nfrom fevae.utils.cli import user_errors\n@user_errors\ndef task():\n"
+             "    time.sleep(60)\ntask()\n")
+    launcher = ("import os, subprocess, sys\n"
+                f"env = dict(os.environ, LOCAL_RANK={local_rank!r})\n"
+                f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env)\n"
+                f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid))\n"
+                "p.wait()\n")
+    parent = subprocess.Popen([sys.executable, "-c", launcher])
+    pid_file = tmp_path / "pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rank = int(pid_file.read_text())
+    time.sleep(3)  # the rank has imported fevae and entered its task
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(rank) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        assert alive(rank) == (local_rank == "0")
+    finally:
+        if alive(rank):
+            os.kill(rank, signal.SIGKILL)
+
+
 def test_a_fresh_training_into_a_folder_holding_a_run_is_refused(tmp_path):
     cfg = OmegaConf.create({"seed": 1, "resume": False})
     with own_run_folder(tmp_path / "run", cfg):

@@ -13,6 +13,7 @@ from fevae.errors import FevaeError
 from fevae.limits import configure
 from fevae.utils.io import write_text_atomic
 from fevae.utils.metric_names import metric_direction
+from fevae.utils.parallel import die_with_launcher
 from fevae.utils.signals import exit_on_signal
 
 #: Absolute path of the Hydra config folder: the checkout's ``conf/`` when the package runs from a
@@ -112,6 +113,7 @@ def user_errors(task: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         global _task_started
         _task_started = True
+        die_with_launcher()  # a DDP rank > 0 ends with the process that launched it
         try:
             _apply_limits(args[0] if args else None)
             return task(*args, **kwargs)

@@ -47,6 +47,14 @@ def die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="fevae-parent-watch", daemon=True).start()
 
 
+def die_with_launcher() -> None:
+    """In a DDP rank other than 0 (``LOCAL_RANK`` > 0: started from rank 0 by Lightning's launcher, or by torchrun's
+    agent), :func:`die_with_parent` on the process that started it: a rank whose launcher was killed (``SIGKILL``:
+    no clean-up there) would otherwise wait in its next collective call until gloo's/NCCL's timeout (30 min)."""
+    if os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+        die_with_parent(os.getppid())
+
+
 def pool_args() -> dict[str, Any]:
     """``joblib.Parallel`` keyword arguments that make its process workers die with this process
     (:func:`die_with_parent`); ignored by the thread and sequential backends. The same arguments on
