@@ -29,12 +29,10 @@ import contextlib
 import copy
 import dataclasses
 import json
-import logging
 import os
 import random
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -50,6 +48,7 @@ from fevae.pipeline.folders import config_differences
 from fevae.pipeline.runs import load_run as load_trained_run
 from fevae.pipeline.score import ScoringParts, output_columns, score_loaded, scoring_parts
 from fevae.utils.cli import CONFIG_DIR, override_key
+from fevae.utils.log import lightning_quiet
 from fevae.pipeline.checks import validate_config
 
 __all__ = ["Run", "load_run", "train_run", "train"]
@@ -117,23 +116,6 @@ def _rng_kept() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _lightning_quiet() -> Iterator[None]:
-    """Lightning's per-Trainer notices ("Seed set to", "GPU available", tips) and its warning that
-    the scorer's ``predict_step`` returns nothing are noise for a library call: hidden while scoring."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*predict returned None.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def as_images(images: Any, name: str = "images", image_shape: tuple[int, int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
@@ -240,7 +222,7 @@ class Run:
         if overrides:
             trained = dataclasses.replace(self.trained, cfg=self._scoring_config(overrides))
         key = OmegaConf.to_yaml(trained.cfg.eval, resolve=True)
-        with _rng_kept(), _lightning_quiet():
+        with _rng_kept(), lightning_quiet():
             if key not in self._parts:
                 self._parts[key] = scoring_parts(trained)
             scores = score_loaded(trained, x, stream_name, self._parts[key])

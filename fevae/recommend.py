@@ -12,6 +12,7 @@ from fevae.detectors.recommend import N_PROXY, format_table
 from fevae.errors import FevaeError
 from fevae.pipeline.recommend import recommend
 from fevae.utils.io import write_json_atomic
+from fevae.utils.log import lightning_quiet
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        result = recommend(args.runs, args.id_set, args.n_proxy)
+        with lightning_quiet():  # no "Seed set to", "GPU available" or tips around the table
+            result = recommend(args.runs, args.id_set, args.n_proxy)
     except FevaeError as err:
         raise SystemExit(f"error: {err}") from None
     print(format_table(result))

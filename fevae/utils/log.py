@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, MutableMapping
@@ -25,6 +26,24 @@ log = logging.getLogger("fevae")
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
 #: the file the config tree is saved to, in the run folder
 CONFIG_TREE_FILE = "config_tree.log"
+
+
+@contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """Lightning's per-Trainer notices ("Seed set to", "GPU available", tips) and its warning that the scorer's
+    ``predict_step`` returns nothing, hidden while the block runs: noise for a library call (:mod:`fevae.api`) or a
+    command that prints a table (``python -m fevae.recommend``). Its warnings and errors still show."""
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS[1:]]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*predict returned None.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def route_lightning_logs() -> None:
