@@ -122,6 +122,18 @@ def test_the_recommendation_rule_reads_no_evaluation_image(run_dir, monkeypatch)
     assert result["recommended"] in table or result["recommended"] is None
 
 
+def test_the_recommend_command_prints_its_table_without_lightnings_notices(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "rule.json"
+    result = subprocess.run([sys.executable, "-m", "fevae.recommend", str(run_dir), "--n-proxy", "8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "recommended" in result.stdout.lower() and json.loads(out.read_text())["candidates"]
+    assert not any(notice in result.stderr for notice in ("Tip", "GPU available", "Seed set to")), result.stderr[-2000:]
+
+
 def test_the_cached_model_pass_gives_the_streamed_scores(run_dir, tmp_path, caplog):
     """evaluate with cache.enabled: the first call decodes and stores, later calls (here with
     another fe.C, as in a sweep) reuse it; the numbers equal scoring without the cache."""
