@@ -131,6 +131,7 @@ def build(key: str, node: Any, **extra: Any) -> Any:
     values = plain(node, key)
     if not isinstance(values, dict):
         raise FevaeError(f"{key} is {type(values).__name__}, not a mapping", f"give {key} as a group of settings")
+    values = dict(values)  # a copy: a caller's plain dict is left as it was (and can be built from again)
     target = values.pop("_target_", None)
     if target not in ALLOWED_TARGETS[key]:
         raise FevaeError(f"{key}._target_={target!r} is not {ALLOWED_TARGETS[key][0]}", f"fevae builds only {ALLOWED_TARGETS[key][0]} for {key}")

@@ -368,6 +368,10 @@ def test_validation_build_passes_image_shape():
         build("model.vae", {"_target_": "fevae.models.vae.VAE", "likelihood": {"name": "gaussian"}, "image_shape": [1, 30, 30]})
     with pytest.raises(FevaeError, match=r"model\.jigsaw\.tiles"):
         build("model.jigsaw", {"_target_": "fevae.models.jigsaw.Jigsaw", "image_shape": [1, 20, 20]})  # 27 > 20
+    node = {"_target_": "fevae.models.jigsaw.Jigsaw", "image_shape": [3, 32, 32], **RGB_TILES}
+    before = dict(node)
+    build("model.jigsaw", node, n_permutations=10)
+    assert node == before and build("model.jigsaw", node).hparams.image_shape == RGB  # the caller's dict is not consumed
 
 
 def test_vae_accepts_dictconfig_and_rejects_bad_values():
