@@ -333,7 +333,8 @@ def test_report_bernoulli(tmp_path):
     assert "# fevae report — v1_bernoulli" in text
     assert "| OOD set | scheme | p_VAE | p_FEVAE |" in text
     assert "| mnist | PR |" in text and "| mnist_saltpepper | APO |" in text
-    assert "### All detectors (AUROC) and what they cost" in text
+    assert "### Every detector, worst set first: AUROC and what it costs" in text
+    assert text.index("| detector | worst set |") < text.index("| OOD set | scheme |")  # the report leads with the worst set
     assert "| detector | worst set | conformal FPR | AUROC mnist | AUROC mnist_saltpepper | cost per image |" in text
     iwae_row = next(line for line in text.splitlines() if line.startswith("| iwae |"))
     aucs = {s: metrics["ood"][s]["other"]["iwae"]["auroc"] for s in ("mnist", "mnist_saltpepper")}
@@ -363,7 +364,7 @@ def test_report_gaussian_not_shown(tmp_path):
     assert "- **C1 — not applicable.**" in text
     assert "- **C3 — not shown.**" in text  # APO AUROC 1.0 but not > PR AUROC 1.0
     assert "**Cost:**" not in text and "Cost: wall time per image" not in text  # no timings given
-    assert "All detectors" in text and "| p_VAE (PR) |" in text
+    assert "Every detector, worst set first" in text and "| p_VAE (PR) |" in text
 
 
 def test_the_detector_table_leads_with_the_mean_over_runs_of_each_runs_worst_set():

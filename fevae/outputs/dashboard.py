@@ -224,8 +224,8 @@ def summary_markdown(metrics: Mapping[str, Any], info: Mapping[str, Any], out_di
                ("overrides", " ".join(f"`{o}`" for o in overrides) or None),
                ("in-distribution set", metrics.get("in_distribution")),
                ("examples scored (test)", metrics.get("n")), ("examples scored (validation)", metrics.get("n_val")))], ""]
-    out += ["### OOD detection metrics (test parts)", "", *_metrics_table(metrics)]
-    out += ["### All detectors (AUROC, test) and what they cost", "", *_detector_table(metrics)]
+    out += ["### OOD detection metrics (test parts): every detector, worst set first", "", *_detector_table(metrics)]
+    out += ["### Per set and scheme: AUROC / AUPRC / FPR95 (test parts)", "", *_metrics_table(metrics)]
     if metrics.get("ood_val"):
         out += ["### Validation vs test (AUROC)", "", *_validation_table(metrics)]
     wall = info.get("wall_time_s")

@@ -286,9 +286,10 @@ def render_report(
         out += [f"**Cost:** {parts} (total {_fmt_seconds(total)} wall time).", ""]
 
     out += ["## OOD detection metrics (test parts)", ""]
-    out += _metrics_table(metrics)
-    out += ["### All detectors (AUROC) and what they cost", ""]
+    out += ["### Every detector, worst set first: AUROC and what it costs", ""]  # a detector is as good as its worst set
     out += _detector_table(metrics)
+    out += ["### Per set and scheme: AUROC / AUPRC / FPR95", ""]
+    out += _metrics_table(metrics)
     if metrics.get("ood_val"):
         out += ["### Validation vs test (AUROC)", ""]
         out += _validation_table(metrics)
