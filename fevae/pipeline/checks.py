@@ -10,6 +10,7 @@ The checks themselves live with their components; the generic helpers in :mod:`f
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from fevae.detectors.registry import detector_class
@@ -38,8 +39,6 @@ def check_sync_batchnorm(trainer: DictConfig) -> None:
     """Training with ``trainer.sync_batchnorm=true`` under DDP on the CPU would fail at the first step
     (PyTorch's SyncBatchNorm runs on CUDA only): refused before any work. Scoring (``trainer.predict``)
     does not convert the BatchNorm layers, so :mod:`fevae.evaluate` keeps such a run's setting."""
-    import torch
-
     accelerator = str(trainer.get("accelerator", "auto"))
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if trainer.get("sync_batchnorm") and "ddp" in str(trainer.get("strategy", "")) and on_cpu:

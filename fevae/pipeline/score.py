@@ -46,7 +46,7 @@ def score_images(
 @dataclass(frozen=True)
 class ScoringParts:
     """What scoring reads from a run folder besides its models and mixtures, loaded once (:func:`scoring_parts`)
-    and reusable by every call with the same ``eval.detectors`` (:class:`fevae.api.Run` keeps them)."""
+    and reusable by every call with the same ``eval`` settings (:class:`fevae.api.Run` keeps them per settings)."""
 
     fitted: list  # the in-distribution-fitted detectors, their state loaded from detectors.npz
     models: dict[str, torch.nn.Module]  # the detectors' extra models (the background VAE)
@@ -54,7 +54,7 @@ class ScoringParts:
 
 
 def scoring_parts(run: TrainedRun) -> ScoringParts:
-    """:class:`ScoringParts` of ``run`` (its config's ``eval.detectors``): detectors.npz first, validated before any
+    """:class:`ScoringParts` of ``run`` (for its config's ``eval.detectors``): detectors.npz first, validated before any
     other work (a damaged one is refused first), then the detectors' models from the run folder."""
     fitted = load_fitted_detectors(run)
     if run.missing_layers():
