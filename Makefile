@@ -91,7 +91,7 @@ docs: install-test ## build the documentation site into site/ (mkdocs, warnings 
 bench: install ## what scoring costs: table + outputs/bench/bench.json (~8 min on 2 CPU cores; BENCH_ARGS=--quick: ~30 s)
 	$(PYTHON) -m benchmarks.run $(BENCH_ARGS)
 
-check-floors: install ## install every dependency at its declared floor into .floors-venv/ (Python 3.10) and run the smoke pipeline there (~3 GB download, ~10 min)
+check-floors: $(VENV_DEP) ## install every dependency at its declared floor into .floors-venv/ (Python 3.10) and run the smoke pipeline there (~3 GB download, ~10 min)
 	$(PYTHON) scripts/check_floors.py $(FLOORS_ARGS)
 
 clean: ## remove caches, build files and install stamps (never outputs/ nor .venv/)

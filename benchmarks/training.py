@@ -126,6 +126,17 @@ def step_loop(cfg: DictConfig, name: str, x: torch.Tensor, channels_last: bool |
     return run
 
 
+def interleaved(loops: dict[str, Callable[[int], None]], steps: dict[str, int], rounds: int) -> dict[str, list[float]]:
+    """Seconds of ``loops[k](steps[k])`` per round, the loops run in turn (their order flips each round)."""
+    seconds: dict[str, list[float]] = {k: [] for k in loops}
+    for r in range(rounds):
+        for key in (list(loops) if r % 2 == 0 else list(reversed(loops))):
+            start = time.perf_counter()
+            loops[key](steps[key])
+            seconds[key].append(time.perf_counter() - start)
+    return seconds
+
+
 def _spread(values: list[float]) -> dict[str, Any]:
     return {"median": float(np.median(values)), "range": [float(min(values)), float(max(values))], "values": values}
 
@@ -145,12 +156,7 @@ def training_section(cfg: DictConfig, x_vae: torch.Tensor, x_jigsaw: torch.Tenso
              "jigsaw": step_loop(cfg, "jigsaw", x_jigsaw)}
     steps = {"vae plain": vae_steps, "vae channels-last": vae_steps, "jigsaw": jigsaw_steps}
     batch = {"vae plain": len(x_vae), "vae channels-last": len(x_vae), "jigsaw": len(x_jigsaw)}
-    seconds: dict[str, list[float]] = {k: [] for k in loops}
-    for r in range(rounds):
-        for key in (list(loops) if r % 2 == 0 else list(reversed(loops))):
-            start = time.perf_counter()
-            loops[key](steps[key])
-            seconds[key].append(time.perf_counter() - start)
+    seconds = interleaved(loops, steps, rounds)
     per_model = {k: {"images_per_s": _spread([steps[k] * batch[k] / s for s in v]), "seconds": _spread(v)} for k, v in seconds.items()}
     layout = _ratio(seconds["vae plain"], seconds["vae channels-last"])
 
@@ -206,13 +212,8 @@ def compile_section(cfg: DictConfig, x_vae: torch.Tensor, vae_steps: int, rounds
     start = time.perf_counter()
     loops = {"compiled": step_loop(cfg, "vae", x_vae, True, compiled=True)}
     compile_s = time.perf_counter() - start
-    loops["eager"] = step_loop(cfg, "vae", x_vae, True)
-    seconds: dict[str, list[float]] = {k: [] for k in loops}
-    for r in range(rounds):
-        for key in (["eager", "compiled"] if r % 2 == 0 else ["compiled", "eager"]):
-            start = time.perf_counter()
-            loops[key](vae_steps)
-            seconds[key].append(time.perf_counter() - start)
+    loops = {"eager": step_loop(cfg, "vae", x_vae, True), **loops}
+    seconds = interleaved(loops, {k: vae_steps for k in loops}, rounds)
     ratio = _ratio(seconds["eager"], seconds["compiled"])
     images = {k: _spread([vae_steps * len(x_vae) / t for t in v]) for k, v in seconds.items()}
     result = {"compile_seconds": compile_s, "vae_steps": vae_steps, "rounds": rounds, "threads": torch.get_num_threads(),

@@ -175,8 +175,8 @@ class Run:
         self.trained = trained
         self.overrides = list(overrides)
         # what scoring reads from the folder besides the models (fitted detectors, the background VAE), loaded by
-        # the first call and kept, per eval settings (a call's overrides may change eval.detectors or eval.schemes)
-        self._parts: dict[str, ScoringParts] = {}
+        # the first call and kept, per list of a call's overrides (they may change eval.detectors or eval.schemes)
+        self._parts: dict[tuple[str, ...], ScoringParts] = {}
         self._configs: dict[tuple[str, ...], DictConfig] = {}  # a call's overrides -> its composed, checked config
 
     def __repr__(self) -> str:
@@ -221,7 +221,7 @@ class Run:
         overrides = _scoring_overrides(overrides)
         if overrides:
             trained = dataclasses.replace(self.trained, cfg=self._scoring_config(overrides))
-        key = OmegaConf.to_yaml(trained.cfg.eval, resolve=True)
+        key = tuple(overrides)
         with _rng_kept(), lightning_quiet():
             if key not in self._parts:
                 self._parts[key] = scoring_parts(trained)

@@ -46,7 +46,7 @@ def score_images(
 @dataclass(frozen=True)
 class ScoringParts:
     """What scoring reads from a run folder besides its models and mixtures, loaded once (:func:`scoring_parts`)
-    and reusable by every call with the same ``eval`` settings (:class:`fevae.api.Run` keeps them per settings)."""
+    and reusable by every call with the same ``eval`` settings (:class:`fevae.api.Run` keeps them per list of overrides)."""
 
     fitted: list  # the in-distribution-fitted detectors, their state loaded from detectors.npz
     models: dict[str, torch.nn.Module]  # the detectors' extra models (the background VAE)
