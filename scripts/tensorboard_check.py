@@ -444,11 +444,16 @@ def check(run_dir: Path, out: Path, tag: str, figure: str, timeout: float, chrom
                     def drawn():
                         cards = dev.evaluate(JS_HISTOGRAMS) or []
                         card = next((c for c in cards if c["run"] == eval_run and c["tag"] == tag), None)
-                        return (cards, card) if card and card["series"] >= len(sets) else None
+                        # wait for every eval/<set> chart too: they load after the eval chart (CI saw 2 of 3)
+                        shown = {c["run"] for c in cards if c["tag"] == tag and c["series"] >= 1}
+                        done = card and card["series"] >= len(sets) and set(set_runs) <= shown
+                        return (cards, card) if done else None
                     try:
                         cards, card = wait_for(drawn, timeout, every=1.0, what=f"the {eval_run} {tag} chart")
                     except TimeoutError as e:
-                        cards, card = dev.evaluate(JS_HISTOGRAMS) or [], None
+                        cards = dev.evaluate(JS_HISTOGRAMS) or []
+                        card = next((c for c in cards if c["run"] == eval_run and c["tag"] == tag
+                                     and c["series"] >= len(sets)), None)
                         print(f"       {e}")
                     found["histogram_cards"] = cards
                     expect(card is not None, f"Histograms page: the {tag} chart of run {eval_run} shows "
