@@ -11,6 +11,7 @@ Reads each run's metrics.json (``ood``: the test parts). Columns, in order:
 * per set: mean ± sd over the runs, then the mean of the runs' 95% bootstrap intervals' half-widths in
   brackets (the image-sampling error of one run), so both spreads are visible.
 ``--val`` prints the validation parts instead (no conformal column: the validation parts are the calibration).
+``--sets a,b`` keeps only those OOD sets (e.g. the held-out sets of scripts/holdout_sets.py), ``--skip a,b`` drops them.
 """
 
 from __future__ import annotations
@@ -71,9 +72,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--val", action="store_true", help="the validation parts instead of the test parts")
+    parser.add_argument("--sets", help="comma-separated OOD sets to keep (default: every set of the runs)")
+    parser.add_argument("--skip", default="", help="comma-separated OOD sets to leave out")
     args = parser.parse_args()
     block = "ood_val" if args.val else "ood"
     metrics = [json.loads((run / "metrics.json").read_text())[block] for run in args.runs]
+    keep = args.sets.split(",") if args.sets else list(metrics[0])
+    missing = sorted(set(keep) - set(metrics[0]))
+    if missing:
+        parser.error(f"--sets {','.join(missing)}: not in {args.runs[0]}/metrics.json (its sets: {', '.join(metrics[0])})")
+    keep = [s for s in keep if s not in args.skip.split(",")]
+    metrics = [{s: m[s] for s in keep} for m in metrics]
     print(f"{'validation' if args.val else 'test'} AUROC, mean ± sd over {len(metrics)} runs [mean 95% bootstrap half-width]")
     print("\n".join(table(metrics, args.val)))
 

@@ -7,6 +7,7 @@
 #    was chosen on (vertical flip, 90° rotation, Gaussian noise σ=0.1, contrast ×0.3) and the near-OOD sets of the
 #    literature (horizontal flip, inverted images, constant images, uniform noise) -> OUT/seeds_v2/{0,1,2}
 #  - v1: every shipped detector on the two shipped sets (MNIST, salt-and-pepper MNIST) -> OUT/seeds_v1/{0,1,2}
+#  - v2 and v1 also score the four held-out sets of scripts/holdout_sets.py (built into OUT/holdout)
 #  - mnist (only when named): the reversed direction of docs/detectors.md, V2 with every detector on MNIST's 10,000
 #    test digits as your own data (data=npz: 3,000 held out for evaluation, 1,000 validation, 6,000 train; fe.n=5000),
 #    FashionMNIST and salt-and-pepper FashionMNIST as OOD -> OUT/seeds_mnist/{0,1,2}; needs FEVAE_DATA_DIR. The 3,000
@@ -20,6 +21,15 @@ set -euo pipefail
 which=${1:-both}
 out=${2:-outputs}
 split='eval_split: {val: 1000, test: 2000}'
+# The four held-out sets of scripts/holdout_sets.py (registered before any score on them: docs/results.md#held-out-ood-sets),
+# added to the v2 and v1 runs; their validation parts (297 images) are read by nothing.
+holdout=()
+if [ "$which" != mnist ]; then
+  python scripts/holdout_sets.py "$out/holdout"
+  for set in sklearn_digits glyphs shapes photo_patches; do
+    holdout+=("+data.ood_sets.$set={path: $(cd "$out/holdout" && pwd)/$set.npy, eval_split: {val: 297, test: 1500}}")
+  done
+fi
 if [ "$which" = v2 ] || [ "$which" = both ]; then
   python -m fevae.train -m +experiment=v2_gaussian seed=1,2,3 'fe.extra_layers=[]' eval.regret.subset=100 trainer.enable_progress_bar=false \
     "+data.ood_sets.fmnist_vflip={source: in_distribution, corruptions: [vflip], $split}" \
@@ -30,11 +40,11 @@ if [ "$which" = v2 ] || [ "$which" = both ]; then
     "+data.ood_sets.fmnist_invert={source: in_distribution, corruptions: [invert], $split}" \
     "+data.ood_sets.constant={source: in_distribution, corruptions: [constant], $split}" \
     "+data.ood_sets.uniform_noise={source: in_distribution, corruptions: [uniform_noise], $split}" \
-    paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
+    "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
 fi
 if [ "$which" = v1 ] || [ "$which" = both ]; then
   python -m fevae.train -m +experiment=v1_bernoulli seed=1,2,3 'fe.extra_layers=[]' eval.regret.subset=100 \
-    trainer.enable_progress_bar=false paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v1"
+    trainer.enable_progress_bar=false "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v1"
 fi
 if [ "$which" = mnist ]; then
   mkdir -p "$out"

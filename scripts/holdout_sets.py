@@ -1,0 +1,119 @@
+"""Four 28x28 grayscale OOD sets that no default, threshold or rule of fevae was ever chosen on.
+
+usage: python scripts/holdout_sets.py OUT_DIR [--n N] [--seed S]
+
+Writes OUT_DIR/{sklearn_digits,glyphs,shapes,photo_patches}.npy (uint8 [N, 28, 28]) from data that ships
+inside the declared dependencies, so it needs no download and gives the same bytes on every machine:
+
+* sklearn_digits: scikit-learn's 1,797 UCI handwritten digits (8x8, 17 grey levels), upscaled to 20x20 and
+  centred in 28x28 like MNIST (near OOD: digits again, another hand and resolution).
+* glyphs: letters A-Z / a-z in Pillow's bundled font at random size, rotation and position (near OOD,
+  printed characters; EMNIST-like without the download).
+* shapes: one to three random ellipses, rectangles, triangles or lines, filled or outlined, random grey.
+* photo_patches: random square crops (28-112 px) of scikit-learn's two sample photographs, grey, resized
+  to 28x28 (far OOD: natural textures).
+
+The sets were registered (this file committed) before any score was computed on them: see
+docs/results.md#held-out-ood-sets. Add them to a run with
+`+data.ood_sets.glyphs={path: OUT_DIR/glyphs.npy, eval_split: {val: 200, test: 1500}}` (scripts/headline_cpu.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SETS = ("sklearn_digits", "glyphs", "shapes", "photo_patches")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def sklearn_digits(n: int, rng: np.random.Generator) -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().images  # [1797, 8, 8] in 0..16
+    out = np.zeros((min(n, len(digits)), 28, 28), np.uint8)
+    for i, d in enumerate(digits[: len(out)]):
+        small = Image.fromarray(np.round(d * 255 / 16).astype(np.uint8)).resize((20, 20), Image.BILINEAR)
+        out[i, 4:24, 4:24] = np.asarray(small)
+    return out
+
+
+def glyphs(n: int, rng: np.random.Generator) -> np.ndarray:
+    try:
+        fonts = {s: ImageFont.load_default(size=s) for s in range(14, 25)}
+    except TypeError:  # Pillow < 10.1 has no scalable bundled font
+        sys.exit("holdout_sets.py: glyphs need Pillow >= 10.1 (its bundled scalable font); pip install 'pillow>=10.1'")
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        canvas = Image.new("L", (56, 56), 0)
+        size = int(rng.integers(14, 25))
+        ImageDraw.Draw(canvas).text((28, 28), LETTERS[rng.integers(len(LETTERS))], fill=255, font=fonts[size], anchor="mm")
+        canvas = canvas.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR, center=(28, 28))
+        dx, dy = rng.integers(-3, 4, size=2)
+        out[i] = np.asarray(canvas)[14 + dy: 42 + dy, 14 + dx: 42 + dx]
+    return out
+
+
+def shapes(n: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        img = Image.new("L", (28, 28), 0)
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(1, 4))):
+            grey = int(rng.integers(96, 256))
+            x0, y0 = rng.integers(2, 18, size=2)
+            x1, y1 = x0 + rng.integers(6, 14), y0 + rng.integers(6, 14)
+            box = [int(x0), int(y0), int(min(x1, 26)), int(min(y1, 26))]
+            fill = grey if rng.random() < 0.5 else None
+            kind = rng.integers(4)
+            if kind == 0:
+                draw.ellipse(box, fill=fill, outline=grey, width=2)
+            elif kind == 1:
+                draw.rectangle(box, fill=fill, outline=grey, width=2)
+            elif kind == 2:
+                draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=fill, outline=grey)
+            else:
+                draw.line(box, fill=grey, width=int(rng.integers(1, 4)))
+        out[i] = np.asarray(img)
+    return out
+
+
+def photo_patches(n: int, rng: np.random.Generator) -> np.ndarray:
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p).convert("L") for p in load_sample_images().images]  # 2 x [427, 640]
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(28, 113))
+        x, y = int(rng.integers(0, photo.width - side + 1)), int(rng.integers(0, photo.height - side + 1))
+        out[i] = np.asarray(photo.crop((x, y, x + side, y + side)).resize((28, 28), Image.BILINEAR))
+    return out
+
+
+def build(name: str, n: int, seed: int) -> np.ndarray:
+    """One set, ``uint8 [n, 28, 28]`` (sklearn_digits: at most 1,797); the same bytes for the same n and seed."""
+    return globals()[name](n, np.random.default_rng([seed, SETS.index(name)]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--n", type=int, default=1797, help="images per set (sklearn_digits has at most 1,797)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in SETS:
+        images = build(name, args.n, args.seed)
+        tmp = args.out / f".{name}.tmp.npy"
+        np.save(tmp, images)
+        tmp.replace(args.out / f"{name}.npy")
+        print(f"{args.out / (name + '.npy')}: {images.shape[0]} images, mean grey {images.mean() / 255:.3f}")
+
+
+if __name__ == "__main__":
+    main()
