@@ -218,3 +218,36 @@ def test_a_run_from_an_older_fevae_is_rescored_with_todays_detectors(run_dir, tm
     assert len(rescored["iwae"]) == n and len(rescored["likelihood_regret"]) == min(n, composed.eval.regret.subset) != 5
     evaluate(run_dir, ["eval.n_samples=3"], tmp_path / "same_s")
     np.testing.assert_array_equal(_scores(tmp_path / "same_s")["log_p_fe_apo"], rescored["log_p_fe_apo"])
+
+
+def test_jigsaw_loss_jitter_and_decoded_images_options(run_dir):
+    """jitter_draws: the mean over K seeded jittered tilings, the same for an image whatever its batch; decoded_samples:
+    jigsaw_loss_apo = jigsaw_loss + the mean puzzle log-probability of φ(z) over the APO scheme's first S draws
+    (recomputed here from the public pieces: the run's encoder, per-image APO noise, decoder and Jigsaw)."""
+    import torch
+
+    from fevae.api import load_run as api_load_run
+    from fevae.detectors.jigsaw_loss import JigsawLoss, puzzle_log_probs
+    from fevae.scoring.noise import noise_stream, per_sample_normal
+
+    only = ["eval.detectors=[jigsaw_loss]"]
+    plain = api_load_run(run_dir, only)
+    both = api_load_run(run_dir, only + ["detector.jigsaw_loss.jitter_draws=3", "detector.jigsaw_loss.decoded_samples=2"])
+    x = make_datamodule(plain.trained.cfg, 16).eval_sets["mnist"].tensors[0][:6]
+    a, b = plain.score(x.numpy()[:, 0]), both.score(x.numpy()[:, 0])
+    assert "jigsaw_loss_apo" in b.columns and "jigsaw_loss_apo" not in a.columns
+    assert not np.allclose(a["jigsaw_loss"], b["jigsaw_loss"])  # jittered, not centred, tiles
+    np.testing.assert_allclose(both.score(x.numpy()[:3, 0])["jigsaw_loss"], b["jigsaw_loss"][:3], rtol=1e-12)  # batch-free
+
+    trained = plain.trained
+    vae, jigsaw = trained.vae.eval(), trained.jigsaw.eval()
+    index = torch.arange(len(x))
+    with torch.no_grad():
+        mu, logvar = vae.encode(x)
+        eps = per_sample_normal(index, trained.cfg.seed, 2, mu.shape[-1], stream=noise_stream(score_stream("input", "APO"), "APO"))
+        decoded = [puzzle_log_probs(jigsaw, vae.phi(vae.decode(mu + torch.exp(0.5 * logvar) * e))) for e in eps]
+    np.testing.assert_allclose(b["jigsaw_loss_apo"] - b["jigsaw_loss"], torch.stack(decoded).mean(0).numpy(), rtol=1e-4, atol=1e-5)
+    assert JigsawLoss(decoded_samples=2).outputs() == ["jigsaw_loss", "jigsaw_loss_apo"]
+    for bad in ({"jitter_draws": -1}, {"decoded_samples": 1.5}, {"chunk": 0}):
+        with pytest.raises(FevaeError, match="detector.jigsaw_loss"):
+            JigsawLoss(**bad)

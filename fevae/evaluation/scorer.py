@@ -28,7 +28,7 @@ from fevae.evaluation.settings import (
     score_stream,
 )
 from fevae.features.density import TorchMixture
-from fevae.metrics.ood import ESS_PREFIX, MCSE_PREFIX
+from fevae.metrics.ood import ESS_PREFIX, MCSE_PREFIX, parse_score_name
 from fevae.scoring.estimators import channels_last_decode, sample_chunks
 from fevae.utils.timing import Stopwatch
 
@@ -233,14 +233,12 @@ class Scorer(L.LightningModule):
         n = max(self.n_images if n_images is None else n_images, 1)
         own = dict(self.n_own if n_own is None else n_own)
         out: dict[str, Any] = self.terms.cost(sec, n)
-        other = {}
         for det in self.detectors:
             cost = det.cost(sec, n, int(own.get(det.name, 0)))
             if cost is not None:
                 for name in det.outputs():
-                    other[name] = cost
-        if other:
-            out["other"] = other
+                    scheme, sid = parse_score_name(name)  # jigsaw_loss_apo -> APO.jigsaw_loss, as in metrics.json
+                    out.setdefault(scheme, {})[sid] = cost
         return out
 
 
