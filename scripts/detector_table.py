@@ -28,6 +28,7 @@ ROWS = [
     ("PR", "vae", "p_VAE PR"), ("APO", "fe", "p_FE APO"), ("PR", "fe", "p_FE PR"), ("other", "iwae", "IWAE"),
     ("other", "input_complexity", "input complexity"), ("other", "likelihood_regret", "likelihood regret (random subset)"),
     ("other", "likelihood_ratio", "likelihood ratio"), ("other", "jigsaw_loss", "Jigsaw loss"),
+    ("APO", "jigsaw_loss", "Jigsaw loss of x and φ(z), APO"),
     ("APO", "standardised_fevae", "standardised FEVAE APO"), ("PR", "standardised_fevae", "standardised FEVAE PR"),
     ("APO", "standardised_fevae_two_sided", "standardised FEVAE APO, two-sided"),
     ("PR", "standardised_fevae_two_sided", "standardised FEVAE PR, two-sided"),
