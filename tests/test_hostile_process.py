@@ -261,10 +261,15 @@ def test_sigterm_during_scoring_stops_it_and_resume_finishes_without_retraining(
 def test_no_process_outlives_a_sigkilled_training(tmp_path, data_dir, marker):
     run = Training(tmp_path / "run", data_dir, "eval.detectors=[]", "fe.extra_layers=[2]", "separation.enabled=false",
                    "fe.n_jobs=-1", "eval.figures=all",  # (TINY has neither worker pool)
-                   "training.side_by_side=true", "budget.vae.trainer.max_epochs=6", "budget.jigsaw.trainer.max_epochs=40")
+                   "training.side_by_side=true", "budget.vae.trainer.max_epochs=6", "budget.jigsaw.trainer.max_epochs=40",
+                   "data.num_workers=1")  # scoring's own workers: the Jigsaw child's loky workers may be gone by then
     try:
-        run.wait_for(marker)  # the mixture fits' (and then the figure's) loky workers are alive now
-        children = [pid for pid in session_members(run.proc.pid) if pid != run.proc.pid]
+        run.wait_for(marker)  # the side-by-side children, the data loaders' or the figure's workers start about now
+        deadline = time.monotonic() + 20
+        children = []
+        while not children and time.monotonic() < deadline:
+            children = [pid for pid in session_members(run.proc.pid) if pid != run.proc.pid]
+            time.sleep(0 if children else 0.05)
         assert children, "the test needs a training with worker processes"
         run.proc.send_signal(signal.SIGKILL)
         run.proc.wait(timeout=30)
