@@ -106,6 +106,58 @@ def test_cross_fitting_never_scores_an_image_with_a_state_fitted_on_it():
     assert (in_sample["val/fashionmnist"]["memory"] == 1).all()
 
 
+class _Centred:
+    """A fitted detector whose score is minus the distance of ``iwae`` from its fitted mean (for the p-value tests)."""
+
+    name = "centred"
+
+    def fit(self, id_val):
+        self.mean = float(np.mean(id_val["iwae"]))
+
+    def score(self, scores):
+        return {"centred": -np.abs(np.asarray(scores["iwae"]) - self.mean)}
+
+
+def test_cross_conformal_p_values_against_a_brute_force_count():
+    from fevae.detectors.base import CrossFit
+    from fevae.metrics.conformal import p_values
+
+    val, test = _set(37, 3), _set(15, 4, shift=0.02)
+    fit = CrossFit(_Centred(), val, folds=5, seed=0)
+    n, expected = 37, np.ones(15)
+    for i in range(15):
+        for j in range(n):  # image j's held-out score and the test image's, both under the copy fitted without j's fold
+            mean = np.mean(val["iwae"][fit.fold_of != fit.fold_of[j]])
+            expected[i] += -abs(val["iwae"][j] - mean) <= -abs(test["iwae"][i] - mean)
+    np.testing.assert_allclose(fit.p_values(test)["centred"], expected / (n + 1), rtol=0, atol=1e-12)
+    # a score that does not depend on the fit: the plain conformal p-value against the validation scores
+    plain = CrossFit(_Memory(), {"iwae": val["iwae"]}, folds=5).p_values({"iwae": test["iwae"]})["memory"]
+    np.testing.assert_allclose(plain, p_values(np.zeros(n), np.zeros(15)))
+
+
+def test_fused_flags_five_percent_of_new_in_distribution_images_cross_conformally():
+    from fevae.detectors.base import CrossFit, cross_fit
+    from fevae.detectors.fused import Fused
+    from fevae.metrics.conformal import p_values
+
+    rng = np.random.default_rng(11)
+    cols = ["log_p_vae_apo", "log_p_fe_apo", "iwae", "input_complexity", "jigsaw_loss"]
+
+    def draw(n):  # five statistics, a quarter of the images four times as spread (a scale mixture, as real runs have)
+        z = rng.normal(size=(n, 5))
+        z[np.arange(n) % 4 == 0] *= 4
+        return {c: z[:, i] for i, c in enumerate(cols)}
+
+    val, new = draw(500), draw(20000)
+    cross = np.mean(CrossFit(Fused(cols), val, seed=0).p_values(new)["fused"] <= 0.05)
+    det = Fused(cols)
+    oof = cross_fit(det, val)["fused"]
+    det.fit(val)
+    refit = np.mean(p_values(oof, det.score(new)["fused"]) <= 0.05)
+    assert 0.035 <= cross <= 0.065, cross  # what the run and the recommendation rule now use
+    assert refit < 0.02, refit  # the full fit against out-of-fold scores (the procedure before) flags far too few
+
+
 def test_fused_is_sklearns_gaussian_mixture_with_components_by_held_out_likelihood(tmp_path):
     from sklearn.mixture import GaussianMixture
     from sklearn.model_selection import KFold

@@ -146,8 +146,12 @@ def test_split_metrics_mirror_test_and_validation(two_sets):
     p_in = (1 + np.searchsorted(np.sort(s_in[:100]), s_in, side="right")) / 101
     p_out = (1 + np.searchsorted(np.sort(s_in[:100]), s_out, side="right")) / 101
     assert block["conformal_fpr"] == pytest.approx(np.mean(p_in <= 0.05)) and block["conformal_tpr"] == pytest.approx(np.mean(p_out <= 0.05))
-    assert m["conformal"] == {"alpha": 0.05, "calibration": "fashionmnist validation part (out-of-fold for fitted detectors)", "n": 100}
+    assert m["conformal"]["alpha"] == 0.05 and m["conformal"]["n"] == 100 and "cross-conformal" in m["conformal"]["calibration"]
     assert "conformal_fpr" not in m["ood_val"]["mnist"]["APO"]["vae"]
+    # a fitted detector's column: its cross-conformal p-values, when given for both sets, decide (not the validation scores)
+    given = {"fashionmnist": {"log_p_vae_apo": np.linspace(0, 1, len(s_in))}, "mnist": {"log_p_vae_apo": np.full(len(s_out), 0.01)}}
+    block = compute_split_metrics(test, val, p_values=given)["ood"]["mnist"]["APO"]["vae"]
+    assert block["conformal_fpr"] == pytest.approx(np.mean(given["fashionmnist"]["log_p_vae_apo"] <= 0.05)) and block["conformal_tpr"] == 1.0
 
 
 # ----------------------------------------------------------------------- Monte-Carlo error

@@ -31,7 +31,7 @@ def test_an_exchangeable_score_flags_about_five_percent_of_the_other_half():
         rec.flagged_fraction({"iwae": np.zeros(10)}, "likelihood_ratio", halvings=1)
 
 
-def test_a_fitted_candidate_is_refitted_on_half_a_with_out_of_fold_calibration():
+def test_a_fitted_candidate_is_calibrated_cross_conformally_on_half_a():
     det = build_fitted(["standardised_fevae"], ["PR", "APO"])[0]
     r = rec.flagged_fraction(_id_val(), "standardised_fevae_apo", det, halvings=10)
     assert 0.02 <= np.median(r) <= 0.09
@@ -49,7 +49,7 @@ def test_a_fitted_detectors_columns_share_one_refit_per_halving(monkeypatch):
     together = rec.flagged_fractions(_id_val(), columns, det, halvings=4)
     for c in columns:
         np.testing.assert_array_equal(together[c], apart[c])
-    assert len(fits) == 4 * (5 + 1)  # per halving: 5 cross-fitting folds and the fit on half A, for both columns
+    assert len(fits) == 4 * 5  # per halving: the 5 cross-fitting copies on half A (cross-conformal p-values), for both columns
 
 
 def test_the_calibrated_candidate_with_the_best_worst_case_proxy_auroc_is_recommended(monkeypatch):

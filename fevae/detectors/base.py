@@ -128,33 +128,62 @@ class FittedDetector:
 CROSS_FIT_FOLDS = 5
 
 
+class CrossFit:
+    """The ``folds`` copies of a fitted detector that :func:`cross_fit` fits, each on all validation images but
+    one fold's: ``fold_of[i]`` is the fold of validation image ``i``, ``copies[k]`` the copy fitted without fold
+    ``k``, and ``out_of_fold`` every output column on the validation images, each image scored by the copy that
+    did not see it."""
+
+    def __init__(self, det: FittedDetector, id_val: Mapping[str, np.ndarray], folds: int = CROSS_FIT_FOLDS, seed: int = 0):
+        n = max(len(v) for v in id_val.values())
+        folds = max(2, min(int(folds), n // 2))
+        self.fold_of = np.empty(n, dtype=np.int64)
+        self.fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
+        self.copies: list[FittedDetector] = []
+        self.out_of_fold: dict[str, np.ndarray] = {}
+        for k in range(folds):
+            held = self.fold_of == k
+            other = copy.deepcopy(det)
+            other.fit({c: v[~held] for c, v in id_val.items() if len(v) == n})
+            self.copies.append(other)
+            for name, values in other.score({c: v[held] for c, v in id_val.items() if len(v) == n}).items():
+                self.out_of_fold.setdefault(name, np.full(n, np.nan))[held] = values
+
+    def p_values(self, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Cross-conformal p-values (Vovk 2015, "Cross-conformal predictors") of every output column on the
+        images of ``scores``: each image is scored by every copy, and its p-value is
+        ``(1 + Σ_k #{i in fold k : copy k's score of i ≤ copy k's score of the image}) / (n + 1)``. An image is
+        compared with held-out validation images *by the same fitted state*, so its p-value is calibrated
+        (a fit on all n images scores new images systematically higher than the n·(k-1)/k-image fits score
+        their held-out fold: a flexible density's flag then fires too rarely)."""
+        counts: dict[str, np.ndarray] = {}
+        for k, det in enumerate(self.copies):
+            held = self.fold_of == k
+            for name, values in det.score(scores).items():
+                ref = np.sort(self.out_of_fold[name][held])
+                counts[name] = counts.get(name, 0) + np.searchsorted(ref, np.asarray(values, np.float64), side="right")
+        return {name: (1.0 + c) / (len(self.fold_of) + 1.0) for name, c in counts.items()}
+
+
 def cross_fit(det: FittedDetector, id_val: Mapping[str, np.ndarray], folds: int = CROSS_FIT_FOLDS,
               seed: int = 0) -> dict[str, np.ndarray]:
     """Out-of-fold columns of ``det`` on the in-distribution validation part: the images are dealt at random
     (``seed``) into ``folds`` folds, and each fold is scored by a fresh copy of ``det`` fitted on the other
-    folds, so no image is scored by a state fitted on itself (its score is then exchangeable with a test
-    image's: what conformal p-values and an honest ``ood_val`` AUROC need). ``det`` itself is left as it was.
+    folds, so no image is scored by a state fitted on itself (an honest ``ood_val`` AUROC needs it; conformal
+    p-values use the copies themselves: :meth:`CrossFit.p_values`). ``det`` itself is left as it was.
     With fewer than ``2 · folds`` images the folds shrink to ``n // 2`` (at least 2)."""
-    n = max(len(v) for v in id_val.values())
-    folds = max(2, min(int(folds), n // 2))
-    fold_of = np.empty(n, dtype=np.int64)
-    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
-    out: dict[str, np.ndarray] = {}
-    for k in range(folds):
-        held = fold_of == k
-        other = copy.deepcopy(det)
-        other.fit({c: v[~held] for c, v in id_val.items() if len(v) == n})
-        for name, values in other.score({c: v[held] for c, v in id_val.items() if len(v) == n}).items():
-            out.setdefault(name, np.full(n, np.nan))[held] = values
-    return out
+    return CrossFit(det, id_val, folds, seed).out_of_fold
 
 
 def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping[str, np.ndarray]], id_val_key: str,
-                  seconds: dict[str, float] | None = None, folds: int = CROSS_FIT_FOLDS) -> dict[str, dict[str, np.ndarray]]:
+                  seconds: dict[str, float] | None = None, folds: int = CROSS_FIT_FOLDS,
+                  p_values: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit each detector on ``scores[id_val_key]`` (the in-distribution validation part) and add its
     columns to every set of ``scores``; returns the new scores (the input is not modified). The
     validation part's own columns are out-of-fold (:func:`cross_fit`, ``folds`` folds; ``folds=0``: in-sample).
-    ``seconds`` (when given) receives each detector's ``fit/<name>`` (cross-fitting included) and ``score/<name>`` wall time."""
+    ``seconds`` (when given) receives each detector's ``fit/<name>`` (cross-fitting included) and ``score/<name>`` wall time;
+    ``p_values`` (when given, and ``folds`` > 0) receives per set other than ``id_val_key`` each fitted column's
+    cross-conformal p-values (:meth:`CrossFit.p_values`)."""
     clock = seconds if seconds is not None else {}
     if not fitted:
         return {k: dict(v) for k, v in scores.items()}
@@ -163,10 +192,12 @@ def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping
                     "this run has none (data.eval_split.val=0)", [d.name for d in fitted])
         return {k: dict(v) for k, v in scores.items()}
     out_of_fold: dict[str, np.ndarray] = {}
+    fits: list[CrossFit] = []
     for det in fitted:
         start = time.perf_counter()
         if folds:
-            out_of_fold.update(cross_fit(det, scores[id_val_key], folds))
+            fits.append(CrossFit(det, scores[id_val_key], folds))
+            out_of_fold.update(fits[-1].out_of_fold)
         det.fit(scores[id_val_key])
         clock[f"fit/{det.name}"] = time.perf_counter() - start
     out = {}
@@ -176,6 +207,9 @@ def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping
             start = time.perf_counter()
             out[key].update(det.score(cols))
             clock[f"score/{det.name}"] = clock.get(f"score/{det.name}", 0.0) + time.perf_counter() - start
+        if p_values is not None and key != id_val_key:
+            for fit in fits:
+                p_values.setdefault(key, {}).update(fit.p_values(cols))
     out[id_val_key].update(out_of_fold)
     return out
 

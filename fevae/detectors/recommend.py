@@ -10,11 +10,12 @@ never an image of an evaluation set:
 1. **Candidates**: every score column of the in-distribution validation scores that covers all its images
    (a detector scored on a subset, likelihood regret, is left out), single likelihoods and detectors alike.
 2. **Calibration** (must pass on every run): its OOD flag must be settable from in-distribution images
-   alone. The validation images are split at random into halves A and B (:data:`HALVINGS` times); a fitted
-   detector is re-fitted on A, and A's calibration scores are out-of-fold
-   (:func:`fevae.detectors.base.cross_fit`), as a run's are; B's images are flagged when their conformal
-   p-value against A is ≤ 5% (:func:`fevae.metrics.conformal.p_values`). The median fraction of B flagged
-   must lie in [:data:`LOW`, :data:`HIGH`].
+   alone. The validation images are split at random into halves A and B (:data:`HALVINGS` times); B's images
+   are flagged when their conformal p-value against A is ≤ 5% (:func:`fevae.metrics.conformal.p_values`); a
+   fitted detector's p-values are cross-conformal, as a run's are (:meth:`fevae.detectors.base.CrossFit.p_values`:
+   copies fitted on A without one of its folds score B and that fold). The median fraction of B flagged must
+   lie in [:data:`LOW`, :data:`HIGH`]. (Until 2026-12-07 a fitted detector was re-fitted on all of A to score B
+   against A's out-of-fold scores: a calibration error of that procedure, not of the detector, failed ``fused``.)
 3. **Separation on proxy outliers**: :data:`N_PROXY` images per family of :data:`fevae.data.proxies.PROXIES`
    (transformations disjoint from every shipped evaluation set and corruption), each family made from its
    own seeded sample of the run's training images, are scored through the finished run (the API's
@@ -27,13 +28,12 @@ never an image of an evaluation set:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from fevae.detectors.base import FittedDetector, cross_fit
+from fevae.detectors.base import CrossFit, FittedDetector
 from fevae.errors import FevaeError
 from fevae.metrics.conformal import ALPHA, p_values
 from fevae.metrics.ood import ood_metrics
@@ -68,16 +68,12 @@ def flagged_fractions(id_val: Mapping[str, np.ndarray], columns: Sequence[str], 
         perm = rng.permutation(n)
         a, b = np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
         if fitted is None:
-            cal, test = {c: id_val[c][a] for c in columns}, {c: id_val[c][b] for c in columns}
-        else:
-            part_a = {k: v[a] for k, v in id_val.items() if len(v) == n}
-            part_b = {k: v[b] for k, v in id_val.items() if len(v) == n}
-            det = copy.deepcopy(fitted)
-            cal = cross_fit(det, part_a, seed=seed)
-            det.fit(part_a)
-            test = det.score(part_b)
+            p = {c: p_values(id_val[c][a], id_val[c][b]) for c in columns}
+        else:  # the p-values a run gives a fitted detector's test images (fevae.outputs.write): cross-conformal
+            p = CrossFit(fitted, {k: v[a] for k, v in id_val.items() if len(v) == n}, seed=seed).p_values(
+                {k: v[b] for k, v in id_val.items() if len(v) == n})
         for c in columns:
-            out[c].append(float(np.mean(p_values(cal[c], test[c]) <= ALPHA)))
+            out[c].append(float(np.mean(p[c] <= ALPHA)))
     return {c: np.asarray(v) for c, v in out.items()}
 
 

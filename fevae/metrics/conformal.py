@@ -9,8 +9,10 @@ in-distribution images, the conformal p-value of s is
 When s and the c_i are exchangeable (a new in-distribution image), P(p(s) ≤ α) ≤ α: an image is flagged
 OOD when p(s) ≤ α, and the fraction of *in-distribution test* images flagged — the realised
 false-positive rate — must come out ≈ α for a valid detector (Vovk et al. 2005; Bates et al. 2023,
-"Testing for outliers with conformal p-values"). A fitted detector's calibration scores must be
-out-of-fold (:func:`fevae.detectors.base.cross_fit`), or they are not exchangeable with a test image's.
+"Testing for outliers with conformal p-values"). A fitted detector's test score is not exchangeable with
+its out-of-fold validation scores (a fit on every validation image scores new images higher than the smaller
+fold fits score their held-out images): its p-values are cross-conformal instead
+(:meth:`fevae.detectors.base.CrossFit.p_values`).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ def p_values(calibration: np.ndarray, s: np.ndarray, two_sided: bool = False) ->
     return np.minimum(1.0, 2.0 * np.minimum(left, right))
 
 
-def flagged_rates(calibration: np.ndarray, s_in: np.ndarray, s_out: np.ndarray, alpha: float = ALPHA) -> dict[str, float]:
+def flagged_rates(calibration: np.ndarray | None, s_in: np.ndarray, s_out: np.ndarray, alpha: float = ALPHA) -> dict[str, float]:
     """``conformal_fpr``: the fraction of in-distribution test scores ``s_in`` flagged (p ≤ ``alpha``), and
-    ``conformal_tpr``: the fraction of OOD scores ``s_out`` flagged, against ``calibration``."""
-    return {"conformal_fpr": float(np.mean(p_values(calibration, s_in) <= alpha)),
-            "conformal_tpr": float(np.mean(p_values(calibration, s_out) <= alpha))}
+    ``conformal_tpr``: the fraction of OOD scores ``s_out`` flagged, against ``calibration``; with
+    ``calibration=None``, ``s_in`` and ``s_out`` are p-values already (a fitted detector's cross-conformal ones)."""
+    if calibration is not None:
+        s_in, s_out = p_values(calibration, s_in), p_values(calibration, s_out)
+    return {"conformal_fpr": float(np.mean(np.asarray(s_in) <= alpha)), "conformal_tpr": float(np.mean(np.asarray(s_out) <= alpha))}

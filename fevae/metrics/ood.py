@@ -251,6 +251,7 @@ def check_split_scores(test: Mapping[str, Mapping[str, np.ndarray]], val: Mappin
 def compute_metrics(
     scores: Mapping[str, Mapping[str, np.ndarray]], in_distribution: str = IN_DISTRIBUTION,
     resampler: Resampler | None = None, calibration: Mapping[str, np.ndarray] | None = None,
+    p_values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Compute the public metrics dict (see module docstring) for every OOD set and score.
 
@@ -259,7 +260,9 @@ def compute_metrics(
     a ``resampler`` (``n_resamples`` > 0) every metric gets its bootstrap interval ``<metric>_ci``.
     With ``calibration`` (the in-distribution *validation* scores, by score name) every score it holds
     also gets ``conformal_fpr`` / ``conformal_tpr`` (:func:`fevae.metrics.conformal.flagged_rates`: the
-    fractions of in-distribution test / OOD images its conformal p-value flags at 5%).
+    fractions of in-distribution test / OOD images its conformal p-value flags at 5%). A fitted detector's
+    column is not calibrated by its validation scores but by its cross-conformal p-values, ``p_values[set][column]``
+    (:meth:`fevae.detectors.base.CrossFit.p_values`), when given for both sets.
     """
     n, blocks, tasks = _metric_tasks(scores, in_distribution)
     bootstrap = resampler is not None and resampler.n_resamples > 0
@@ -268,7 +271,10 @@ def compute_metrics(
         ood_set, _, _, id_name, out_name = task
         s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
         values = ood_metrics(s_in, s_out, **_labels(task, in_distribution))
-        if calibration is not None and id_name in calibration:
+        given = p_values or {}
+        if id_name in given.get(in_distribution, {}) and out_name in given.get(ood_set, {}):
+            values.update(flagged_rates(None, given[in_distribution][id_name], given[ood_set][out_name]))
+        elif calibration is not None and id_name in calibration:
             values.update(flagged_rates(calibration[id_name], s_in, s_out))
         if bootstrap:
             values.update(resampler.intervals(np.asarray(s_in, np.float64), np.asarray(s_out, np.float64), in_distribution, ood_set))
@@ -295,13 +301,16 @@ def compute_metrics(
 def compute_split_metrics(
     test: Mapping[str, Mapping[str, np.ndarray]], val: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     in_distribution: str = IN_DISTRIBUTION, resampler: Resampler | None = None,
+    p_values: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """:func:`compute_metrics` of the test parts, plus ``n_val`` / ``ood_val`` / ``n_scored_val``
-    from the validation parts (same shape as ``n`` / ``ood`` / ``n_scored``) when ``val`` has sets."""
+    from the validation parts (same shape as ``n`` / ``ood`` / ``n_scored``) when ``val`` has sets.
+    ``p_values``: the fitted detectors' cross-conformal p-values of the test parts (:func:`compute_metrics`)."""
     calibration = (val or {}).get(in_distribution)
-    metrics = compute_metrics(test, in_distribution, resampler, calibration=calibration)
+    metrics = compute_metrics(test, in_distribution, resampler, calibration=calibration, p_values=p_values)
     if calibration is not None:
-        metrics["conformal"] = {"alpha": ALPHA, "calibration": f"{in_distribution} validation part (out-of-fold for fitted detectors)",
+        metrics["conformal"] = {"alpha": ALPHA, "calibration": f"{in_distribution} validation part (fitted detectors: "
+                                "cross-conformal, each image against every fold's held-out images scored by the copy fitted without them)",
                                 "n": int(max((len(v) for v in calibration.values()), default=0))}
     if val:
         v = compute_metrics(val, in_distribution, resampler)

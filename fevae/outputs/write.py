@@ -73,10 +73,11 @@ def write_outputs(
     ``figures/``, and report.md and the dashboards show none). Returns the metrics dict (the ``metrics.json`` contract).
     """
 
+    p_values: dict[str, dict[str, np.ndarray]] = {}  # the fitted detectors' cross-conformal p-values, by loader name
     if fitted:
         with stage(f"in-distribution-fitted detectors {[d.name for d in fitted]}", logger=log):
             fit_seconds: dict[str, float] = {}
-            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"), fit_seconds)
+            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"), fit_seconds, p_values=p_values)
         if costs and fit_seconds:  # (none when the run has no validation part to fit on)
             n_images = sum(max(len(v) for v in cols.values()) for cols in scores.values() if cols)
             extra = fitted_costs(fitted, fit_seconds, n_images, costs)
@@ -98,7 +99,8 @@ def write_outputs(
                            in_distribution=in_distribution, which=figures)])  # (its worker dies with this process)
     try:
         with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
-            metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler)
+            metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler,
+                                            p_values={key: p for key, p in p_values.items() if split_part(key)[1] == "test"})
         if costs:
             metrics["cost_s_per_image"] = dict(costs)
         for key, set_scores in scores.items():
