@@ -1,9 +1,10 @@
-"""Four 28x28 grayscale OOD sets that no default, threshold or rule of fevae was ever chosen on.
+"""28x28 grayscale OOD sets that no default, threshold or rule of fevae was ever chosen on, in two batches.
 
-usage: python scripts/holdout_sets.py OUT_DIR [--n N] [--seed S]
+usage: python scripts/holdout_sets.py OUT_DIR [--batch 1|2] [--n N] [--seed S]
 
-Writes OUT_DIR/{sklearn_digits,glyphs,shapes,photo_patches}.npy (uint8 [N, 28, 28]) from data that ships
-inside the declared dependencies, so it needs no download and gives the same bytes on every machine:
+Writes OUT_DIR/<set>.npy (uint8 [N, 28, 28]) for the batch's sets from data that ships inside the declared
+dependencies, so it needs no download and gives the same bytes on every machine. Batch 1
+(sklearn_digits, glyphs, shapes, photo_patches; registered 2026-12-06):
 
 * sklearn_digits: scikit-learn's 1,797 UCI handwritten digits (8x8, 17 grey levels), upscaled to 20x20 and
   centred in 28x28 like MNIST (near OOD: digits again, another hand and resolution).
@@ -13,7 +14,18 @@ inside the declared dependencies, so it needs no download and gives the same byt
 * photo_patches: random square crops (28-112 px) of scikit-learn's two sample photographs, grey, resized
   to 28x28 (far OOD: natural textures).
 
-The sets were registered (this file committed) before any score was computed on them: see
+Batch 2 (font_digits, scribbles, gratings, julia; registered 2026-12-07, after batch 1 had been looked at and
+the recommendation rule's calibration check corrected, to test the corrected rule on images nobody has seen):
+
+* font_digits: digits 0-9 in matplotlib's bundled TrueType fonts (DejaVu Sans/Serif/Mono and their bold and
+  oblique faces, STIX, Computer Modern) at random size, rotation and position (near OOD: printed digits).
+* scribbles: one to three random quadratic Bezier strokes, 1-3 px wide (pen strokes that are no digit).
+* gratings: a sinusoidal grating at random orientation, period (3-14 px), phase and contrast, full field or in
+  a Gaussian window (far OOD: periodic synthetic patterns).
+* julia: escape-time images of the Julia set of a random c near the Mandelbrot set's boundary, random zoom and
+  centre (far OOD: fractal structure).
+
+Each batch was registered (this file committed) before any score was computed on it: see
 docs/results.md#held-out-ood-sets. Add them to a run with
 `+data.ood_sets.glyphs={path: OUT_DIR/glyphs.npy, eval_split: {val: 200, test: 1500}}` (scripts/headline_cpu.sh).
 """
@@ -28,6 +40,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SETS = ("sklearn_digits", "glyphs", "shapes", "photo_patches")
+SETS2 = ("font_digits", "scribbles", "gratings", "julia")
+BATCHES = {1: SETS, 2: SETS2}
+#: matplotlib's bundled fonts that have the digits 0-9 (mpl-data/fonts/ttf)
+DIGIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
+               "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf",
+               "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
@@ -95,19 +113,79 @@ def photo_patches(n: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def font_digits(n: int, rng: np.random.Generator) -> np.ndarray:
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = {(f, s): ImageFont.truetype(str(folder / f), s) for f in DIGIT_FONTS for s in range(16, 27)}
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        canvas = Image.new("L", (56, 56), 0)
+        font = fonts[DIGIT_FONTS[rng.integers(len(DIGIT_FONTS))], int(rng.integers(16, 27))]
+        ImageDraw.Draw(canvas).text((28, 28), str(rng.integers(10)), fill=255, font=font, anchor="mm")
+        canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, center=(28, 28))
+        dx, dy = rng.integers(-2, 3, size=2)
+        out[i] = np.asarray(canvas)[14 + dy: 42 + dy, 14 + dx: 42 + dx]
+    return out
+
+
+def scribbles(n: int, rng: np.random.Generator) -> np.ndarray:
+    t = np.linspace(0, 1, 40)[:, None]
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        img = Image.new("L", (28, 28), 0)
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(1, 4))):
+            p0, p1, p2 = rng.uniform(3, 25, size=(3, 2))
+            curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+            draw.line([tuple(map(float, q)) for q in curve], fill=int(rng.integers(160, 256)), width=int(rng.integers(1, 4)), joint="curve")
+        out[i] = np.asarray(img)
+    return out
+
+
+def gratings(n: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:28, 0:28].astype(np.float64) - 13.5
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        angle, period, phase = rng.uniform(0, np.pi), rng.uniform(3, 14), rng.uniform(0, 2 * np.pi)
+        wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
+        window = np.exp(-(x ** 2 + y ** 2) / (2 * rng.uniform(4, 9) ** 2)) if rng.random() < 0.5 else 1.0
+        out[i] = np.round(255 * np.clip(0.5 + 0.5 * rng.uniform(0.3, 1.0) * wave * window, 0, 1))
+    return out
+
+
+def julia(n: int, rng: np.random.Generator, iterations: int = 48) -> np.ndarray:
+    y, x = np.mgrid[0:28, 0:28].astype(np.float64) / 27 - 0.5
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        angle = rng.uniform(0, 2 * np.pi)  # c near the main cardioid's boundary: connected, detailed sets
+        c = 0.5 * np.exp(1j * angle) - 0.25 * np.exp(2j * angle) + rng.normal(0, 0.02, 2) @ [1, 1j]
+        zoom, centre = rng.uniform(1.2, 3.0), rng.uniform(-0.6, 0.6, 2) @ [1, 1j]
+        z = centre + zoom * (x + 1j * y)
+        escaped = np.full(z.shape, iterations, np.float64)
+        for k in range(iterations):
+            live = escaped == iterations
+            z[live] = z[live] ** 2 + c
+            escaped[live & (np.abs(z) > 2)] = k
+        out[i] = np.round(255 * (1 - escaped / iterations))
+    return out
+
+
 def build(name: str, n: int, seed: int) -> np.ndarray:
     """One set, ``uint8 [n, 28, 28]`` (sklearn_digits: at most 1,797); the same bytes for the same n and seed."""
-    return globals()[name](n, np.random.default_rng([seed, SETS.index(name)]))
+    batch = SETS if name in SETS else SETS2
+    return globals()[name](n, np.random.default_rng([seed, batch.index(name)] + ([] if batch is SETS else [2])))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--batch", type=int, choices=sorted(BATCHES), default=1, help="which batch of sets (default 1)")
     parser.add_argument("--n", type=int, default=1797, help="images per set (sklearn_digits has at most 1,797)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in SETS:
+    for name in BATCHES[args.batch]:
         images = build(name, args.n, args.seed)
         tmp = args.out / f".{name}.tmp.npy"
         np.save(tmp, images)

@@ -202,3 +202,28 @@ def test_the_docs_example_scores_a_folder_of_pngs_and_plots_the_histogram(api_ru
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(f"img{i}.png" in result.stdout for i in range(5)) and "log_p_fevae_apo" in result.stdout
     assert (tmp_path / "histogram.png").stat().st_size > 5_000
+
+
+def test_holdout_metrics_scores_new_sets_through_a_finished_run_without_rescoring_it(api_run, tmp_path):
+    """scripts/holdout_metrics.py: new sets scored as the API scores images; the fitted detectors' refit equals the
+    run's (checked inside), their conformal flags are cross-conformal, and detector_table.py reads the result."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("holdout_metrics", Path(__file__).resolve().parents[1] / "scripts" / "holdout_metrics.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sets = {"noise": some_images(30), "dark": (some_images(30) // 8).astype(np.uint8)}
+    metrics = mod.run_metrics(api_run, sets, val=6, test=20)
+    id_name = metrics["in_distribution"]
+    assert set(metrics["ood"]) == {"noise", "dark"} and metrics["n"]["noise"] == 20
+    run_metrics = json.loads((api_run / "metrics.json").read_text())
+    fused = metrics["ood"]["noise"]["other"]["fused"]
+    assert {"auroc", "conformal_fpr", "conformal_tpr"} <= set(fused)
+    assert not any(c.startswith("likelihood_regret") for c in metrics["ood"]["noise"]["other"])
+    # an unfitted column's AUROC against the same in-distribution test scores: as a run scores it (its own stream of draws)
+    assert metrics["n"][id_name] == run_metrics["n"][id_name]
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(metrics))
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "detector_table.py"), str(tmp_path / "0")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| fused (GMM) |" in out and "noise" in out

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -23,7 +24,7 @@ def _module(name):
 
 def test_every_held_out_set_is_the_same_bytes_for_the_same_seed_and_differs_between_sets_and_seeds():
     mod = _module("holdout_sets")
-    sets = {name: mod.build(name, 24, 0) for name in mod.SETS}
+    sets = {name: mod.build(name, 24, 0) for name in (*mod.SETS, *mod.SETS2)}
     for name, images in sets.items():
         assert images.dtype == np.uint8 and images.shape == (24, 28, 28), name
         assert np.array_equal(images, mod.build(name, 24, 0)), name
@@ -35,10 +36,34 @@ def test_every_held_out_set_is_the_same_bytes_for_the_same_seed_and_differs_betw
     assert len(digits) == 1797 and not digits[:, :4].any() and not digits[:, 24:].any()  # centred in 20x20 like MNIST
 
 
-def test_holdout_sets_writes_every_set_and_no_temporary_file(tmp_path):
-    subprocess.run([sys.executable, str(SCRIPTS / "holdout_sets.py"), str(tmp_path), "--n", "12"], check=True, capture_output=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.npy" for n in _module("holdout_sets").SETS)
-    assert np.load(tmp_path / "shapes.npy").shape == (12, 28, 28)
+def test_holdout_sets_writes_every_set_of_a_batch_and_no_temporary_file(tmp_path):
+    mod = _module("holdout_sets")
+    for batch, names in mod.BATCHES.items():
+        out = tmp_path / str(batch)
+        subprocess.run([sys.executable, str(SCRIPTS / "holdout_sets.py"), str(out), "--batch", str(batch), "--n", "12"], check=True, capture_output=True)
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.npy" for n in names)
+        assert np.load(out / f"{names[2]}.npy").shape == (12, 28, 28)
+    assert not set(mod.SETS) & set(mod.SETS2)
+
+
+#: sha256 (first 16 hex digits) of build(name, 24, 0), recorded when each batch was registered (batch 1 at 966a7b2,
+#: re-checked against that commit's script when batch 2 was added), with the library versions that drew them
+REGISTERED = {"sklearn_digits": "f1494ff6ce7a9d6c", "glyphs": "d01c16a3916d68b7", "shapes": "516ffb504daf9a8a",
+              "photo_patches": "0bfd6e589a3c5fd9", "font_digits": "eaae1a41c1625311", "scribbles": "3a795fd0dd3f7ad6",
+              "gratings": "f7d98e976e316c83", "julia": "841f92761e8e1987"}
+DRAWN_WITH = {"PIL": "13.0.0", "matplotlib": "3.11.2", "numpy": "2.4.6", "sklearn": "1.9.1"}
+
+
+def test_the_registered_sets_keep_their_bytes():
+    import hashlib
+    import importlib
+
+    versions = {m: importlib.import_module(m).__version__ for m in DRAWN_WITH}
+    if versions != DRAWN_WITH:
+        pytest.skip(f"the registered bytes were drawn with {DRAWN_WITH}; this machine has {versions} (font rendering and resampling may differ)")
+    mod = _module("holdout_sets")
+    for name, digest in REGISTERED.items():
+        assert hashlib.sha256(mod.build(name, 24, 0).tobytes()).hexdigest()[:16] == digest, name
 
 
 def test_the_detector_table_keeps_or_skips_sets_and_refuses_an_unknown_one(tmp_path):
