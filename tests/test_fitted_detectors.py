@@ -130,6 +130,12 @@ def test_cross_conformal_p_values_against_a_brute_force_count():
             mean = np.mean(val["iwae"][fit.fold_of != fit.fold_of[j]])
             expected[i] += -abs(val["iwae"][j] - mean) <= -abs(test["iwae"][i] - mean)
     np.testing.assert_allclose(fit.p_values(test)["centred"], expected / (n + 1), rtol=0, atol=1e-12)
+    # what a run's metrics get: fit_detectors hands each named set's cross-conformal p-values over, the same
+    p = {}
+    fit_detectors([_Centred()], {"val/fashionmnist": val, "fashionmnist": test, "val/mnist": test}, "val/fashionmnist",
+                  p_values=p, p_value_sets=["fashionmnist"])
+    assert list(p) == ["fashionmnist"]
+    np.testing.assert_array_equal(p["fashionmnist"]["centred"], fit.p_values(test)["centred"])
     # a score that does not depend on the fit: the plain conformal p-value against the validation scores
     plain = CrossFit(_Memory(), {"iwae": val["iwae"]}, folds=5).p_values({"iwae": test["iwae"]})["memory"]
     np.testing.assert_allclose(plain, p_values(np.zeros(n), np.zeros(15)))

@@ -177,13 +177,14 @@ def cross_fit(det: FittedDetector, id_val: Mapping[str, np.ndarray], folds: int 
 
 def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping[str, np.ndarray]], id_val_key: str,
                   seconds: dict[str, float] | None = None, folds: int = CROSS_FIT_FOLDS,
-                  p_values: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, np.ndarray]]:
+                  p_values: dict[str, dict[str, np.ndarray]] | None = None,
+                  p_value_sets: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Fit each detector on ``scores[id_val_key]`` (the in-distribution validation part) and add its
     columns to every set of ``scores``; returns the new scores (the input is not modified). The
     validation part's own columns are out-of-fold (:func:`cross_fit`, ``folds`` folds; ``folds=0``: in-sample).
     ``seconds`` (when given) receives each detector's ``fit/<name>`` (cross-fitting included) and ``score/<name>`` wall time;
-    ``p_values`` (when given, and ``folds`` > 0) receives per set other than ``id_val_key`` each fitted column's
-    cross-conformal p-values (:meth:`CrossFit.p_values`)."""
+    ``p_values`` (when given, and ``folds`` > 0) receives per set of ``p_value_sets`` (default: every set but
+    ``id_val_key``) each fitted column's cross-conformal p-values (:meth:`CrossFit.p_values`)."""
     clock = seconds if seconds is not None else {}
     if not fitted:
         return {k: dict(v) for k, v in scores.items()}
@@ -207,7 +208,7 @@ def fit_detectors(fitted: Sequence[FittedDetector], scores: Mapping[str, Mapping
             start = time.perf_counter()
             out[key].update(det.score(cols))
             clock[f"score/{det.name}"] = clock.get(f"score/{det.name}", 0.0) + time.perf_counter() - start
-        if p_values is not None and key != id_val_key:
+        if p_values is not None and key != id_val_key and (p_value_sets is None or key in p_value_sets):
             for fit in fits:
                 p_values.setdefault(key, {}).update(fit.p_values(cols))
     out[id_val_key].update(out_of_fold)

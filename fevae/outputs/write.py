@@ -77,7 +77,8 @@ def write_outputs(
     if fitted:
         with stage(f"in-distribution-fitted detectors {[d.name for d in fitted]}", logger=log):
             fit_seconds: dict[str, float] = {}
-            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"), fit_seconds, p_values=p_values)
+            scores = fit_detectors(fitted, scores, part_name(in_distribution, "val"), fit_seconds, p_values=p_values,
+                                   p_value_sets=[k for k in scores if split_part(k)[1] == "test"])  # (the metrics' test parts)
         if costs and fit_seconds:  # (none when the run has no validation part to fit on)
             n_images = sum(max(len(v) for v in cols.values()) for cols in scores.values() if cols)
             extra = fitted_costs(fitted, fit_seconds, n_images, costs)
@@ -100,7 +101,7 @@ def write_outputs(
     try:
         with stage(f"metrics with {resampler.n_resamples} bootstrap resamples", logger=log):
             metrics = compute_split_metrics(parts["test"], parts["val"], in_distribution=in_distribution, resampler=resampler,
-                                            p_values={key: p for key, p in p_values.items() if split_part(key)[1] == "test"})
+                                            p_values=p_values)
         if costs:
             metrics["cost_s_per_image"] = dict(costs)
         for key, set_scores in scores.items():
