@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fevae.data.datamodule import split_eval_indices
+from fevae.data.evalsets import id_set_name
 from fevae.detectors import fit_detectors
 from fevae.evaluation.settings import fitted_detectors
 from fevae.metrics.bootstrap import Resampler
@@ -44,7 +45,7 @@ def model_columns(scores: dict[str, np.ndarray], fitted_outputs: set[str]) -> di
 def run_metrics(run_dir: Path, sets: dict[str, np.ndarray], val: int, test: int) -> dict:
     run = load_run(run_dir, ["eval.regret.subset=0"])
     cfg = run.cfg
-    id_name = str(cfg.data.get("name") or cfg.data.dataset)
+    id_name = id_set_name(cfg.data)
     fitted = fitted_detectors(cfg)
     outputs = {c for d in fitted for c in d.outputs()}
     saved = load_scores(run_dir / "scores" / f"{id_name}.npz")

@@ -266,12 +266,12 @@ def compute_metrics(
     """
     n, blocks, tasks = _metric_tasks(scores, in_distribution)
     bootstrap = resampler is not None and resampler.n_resamples > 0
+    given = p_values or {}
 
     def one(task: tuple[str, str, str, str, str]) -> dict[str, float]:
         ood_set, _, _, id_name, out_name = task
         s_in, s_out = scores[in_distribution][id_name], scores[ood_set][out_name]
         values = ood_metrics(s_in, s_out, **_labels(task, in_distribution))
-        given = p_values or {}
         if id_name in given.get(in_distribution, {}) and out_name in given.get(ood_set, {}):
             values.update(flagged_rates(None, given[in_distribution][id_name], given[ood_set][out_name]))
         elif calibration is not None and id_name in calibration:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from hydra.utils import instantiate
 
+from fevae.data.evalsets import id_set_name
 from fevae.data.proxies import PROXIES, make_proxies
 from fevae.detectors.base import FittedDetector
 from fevae.detectors.recommend import HALVINGS, N_PROXY, PROXY_SEED, decide
@@ -59,7 +60,7 @@ def recommend(runs: Sequence[Path | str], id_set: str | None = None, n_proxy: in
     per_run = []
     for run in map(Path, runs):
         cfg = run_config(run)
-        name = id_set or str(cfg.data.get("name") or cfg.data.dataset)
+        name = id_set or id_set_name(cfg.data)
         per_run.append({"id_val": load_scores(run / "scores" / "val" / f"{name}.npz"), "fitted": _fitted_by_column(run),
                         "proxies": proxy_scores(run, n_proxy)})
     result = decide(per_run, list(PROXIES), halvings)
