@@ -148,7 +148,7 @@ class ModelCache(CacheEntry):
 
 
 #: source files whose code determines the scoring model pass
-SCORING_CODE = ("scoring/estimators.py", "scoring/noise.py", "scoring/baselines.py", "evaluation/scorer.py", "evaluation/driver.py", "evaluation/settings.py", "models/vae.py", "models/likelihoods.py", "models/jigsaw.py")
+SCORING_CODE = ("scoring/estimators.py", "scoring/noise.py", "scoring/baselines.py", "models/stacked.py", "evaluation/scorer.py", "evaluation/driver.py", "evaluation/settings.py", "models/vae.py", "models/likelihoods.py", "models/jigsaw.py")
 
 
 def weights_hash(module: torch.nn.Module) -> str:

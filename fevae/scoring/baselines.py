@@ -33,6 +33,8 @@ from torch.distributions import Normal, kl_divergence
 from torch.func import functional_call, grad_and_value, vmap
 
 from fevae.errors import FevaeError
+from fevae.models.stacked import stackable, stacked_forward
+from fevae.models.vae import LOGVAR_RANGE, VAE
 from fevae.scoring.estimators import RunningLogMeanExp, _check_positive_int
 from fevae.scoring.noise import noise_stream, per_sample_normal
 
@@ -198,19 +200,49 @@ class _Encode(nn.Module):
         return self.vae.encode(x)
 
 
-def _fixed_noise_elbo(vae: nn.Module, encode: Callable[[Tensor], tuple[Tensor, Tensor]],
-                      x: Tensor, eps: Tensor) -> Tensor:
-    """ELBO of one image ``x [C, H, W]``: mean over ``eps [n, L]`` of log p(x | mu + std eps),
-    minus the analytic KL(q(z|x) || N(0, I)) -> scalar."""
-    mu, logvar = encode(x.unsqueeze(0))  # [1, L]
+def _fixed_noise_elbo(vae: nn.Module, mu: Tensor, logvar: Tensor, x: Tensor, eps: Tensor) -> Tensor:
+    """ELBOs ``[B]`` of images ``x [B, C, H, W]`` with posterior parameters ``mu, logvar [B, L]``: the mean over
+    ``eps [B, n, L]`` of log p(x | mu + std eps), minus the analytic KL(q(z|x) || N(0, I))."""
     std = torch.exp(0.5 * logvar)
-    h = vae.decode(mu + std * eps.unsqueeze(1))  # [n, 1, ...]
-    ll = vae.log_likelihood(x.unsqueeze(0), h).mean(0)  # [1]
+    h = vae.decode(mu.unsqueeze(1) + std.unsqueeze(1) * eps)  # [B, n, ...]
+    ll = vae.log_likelihood(x.unsqueeze(1), h).mean(1)  # [B]
     # validate_args=False: under vmap a value check is data-dependent control flow, which torch < 2.3 refuses
     # (std = exp(.) > 0 always; the numbers are the same); make check-floors runs this on the torch floor
     q = Normal(mu, std, validate_args=False)
     kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(std), validate_args=False)).sum(-1)
-    return (ll - kl)[0]
+    return ll - kl
+
+
+def _regret_objective(vae: nn.Module, x: Tensor) -> tuple[Callable, Callable, list[str]]:
+    """``(elbos, neg_grads, names)`` for the B encoder copies of :func:`likelihood_regret_score`: ``elbos(params,
+    eps) -> [B]`` and ``neg_grads(params, eps) -> {name: [B, ...]}`` (the gradients of minus each copy's ELBO), with
+    ``params`` ``{name: [B, ...]}`` over ``names``. The stacked path (:func:`fevae.models.stacked.stacked_forward`:
+    grouped convolutions, plain autograd) where the VAE is a :class:`~fevae.models.vae.VAE` with a stackable
+    encoder, else ``vmap`` over :func:`torch.func.functional_call` of the VAE's own ``encode`` (any encoder)."""
+    encoder = vae.encoder
+    if isinstance(vae, VAE) and type(vae).encode is VAE.encode and stackable(encoder):
+        def elbos(p: dict[str, Tensor], eps: Tensor) -> Tensor:
+            mu, logvar = stacked_forward(encoder, p, x).chunk(2, dim=-1)  # what VAE.encode does with the encoder's output
+            return _fixed_noise_elbo(vae, mu, logvar.clamp(*LOGVAR_RANGE), x, eps)
+
+        def neg_grads(p: dict[str, Tensor], eps: Tensor) -> dict[str, Tensor]:
+            leaves = {n: v.requires_grad_() for n, v in p.items()}
+            with torch.enable_grad():
+                grads = torch.autograd.grad(-elbos(leaves, eps).sum(), list(leaves.values()))
+            return dict(zip(leaves, grads))
+
+        return elbos, neg_grads, [name for name, _ in encoder.named_parameters()]
+
+    wrapper = _Encode(vae)
+
+    def elbo(p: dict[str, Tensor], xi: Tensor, ei: Tensor) -> Tensor:
+        # tie_weights=False: the VAE ties no weights, so the same numbers without a walk over all its tensors per call
+        mu, logvar = functional_call(wrapper, p, (xi.unsqueeze(0),), tie_weights=False)
+        return _fixed_noise_elbo(vae, mu, logvar, xi.unsqueeze(0), ei.unsqueeze(0))[0]
+
+    step_grad = vmap(grad_and_value(lambda p, xi, ei: -elbo(p, xi, ei)))
+    return (lambda p, eps: vmap(elbo)(p, x, eps)), (lambda p, eps: step_grad(p, x, eps)[0]), \
+        [f"vae.encoder.{name}" for name, _ in encoder.named_parameters()]
 
 
 def _adam(params: list[Tensor], lr: float) -> torch.optim.Optimizer:
@@ -247,9 +279,11 @@ def likelihood_regret_score(
       rows ``0 .. n_samples - 1`` evaluate ELBO_before and ELBO_after (the same noise for both),
       row ``n_samples + t`` is the one sample of optimisation step ``t``. Neither depends on
       ``steps`` or on batch composition; ``steps = 0`` gives exactly 0.
-    * Batched: the B parameter copies are stacked along a new dim 0 and the per-image gradient is
-      ``vmap(grad(ELBO))`` over (parameters, image, noise) with
-      :func:`torch.func.functional_call`. Adam is elementwise, so one ``torch.optim.Adam`` over the
+    * Batched: the B parameter copies are stacked along a new dim 0 and run as one network
+      (:func:`fevae.models.stacked.stacked_forward`: grouped convolutions; the gradient of the summed ELBOs is
+      each copy's own), or, for an encoder that is not :func:`~fevae.models.stacked.stackable`, the per-image
+      gradient is ``vmap(grad(ELBO))`` over (parameters, image, noise) with :func:`torch.func.functional_call`
+      (the same numbers up to float rounding, slower). Adam is elementwise, so one ``torch.optim.Adam`` over the
       stacked tensors is exactly B independent Adams. Memory: ~4 (params, grad, 2 moments)
       x 4 bytes x 224k encoder parameters (1×28×28 or 3×32×32 images; the encoder's size barely
       depends on the image shape) ≈ 3.6 MB per image, plus activations.
@@ -267,12 +301,11 @@ def likelihood_regret_score(
         raise FevaeError("likelihood regret needs an nn.Module VAE with an `encoder` submodule",
                          "pass a fevae.models.vae.VAE")
 
-    wrapper = _Encode(vae)
-    names = [f"vae.encoder.{name}" for name, _ in encoder.named_parameters()]
     modes = {m: m.training for m in vae.modules()}
     vae.eval()
     try:
-        with torch.no_grad():  # torch.func.grad still differentiates w.r.t. its argument
+        with torch.no_grad():  # the gradients are taken inside (torch.func.grad, or autograd under enable_grad)
+            elbos, neg_grads, names = _regret_objective(vae, x)
             batch = x.shape[0]
             params = {n: p.detach().unsqueeze(0).repeat(batch, *([1] * p.ndim))
                       for n, (_, p) in zip(names, encoder.named_parameters())}
@@ -281,23 +314,17 @@ def likelihood_regret_score(
             eps = eps.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
             eps = eps.transpose(0, 1)  # [B, rows, L]
 
-            def elbo(p: dict[str, Tensor], xi: Tensor, ei: Tensor) -> Tensor:
-                # tie_weights=False: the VAE ties no weights, so the same numbers without a walk over all its tensors per call
-                return _fixed_noise_elbo(vae, lambda xx: functional_call(wrapper, p, (xx,), tie_weights=False), xi, ei)
-
-            eval_elbo = vmap(elbo)
-            step_grad = vmap(grad_and_value(lambda p, xi, ei: -elbo(p, xi, ei)))
-
-            before = eval_elbo(params, x, eps[:, :n_samples])
+            before = elbos(params, eps[:, :n_samples])
             if steps > 0:
-                leaves = list(params.values())
-                optimiser = _adam(leaves, lr)
+                optimiser = _adam(list(params.values()), lr)
                 for t in range(steps):
-                    grads, _ = step_grad(params, x, eps[:, n_samples + t : n_samples + t + 1])
-                    for n, leaf in zip(names, leaves):
-                        leaf.grad = grads[n]
+                    grads = neg_grads(params, eps[:, n_samples + t : n_samples + t + 1])
+                    for n, leaf in params.items():
+                        # contiguous: torch 2.14's fused CPU Adam reads a gradient in its parameter's memory order, so a
+                        # transposed one (a batched matmul's weight gradient) would update the wrong elements
+                        leaf.grad = grads[n].contiguous()
                     optimiser.step()
-                after = eval_elbo(params, x, eps[:, :n_samples])
+                after = elbos(params, eps[:, :n_samples])
             else:
                 after = before
             score = before.to(torch.float64) - after.to(torch.float64)  # -regret; exactly 0 if steps == 0
