@@ -378,6 +378,8 @@ class Bench:
             "jigsaw_loss": lambda: puzzle_log_probs(self.models.jigsaw, xd),
             "likelihood_regret": lambda: likelihood_regret_score(xrd, idxr, vae=vae, steps=s.regret_steps, lr=1e-4,
                                                                  n_samples=s.regret_samples, seed=self.seed),
+            "likelihood_regret_vmap": lambda: likelihood_regret_score(xrd, idxr, vae=vae, steps=s.regret_steps, lr=1e-4,
+                                                                      n_samples=s.regret_samples, seed=self.seed, stacked=False),
             **{name: (lambda fn=fn, m=m: self._score(x, len(x), **common, features=fn, mixture=m))
                for name, (fn, m) in extra.items()},
             "fevae+layers": lambda: self._score(x, len(x), **common, **self._fe(), extra=extra),
@@ -393,11 +395,13 @@ class Bench:
                 pass
             return watch.seconds.get(log_w_key, 0.0)
 
-        n_of = {name: (len(xr) if name == "likelihood_regret" else len(x)) for name in variants}
+        n_of = {name: (len(xr) if name.startswith("likelihood_regret") else len(x)) for name in variants}
         for name, fn in variants.items():  # warm-up: each once, so no variant pays first-call costs
-            if name != "likelihood_regret":
+            if not name.startswith("likelihood_regret"):
                 fn()
-        likelihood_regret_score(xrd[:2], idxr[:2], vae=vae, steps=2, lr=1e-4, n_samples=s.regret_samples, seed=self.seed)
+        for stacked in (True, False):
+            likelihood_regret_score(xrd[:2], idxr[:2], vae=vae, steps=2, lr=1e-4, n_samples=s.regret_samples, seed=self.seed,
+                                    stacked=stacked)
         times = best_of(variants, s.repeats, self.device)
         log_w = [log_w_section() / len(x) for _ in range(s.repeats)]  # seconds per image, per round
         per_round = {name: [t / n_of[name] for t in ts] for name, ts in times.items()}  # seconds per image, per round
@@ -431,10 +435,13 @@ class Bench:
         notes = {"fevae": "reference: vae + fe + fevae", "input_complexity": "iwae + PNG code length",
                  "png_code_length": "part of input_complexity", "iwae": "standalone",
                  "jigsaw_loss": "the Jigsaw's puzzles of the image (no decoding)",
-                 "likelihood_regret": f"{s.regret_steps} Adam steps, {s.regret_samples} eval samples"}
+                 "likelihood_regret": f"{s.regret_steps} Adam steps, {s.regret_samples} eval samples",
+                 "likelihood_regret_vmap": "the same with stacked=False: vmap over functional_call (the path for encoders "
+                                           "fevae.models.stacked cannot run)"}
         rows = [row("baselines", f"p_FEVAE ({s.scheme}, S={s.baseline_samples}) per image", ref * 1e3, "ms/img", 1.0, "",
                     notes["fevae"])]
-        order = ["iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "jigsaw_loss", "likelihood_regret", *extra,
+        order = ["iwae", "iwae_alongside", "input_complexity", "png_over_iwae", "png_code_length", "jigsaw_loss", "likelihood_regret",
+                 "likelihood_regret_vmap", *extra,
                  "layers_alongside"]
         for name in order:
             e = entries[name]

@@ -153,8 +153,11 @@ def test_bench_api_section_times_calls_on_a_real_run(api_run):
     assert few["n"] == many["n"] == 2
     assert result["ratio_64_to_4"]["values"] == pytest.approx([m / f for m, f in zip(many["values"], few["values"])])
     assert result["score_4_without_regret_s"]["n"] == 2
-    assert [r["section"] for r in rows] == ["api"] * 5 and rows[2]["target"] == rows[3]["target"] == "< 0.5 s"
+    assert [r["section"] for r in rows] == ["api"] * 6 and rows[2]["target"] == rows[3]["target"] == "< 0.5 s"
     assert "likelihood_regret" in rows[3]["name"]
+    stacked, vmap = result["regret_4_stacked_s"], result["regret_4_vmap_s"]
+    assert stacked["n"] == vmap["n"] == 2
+    assert result["ratio_regret_stacked_to_vmap"]["values"] == pytest.approx([a / b for a, b in zip(stacked["values"], vmap["values"])])
 
 
 

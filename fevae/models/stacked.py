@@ -6,7 +6,7 @@ convolution becomes one grouped convolution (``groups = B``), a linear layer one
 an evaluation-mode batch norm one per-copy affine map; ordinary autograd then gives every copy its own
 gradient (the copies share nothing, so the gradient of the summed loss is each copy's own). The same
 numbers as ``torch.func.vmap`` over ``functional_call`` (the general path, which handles any module) up to
-float rounding, without its per-operator dispatch: a 4-image call's 50 regret steps take ~35% less time
+float rounding, without its per-operator dispatch: a 4-image call's 50 regret steps take ~30% less time
 on 2 CPU cores (``make bench``'s ``api`` row).
 
 Only what the shipped VAE encoder uses is supported (:func:`stackable` says whether a module qualifies);

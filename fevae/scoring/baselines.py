@@ -213,14 +213,14 @@ def _fixed_noise_elbo(vae: nn.Module, mu: Tensor, logvar: Tensor, x: Tensor, eps
     return ll - kl
 
 
-def _regret_objective(vae: nn.Module, x: Tensor) -> tuple[Callable, Callable, list[str]]:
+def _regret_objective(vae: nn.Module, x: Tensor, stacked: bool = True) -> tuple[Callable, Callable, list[str]]:
     """``(elbos, neg_grads, names)`` for the B encoder copies of :func:`likelihood_regret_score`: ``elbos(params,
     eps) -> [B]`` and ``neg_grads(params, eps) -> {name: [B, ...]}`` (the gradients of minus each copy's ELBO), with
     ``params`` ``{name: [B, ...]}`` over ``names``. The stacked path (:func:`fevae.models.stacked.stacked_forward`:
     grouped convolutions, plain autograd) where the VAE is a :class:`~fevae.models.vae.VAE` with a stackable
     encoder, else ``vmap`` over :func:`torch.func.functional_call` of the VAE's own ``encode`` (any encoder)."""
     encoder = vae.encoder
-    if isinstance(vae, VAE) and type(vae).encode is VAE.encode and stackable(encoder):
+    if stacked and isinstance(vae, VAE) and type(vae).encode is VAE.encode and stackable(encoder):
         def elbos(p: dict[str, Tensor], eps: Tensor) -> Tensor:
             mu, logvar = stacked_forward(encoder, p, x).chunk(2, dim=-1)  # what VAE.encode does with the encoder's output
             return _fixed_noise_elbo(vae, mu, logvar.clamp(*LOGVAR_RANGE), x, eps)
@@ -266,6 +266,7 @@ def likelihood_regret_score(
     n_samples: int = 1,
     seed: int = 0,
     stream: int = 0,
+    stacked: bool = True,
 ) -> Tensor:
     """Minus the likelihood regret ``[B]`` (float64, nats; higher = more in-distribution).
 
@@ -283,7 +284,7 @@ def likelihood_regret_score(
       (:func:`fevae.models.stacked.stacked_forward`: grouped convolutions; the gradient of the summed ELBOs is
       each copy's own), or, for an encoder that is not :func:`~fevae.models.stacked.stackable`, the per-image
       gradient is ``vmap(grad(ELBO))`` over (parameters, image, noise) with :func:`torch.func.functional_call`
-      (the same numbers up to float rounding, slower). Adam is elementwise, so one ``torch.optim.Adam`` over the
+      (the same numbers up to float rounding, slower; ``stacked=False`` takes it for any encoder). Adam is elementwise, so one ``torch.optim.Adam`` over the
       stacked tensors is exactly B independent Adams. Memory: ~4 (params, grad, 2 moments)
       x 4 bytes x 224k encoder parameters (1×28×28 or 3×32×32 images; the encoder's size barely
       depends on the image shape) ≈ 3.6 MB per image, plus activations.
@@ -305,7 +306,7 @@ def likelihood_regret_score(
     vae.eval()
     try:
         with torch.no_grad():  # the gradients are taken inside (torch.func.grad, or autograd under enable_grad)
-            elbos, neg_grads, names = _regret_objective(vae, x)
+            elbos, neg_grads, names = _regret_objective(vae, x, stacked)
             batch = x.shape[0]
             params = {n: p.detach().unsqueeze(0).repeat(batch, *([1] * p.ndim))
                       for n, (_, p) in zip(names, encoder.named_parameters())}
