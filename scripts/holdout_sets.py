@@ -1,6 +1,6 @@
-"""28x28 grayscale OOD sets that no default, threshold or rule of fevae was ever chosen on, in two batches.
+"""28x28 grayscale OOD sets that no default, threshold or rule of fevae was ever chosen on, in three batches.
 
-usage: python scripts/holdout_sets.py OUT_DIR [--batch 1|2] [--n N] [--seed S]
+usage: python scripts/holdout_sets.py OUT_DIR [--batch 1|2|3] [--n N] [--seed S]
 
 Writes OUT_DIR/<set>.npy (uint8 [N, 28, 28]) for the batch's sets from data that ships inside the declared
 dependencies, so it needs no download and gives the same bytes on every machine. Batch 1
@@ -25,6 +25,18 @@ the recommendation rule's calibration check corrected, to test the corrected rul
 * julia: escape-time images of the Julia set of a random c near the Mandelbrot set's boundary, random zoom and
   centre (far OOD: fractal structure).
 
+Batch 3 (symbols, pictograms, voronoi, automata; registered 2026-12-07, after batch 2 had been looked at, with no
+change to any detector or to the rule since batch 2: a replication of batch 2's test on new images):
+
+* symbols: Greek letters and mathematical signs in matplotlib's DejaVu and STIX fonts at random size, rotation
+  and position (near OOD: printed symbols that are neither digits nor Latin letters).
+* pictograms: DejaVu Sans's pictographic symbols (chess pieces, card suits, weather, dice, stars, flowers,
+  arrows, dingbats) at random size, rotation and position (near OOD: object icons, silhouettes like garments').
+* voronoi: Voronoi mosaics of 4-40 random sites, each cell one random grey, half with dark cell borders (far
+  OOD: piecewise-constant textures).
+* automata: space-time diagrams of an elementary cellular automaton with a chaotic or complex rule, from a
+  random or single-cell start, cells of 1-2 px (far OOD: binary structured textures).
+
 Each batch was registered (this file committed) before any score was computed on it: see
 docs/results.md#held-out-ood-sets. Add them to a run with
 `+data.ood_sets.glyphs={path: OUT_DIR/glyphs.npy, eval_split: {val: 200, test: 1500}}` (scripts/headline_cpu.sh).
@@ -41,12 +53,23 @@ from PIL import Image, ImageDraw, ImageFont
 
 SETS = ("sklearn_digits", "glyphs", "shapes", "photo_patches")
 SETS2 = ("font_digits", "scribbles", "gratings", "julia")
-BATCHES = {1: SETS, 2: SETS2}
+SETS3 = ("symbols", "pictograms", "voronoi", "automata")
+BATCHES = {1: SETS, 2: SETS2, 3: SETS3}
 #: matplotlib's bundled fonts that have the digits 0-9 (mpl-data/fonts/ttf)
 DIGIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
                "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf",
                "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: batch 3's characters: Greek letters and mathematical signs, and pictographic symbols (matplotlib's DejaVu fonts)
+SYMBOLS = "αβγδεζηθικλμνξπρστυφχψωΓΔΘΛΞΠΣΦΨΩ∑∏∫∂∇√∞≈≠≤≥±×÷∀∃∈∉∩∪⊂⊃⊕⊗∧∨¬∴∵∝∠"
+PICTOGRAMS = ("♔♕♖♗♘♙♚♛♜♝♞♟♠♡♢♣♤♥♦♧☀☁☂☃☄★☆☎☏☕☘☠☢☣☤☥☦☪☮☯☸☹☺☻☼☽☾♨♩♪♫♬⚀⚁⚂⚃⚄⚅⚐⚑⚒⚓⚔⚕⚖⚗⚘⚙⚛⚜⚠⚡"
+              "✁✂✃✄✆✇✈✉✌✍✎✏✑✒✓✔✕✖✗✘✙✚✛✜✝✞✟✠✡✢✣✤✥✦✧✩✪✫✬✭✮✯✰✱✲✳✴✵✶✷✸✹✺✻✼✽✾✿❀❁❂❃❄❅❆❇❈❉❊❋❍❏❐❑❒❖❘❙❚❤❥❦❧"
+              "➔➘➙➚➛➜➝➞➟➠➡➢➣➤➥➦➧➨➩➪➫➬➭➮➯➱➲➳➴➵➶➷➸➹➺➻➼➽➾")
+SYMBOL_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf",
+                "STIXGeneralBol.ttf")
+PICTOGRAM_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf")
+#: elementary cellular automata with chaotic or complex space-time diagrams (Wolfram's classes 3 and 4)
+AUTOMATA_RULES = (18, 22, 30, 45, 54, 60, 73, 75, 86, 89, 90, 105, 106, 110, 122, 126, 146, 150, 182)
 
 
 def sklearn_digits(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -171,10 +194,72 @@ def julia(n: int, rng: np.random.Generator, iterations: int = 48) -> np.ndarray:
     return out
 
 
+def _characters(n: int, rng: np.random.Generator, chars: str, font_names: tuple[str, ...], sizes: range, rotate: float,
+                shift: int) -> np.ndarray:
+    """``n`` single characters of ``chars`` in matplotlib's bundled fonts ``font_names`` (each only with the characters it
+    has), at a random size of ``sizes``, rotation within ±``rotate`` degrees and shift within ±``shift`` px, white on black."""
+    import matplotlib
+    from matplotlib.ft2font import FT2Font
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = {(f, s): ImageFont.truetype(str(folder / f), s) for f in font_names for s in sizes}
+    has = {f: [c for c in chars if FT2Font(str(folder / f)).get_char_index(ord(c))] for f in font_names}
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        name = font_names[rng.integers(len(font_names))]
+        canvas = Image.new("L", (56, 56), 0)
+        font = fonts[name, int(rng.integers(sizes.start, sizes.stop))]
+        ImageDraw.Draw(canvas).text((28, 28), has[name][rng.integers(len(has[name]))], fill=255, font=font, anchor="mm")
+        canvas = canvas.rotate(float(rng.uniform(-rotate, rotate)), resample=Image.BILINEAR, center=(28, 28))
+        dx, dy = rng.integers(-shift, shift + 1, size=2)
+        out[i] = np.asarray(canvas)[14 + dy: 42 + dy, 14 + dx: 42 + dx]
+    return out
+
+
+def symbols(n: int, rng: np.random.Generator) -> np.ndarray:
+    return _characters(n, rng, SYMBOLS, SYMBOL_FONTS, range(16, 27), 12.0, 2)
+
+
+def pictograms(n: int, rng: np.random.Generator) -> np.ndarray:
+    return _characters(n, rng, PICTOGRAMS, PICTOGRAM_FONTS, range(18, 29), 10.0, 2)
+
+
+def voronoi(n: int, rng: np.random.Generator) -> np.ndarray:
+    y, x = np.mgrid[0:28, 0:28].astype(np.float64)
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        sites = rng.uniform(-2, 30, size=(int(rng.integers(4, 41)), 2))
+        dist = (x[..., None] - sites[:, 0]) ** 2 + (y[..., None] - sites[:, 1]) ** 2
+        cells = dist.argmin(-1)
+        image = rng.integers(0, 256, len(sites))[cells]
+        if rng.random() < 0.5:  # dark cell borders
+            image[(np.diff(cells, axis=0, prepend=cells[:1]) != 0) | (np.diff(cells, axis=1, prepend=cells[:, :1]) != 0)] = 0
+        out[i] = image
+    return out
+
+
+def automata(n: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        rule = AUTOMATA_RULES[rng.integers(len(AUTOMATA_RULES))]
+        table = np.array([(rule >> k) & 1 for k in range(8)], np.uint8)
+        cell = int(rng.integers(1, 3))  # 1 or 2 px per cell
+        width, rows = 28 // cell + 2, 28 // cell
+        row = (rng.random(width) < rng.uniform(0.1, 0.5)).astype(np.uint8) if rng.random() < 0.7 else \
+            np.eye(1, width, width // 2, dtype=np.uint8)[0]  # random or single-cell start
+        grid = np.zeros((rows, width), np.uint8)
+        for r in range(rows):
+            grid[r] = row
+            row = table[4 * np.roll(row, 1) + 2 * row + np.roll(row, -1)]
+        image = np.kron(grid[:, 1:1 + 28 // cell], np.ones((cell, cell), np.uint8))
+        out[i, : image.shape[0], : image.shape[1]] = image * int(rng.integers(128, 256))
+    return out
+
+
 def build(name: str, n: int, seed: int) -> np.ndarray:
     """One set, ``uint8 [n, 28, 28]`` (sklearn_digits: at most 1,797); the same bytes for the same n and seed."""
-    batch = SETS if name in SETS else SETS2
-    return globals()[name](n, np.random.default_rng([seed, batch.index(name)] + ([] if batch is SETS else [2])))
+    number, batch = next((b, sets) for b, sets in BATCHES.items() if name in sets)
+    return globals()[name](n, np.random.default_rng([seed, batch.index(name)] + ([] if number == 1 else [number])))
 
 
 def main(argv: list[str] | None = None) -> None:
