@@ -1,6 +1,6 @@
 """Likelihood regret (Xiao et al., 2020, "Likelihood Regret: An Out-of-Distribution Detection Score
 for Variational Auto-encoder"): minus the ELBO gain of an encoder copy refitted to the image
-(:func:`fevae.scoring.baselines.likelihood_regret_score`). It costs ~0.1 s per image on 2 CPU cores, so only
+(:func:`fevae.scoring.baselines.likelihood_regret_score`). It costs ~0.035 s per image on 2 CPU cores (``make bench``), so only
 a seeded random sample of ``subset`` images of each part (validation, test) of each evaluation set is
 scored: the same images for every run seed (:meth:`fevae.evaluation.scorer.Scorer.subset_images`); their dataset
 indices are stored next to the scores (``index__likelihood_regret`` in ``scores/<set>.npz``).
