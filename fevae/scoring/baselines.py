@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, grad, vmap
 
 from fevae.errors import FevaeError
 from fevae.models.stacked import stackable, stacked_forward
@@ -240,8 +240,8 @@ def _regret_objective(vae: nn.Module, x: Tensor, stacked: bool = True) -> tuple[
         mu, logvar = functional_call(wrapper, p, (xi.unsqueeze(0),), tie_weights=False)
         return _fixed_noise_elbo(vae, mu, logvar, xi.unsqueeze(0), ei.unsqueeze(0))[0]
 
-    step_grad = vmap(grad_and_value(lambda p, xi, ei: -elbo(p, xi, ei)))
-    return (lambda p, eps: vmap(elbo)(p, x, eps)), (lambda p, eps: step_grad(p, x, eps)[0]), \
+    step_grad = vmap(grad(lambda p, xi, ei: -elbo(p, xi, ei)))
+    return (lambda p, eps: vmap(elbo)(p, x, eps)), (lambda p, eps: step_grad(p, x, eps)), \
         [f"vae.encoder.{name}" for name, _ in encoder.named_parameters()]
 
 
@@ -284,10 +284,10 @@ def likelihood_regret_score(
       (:func:`fevae.models.stacked.stacked_forward`: grouped convolutions; the gradient of the summed ELBOs is
       each copy's own), or, for an encoder that is not :func:`~fevae.models.stacked.stackable`, the per-image
       gradient is ``vmap(grad(ELBO))`` over (parameters, image, noise) with :func:`torch.func.functional_call`
-      (the same numbers up to float rounding, slower; ``stacked=False`` takes it for any encoder). Adam is elementwise, so one ``torch.optim.Adam`` over the
-      stacked tensors is exactly B independent Adams. Memory: ~4 (params, grad, 2 moments)
-      x 4 bytes x 224k encoder parameters (1×28×28 or 3×32×32 images; the encoder's size barely
-      depends on the image shape) ≈ 3.6 MB per image, plus activations.
+      (the same numbers up to float rounding, slower; ``stacked=False`` takes it for any encoder). Adam is
+      elementwise, so one ``torch.optim.Adam`` over the stacked tensors is exactly B independent Adams.
+      Memory: ~4 (params, grad, 2 moments) x 4 bytes x 224k encoder parameters (1×28×28 or 3×32×32 images;
+      the encoder's size barely depends on the image shape) ≈ 3.6 MB per image, plus activations.
     * The VAE runs in eval mode (BatchNorm running statistics, no dropout) and its mode is restored
       afterwards; its parameters and buffers are never modified.
     """
