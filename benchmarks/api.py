@@ -77,11 +77,10 @@ def _regret_calls(run: Any, images: np.ndarray) -> dict[str, Callable[[], Any]]:
     ``stacked``), with the run's ``eval.regret`` steps, learning rate and samples."""
     import torch
 
-    from fevae.inputs import image_shape_of
+    from fevae.inputs import to_model_input
     from fevae.scoring.baselines import likelihood_regret_score
 
-    c, h, w = image_shape_of(run.config.data)
-    x = torch.from_numpy(images).float().div(255).reshape(len(images), h, w, c).permute(0, 3, 1, 2).contiguous()
+    x = to_model_input(images, run.config.data.preprocess)  # as score() gives the model the images
     settings = run.config.eval.regret
     index = torch.arange(len(images))
 

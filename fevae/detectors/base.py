@@ -141,12 +141,15 @@ class CrossFit:
         self.fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % folds
         self.copies: list[FittedDetector] = []
         self.out_of_fold: dict[str, np.ndarray] = {}
+        self._held_sorted: list[dict[str, np.ndarray]] = []  # per copy: its held-out fold's scores, sorted (p_values)
         for k in range(folds):
             held = self.fold_of == k
             other = copy.deepcopy(det)
             other.fit({c: v[~held] for c, v in id_val.items() if len(v) == n})
             self.copies.append(other)
-            for name, values in other.score({c: v[held] for c, v in id_val.items() if len(v) == n}).items():
+            fold_scores = other.score({c: v[held] for c, v in id_val.items() if len(v) == n})
+            self._held_sorted.append({name: np.sort(np.asarray(values, np.float64)) for name, values in fold_scores.items()})
+            for name, values in fold_scores.items():
                 self.out_of_fold.setdefault(name, np.full(n, np.nan))[held] = values
 
     def p_values(self, scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,11 +160,9 @@ class CrossFit:
         (a fit on all n images scores new images systematically higher than the n·(k-1)/k-image fits score
         their held-out fold: a flexible density's flag then fires too rarely)."""
         counts: dict[str, np.ndarray] = {}
-        for k, det in enumerate(self.copies):
-            held = self.fold_of == k
+        for det, held_sorted in zip(self.copies, self._held_sorted):
             for name, values in det.score(scores).items():
-                ref = np.sort(self.out_of_fold[name][held])
-                counts[name] = counts.get(name, 0) + np.searchsorted(ref, np.asarray(values, np.float64), side="right")
+                counts[name] = counts.get(name, 0) + np.searchsorted(held_sorted[name], np.asarray(values, np.float64), side="right")
         return {name: (1.0 + c) / (len(self.fold_of) + 1.0) for name, c in counts.items()}
 
 
