@@ -6,7 +6,7 @@
 #  - v2: every shipped detector, on MNIST, salt-and-pepper MNIST, four corrupted FashionMNIST sets no default
 #    was chosen on (vertical flip, 90° rotation, Gaussian noise σ=0.1, contrast ×0.3) and the near-OOD sets of the
 #    literature (horizontal flip, inverted images, constant images, uniform noise) -> OUT/seeds_v2/{0,1,2}
-#  - v1: every shipped detector on the two shipped sets (MNIST, salt-and-pepper MNIST) -> OUT/seeds_v1/{0,1,2}
+#  - v1: the same, on the same ten sets (until 2026-12-07: MNIST and salt-and-pepper MNIST only) -> OUT/seeds_v1/{0,1,2}
 #  - v2 and v1 also score the four held-out sets of scripts/holdout_sets.py (built into OUT/holdout)
 #  - mnist (only when named): the reversed direction of docs/detectors.md, V2 with every detector on MNIST's 10,000
 #    test digits as your own data (data=npz: 3,000 held out for evaluation, 1,000 validation, 6,000 train; fe.n=5000),
@@ -30,21 +30,24 @@ if [ "$which" != mnist ]; then
     holdout+=("+data.ood_sets.$set={path: $(cd "$out/holdout" && pwd)/$set.npy, eval_split: {val: 297, test: 1500}}")
   done
 fi
+# The eight corrupted and near-OOD FashionMNIST sets (built from the in-distribution test pool), scored by v2 and v1
+corrupted=(
+  "+data.ood_sets.fmnist_vflip={source: in_distribution, corruptions: [vflip], $split}"
+  "+data.ood_sets.fmnist_rot90={source: in_distribution, corruptions: [{name: rotate, degrees: 90}], $split}"
+  "+data.ood_sets.fmnist_noise={source: in_distribution, corruptions: [{name: gaussian_noise, sigma: 0.1}], $split}"
+  "+data.ood_sets.fmnist_contrast={source: in_distribution, corruptions: [{name: contrast, factor: 0.3}], $split}"
+  "+data.ood_sets.fmnist_hflip={source: in_distribution, corruptions: [hflip], $split}"
+  "+data.ood_sets.fmnist_invert={source: in_distribution, corruptions: [invert], $split}"
+  "+data.ood_sets.constant={source: in_distribution, corruptions: [constant], $split}"
+  "+data.ood_sets.uniform_noise={source: in_distribution, corruptions: [uniform_noise], $split}"
+)
 if [ "$which" = v2 ] || [ "$which" = both ]; then
   python -m fevae.train -m +experiment=v2_gaussian seed=1,2,3 'fe.extra_layers=[]' eval.regret.subset=100 trainer.enable_progress_bar=false \
-    "+data.ood_sets.fmnist_vflip={source: in_distribution, corruptions: [vflip], $split}" \
-    "+data.ood_sets.fmnist_rot90={source: in_distribution, corruptions: [{name: rotate, degrees: 90}], $split}" \
-    "+data.ood_sets.fmnist_noise={source: in_distribution, corruptions: [{name: gaussian_noise, sigma: 0.1}], $split}" \
-    "+data.ood_sets.fmnist_contrast={source: in_distribution, corruptions: [{name: contrast, factor: 0.3}], $split}" \
-    "+data.ood_sets.fmnist_hflip={source: in_distribution, corruptions: [hflip], $split}" \
-    "+data.ood_sets.fmnist_invert={source: in_distribution, corruptions: [invert], $split}" \
-    "+data.ood_sets.constant={source: in_distribution, corruptions: [constant], $split}" \
-    "+data.ood_sets.uniform_noise={source: in_distribution, corruptions: [uniform_noise], $split}" \
-    "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
+    "${corrupted[@]}" "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v2"
 fi
 if [ "$which" = v1 ] || [ "$which" = both ]; then
   python -m fevae.train -m +experiment=v1_bernoulli seed=1,2,3 'fe.extra_layers=[]' eval.regret.subset=100 \
-    trainer.enable_progress_bar=false "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v1"
+    trainer.enable_progress_bar=false "${corrupted[@]}" "${holdout[@]}" paths.cache_dir="$out/cache_seeds" hydra.sweep.dir="$out/seeds_v1"
 fi
 if [ "$which" = mnist ]; then
   mkdir -p "$out"
