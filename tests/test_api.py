@@ -207,14 +207,19 @@ def test_the_docs_example_scores_a_folder_of_pngs_and_plots_the_histogram(api_ru
     assert (tmp_path / "histogram.png").stat().st_size > 5_000
 
 
-def test_holdout_metrics_scores_new_sets_through_a_finished_run_without_rescoring_it(api_run, tmp_path):
-    """scripts/holdout_metrics.py: new sets scored as the API scores images; the fitted detectors' refit equals the
-    run's (checked inside), their conformal flags are cross-conformal, and detector_table.py reads the result."""
+def _holdout_metrics():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("holdout_metrics", Path(__file__).resolve().parents[1] / "scripts" / "holdout_metrics.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_holdout_metrics_scores_new_sets_through_a_finished_run_without_rescoring_it(api_run, tmp_path):
+    """scripts/holdout_metrics.py: new sets scored as the API scores images; the fitted detectors' refit equals the
+    run's (checked inside), their conformal flags are cross-conformal, and detector_table.py reads the result."""
+    mod = _holdout_metrics()
     sets = {"noise": some_images(30), "dark": (some_images(30) // 8).astype(np.uint8)}
     metrics = mod.run_metrics(api_run, sets, val=6, test=20)
     id_name = metrics["in_distribution"]
@@ -230,3 +235,18 @@ def test_holdout_metrics_scores_new_sets_through_a_finished_run_without_rescorin
     out = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "detector_table.py"), str(tmp_path / "0")],
                          capture_output=True, text=True, check=True).stdout
     assert "| fused (GMM) |" in out and "noise" in out
+
+
+def test_holdout_metrics_saved_re_makes_a_runs_own_metrics_from_its_score_files(api_run, tmp_path):
+    """--saved scores nothing: from the run's score files (fitted detectors re-fitted) it gives every set's test
+    metrics exactly as the run wrote them, likelihood regret included; it refuses a mix with new sets."""
+    mod = _holdout_metrics()
+    metrics = mod.run_metrics(api_run, {}, val=0, test=0, saved_sets=True)
+    run_metrics = json.loads((api_run / "metrics.json").read_text())
+    assert metrics["ood"] == run_metrics["ood"] and metrics["n"] == run_metrics["n"]
+    assert any(c.startswith("likelihood_regret") for s in metrics["ood"].values() for c in s["other"])
+    assert metrics["source"]["saved"] and set(metrics["source"]["sets"]) == set(run_metrics["ood"])
+    with pytest.raises(ValueError, match="no new ones"):
+        mod.run_metrics(api_run, {"noise": some_images(30)}, val=6, test=20, saved_sets=True)
+    with pytest.raises(SystemExit):
+        mod.main([str(tmp_path), str(api_run), "--saved", "--names", "x"])
