@@ -71,6 +71,44 @@ def test_the_calibrated_candidate_with_the_best_worst_case_proxy_auroc_is_recomm
     assert "| `b` |" in rec.format_table(result) and "recommended: `b`" in rec.format_table(result)
 
 
+def test_the_noise_reference_is_the_null_distribution_of_a_worst_case_auroc():
+    # one run, one family: the AUROC of independent scores is ~ N(0.5, (n1 + n2 + 1) / (12 n1 n2)) (Mann-Whitney)
+    ref = rec.noise_reference([(1000, {"f": 300})], draws=4000)
+    sd = np.sqrt((1000 + 300 + 1) / (12 * 1000 * 300))
+    assert ref["median"] == pytest.approx(0.5, abs=0.1 * sd) and ref["upper_95"] == pytest.approx(0.5 + 1.645 * sd, abs=0.15 * sd)
+    # three runs, seven families sharing each run's validation scores: against sklearn on normal scores
+    sizes = [(400, {f: 100 for f in PROXIES})] * 3
+    rng = np.random.default_rng(5)
+    brute = []
+    for _ in range(400):
+        per_family = np.zeros(len(PROXIES))
+        for _run in range(3):
+            val = rng.normal(size=400)
+            per_family += [roc_auc_score(np.r_[np.ones(400), np.zeros(100)], np.r_[val, rng.normal(size=100)]) for _f in PROXIES]
+        brute.append(per_family.min() / 3)
+    ref = rec.noise_reference(sizes, draws=2000, seed=1)
+    assert ref["median"] == pytest.approx(np.median(brute), abs=0.004)
+    assert ref["upper_95"] == pytest.approx(np.quantile(brute, 0.95), abs=0.006)
+    assert ref["median"] < 0.49  # the lowest of seven is below 0.5 for pure noise: the reason for the reference
+
+
+def test_the_rule_says_whether_each_candidates_worst_proxy_is_above_pure_noise(monkeypatch):
+    monkeypatch.setattr(rec, "flagged_fractions", lambda v, cols, f, halvings: {c: np.array([0.05]) for c in cols})  # calibrated
+    rng = np.random.default_rng(2)
+    n = 400
+    id_val = {"good": rng.normal(size=n), "noise": rng.normal(size=n)}
+    proxies = {f: {"good": rng.normal(size=150) - 1.0, "noise": rng.normal(size=150)} for f in PROXIES}
+    result = rec.decide([{"id_val": id_val, "fitted": {}, "proxies": proxies}], list(PROXIES), halvings=4)
+    assert result["candidates"]["good"]["above_noise"] and not result["candidates"]["noise"]["above_noise"]
+    assert result["noise"]["upper_95"] < result["candidates"]["good"]["worst_proxy_auroc"]
+    table = rec.format_table(result)
+    assert "| above noise |" in table and "pure noise" in table and "cannot tell it from noise" not in table
+    # the decision is unchanged by the reference: with only the noise candidate it is still recommended, and said so
+    alone = rec.decide([{"id_val": {"noise": id_val["noise"]}, "fitted": {}, "proxies": {f: {"noise": p["noise"]} for f, p in proxies.items()}}],
+                       list(PROXIES), halvings=4)
+    assert alone["recommended"] == "noise" and "cannot tell it from noise" in rec.format_table(alone)
+
+
 def test_proxy_families_are_disjoint_from_the_shipped_corruptions_and_deterministic():
     assert not set(PROXIES) & set(CORRUPTIONS)
     rng = np.random.default_rng(0)

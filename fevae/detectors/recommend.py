@@ -24,6 +24,10 @@ never an image of an evaluation set:
    A candidate's **worst-case proxy AUROC** is the lowest over families of its mean over runs.
 4. The recommended detector is the **calibrated candidate with the best worst-case proxy AUROC** (ties:
    the better mean over families); none calibrated is reported as such.
+
+Reported beside the decision, not part of it (added 2026-12-07): the worst-case proxy AUROC that a detector of
+**pure noise** reaches with the same numbers of images (:func:`noise_reference`), and per candidate whether its own
+is above that reference's 95th percentile. A candidate that is not cannot be told from noise on its worst family.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from fevae.utils.io import INDEX_PREFIX, MCSE_PREFIX
 LOW, HIGH = 0.035, 0.065
 HALVINGS = 20
 N_PROXY = 300
+#: Monte-Carlo draws of the pure-noise reference (:func:`noise_reference`)
+NOISE_DRAWS = 2000
 #: the seed of the proxy images (the same training images and transformations for every candidate)
 PROXY_SEED = 0
 
@@ -83,6 +89,24 @@ def flagged_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: Fitt
     return flagged_fractions(id_val, [column], fitted, seed, halvings)[column]
 
 
+def noise_reference(sizes: Sequence[tuple[int, Mapping[str, int]]], draws: int = NOISE_DRAWS, seed: int = 0) -> dict[str, float]:
+    """The worst-case proxy AUROC (rule step 3) of a detector of pure noise, whose scores are independent of the image,
+    with the rule's numbers of images: ``sizes`` has per run ``(validation images, {family: proxy images})``. Per draw:
+    per run and family the AUROC of independent uniform scores (the validation scores shared by the run's families,
+    as a candidate's are), its mean over runs, the lowest over families. Its median and 95th percentile over draws."""
+    rng = np.random.default_rng(seed)
+    families = list(sizes[0][1])
+    worst = np.empty(draws)
+    for d in range(draws):
+        per_family = np.zeros(len(families))
+        for n_val, n_proxy in sizes:
+            val = np.sort(rng.random(n_val))
+            for k, family in enumerate(families):  # AUROC = P(validation score > proxy score)
+                per_family[k] += 1.0 - np.searchsorted(val, rng.random(n_proxy[family])).mean() / n_val
+        worst[d] = per_family.min() / len(sizes)
+    return {"draws": draws, "median": float(np.median(worst)), "upper_95": float(np.quantile(worst, 0.95))}
+
+
 def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings: int = HALVINGS) -> dict[str, Any]:
     """Rule steps 2-4 over ``runs``, each ``{"id_val": columns, "fitted": {column: unfitted detector},
     "proxies": {family: columns}}``: per common candidate its calibration per run and proxy AUROCs, the ranking
@@ -108,18 +132,33 @@ def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings:
                          "proxy_auroc": {f: [float(x) for x in v] for f, v in auroc.items()},
                          "worst_proxy": min(means, key=means.get), "worst_proxy_auroc": min(means.values()),
                          "mean_proxy_auroc": float(np.mean(list(means.values())))}
+    if common:
+        noise = noise_reference([(len(r["id_val"][common[0]]), {f: len(r["proxies"][f][common[0]]) for f in families}) for r in runs])
+        for row in table.values():
+            row["above_noise"] = row["worst_proxy_auroc"] > noise["upper_95"]
+    else:
+        noise = None
     ranked = sorted((c for c, row in table.items() if row["calibrated"]),
                     key=lambda c: (table[c]["worst_proxy_auroc"], table[c]["mean_proxy_auroc"]), reverse=True)
     return {"rule": {"low": LOW, "high": HIGH, "alpha": ALPHA, "halvings": halvings, "proxies": list(families)},
-            "candidates": table, "ranking": ranked, "recommended": ranked[0] if ranked else None}
+            "candidates": table, "ranking": ranked, "recommended": ranked[0] if ranked else None, "noise": noise}
 
 
 def format_table(result: Mapping[str, Any]) -> str:
     """The rule's table (markdown), calibrated candidates first, best worst-case proxy AUROC first."""
     rows = sorted(result["candidates"].items(), key=lambda kv: (kv[1]["calibrated"], kv[1]["worst_proxy_auroc"]), reverse=True)
-    lines = ["| candidate | flagged at 5% (per run) | calibrated | worst proxy (AUROC) | mean proxy AUROC |", "|---|---|---|---|---|"]
+    noise = result.get("noise")
+    lines = ["| candidate | flagged at 5% (per run) | calibrated | worst proxy (AUROC) | above noise | mean proxy AUROC |",
+             "|---|---|---|---|---|---|"]
     for c, row in rows:
+        above = "" if "above_noise" not in row else "yes" if row["above_noise"] else "**no**"
         lines.append(f"| `{c}` | {' '.join(f'{m:.3f}' for m in row['flagged'])} | {'yes' if row['calibrated'] else 'no'} | "
-                     f"{row['worst_proxy']} ({row['worst_proxy_auroc']:.3f}) | {row['mean_proxy_auroc']:.3f} |")
-    lines.append(f"\nrecommended: {'`' + result['recommended'] + '`' if result['recommended'] else 'none is calibrated'}")
+                     f"{row['worst_proxy']} ({row['worst_proxy_auroc']:.3f}) | {above} | {row['mean_proxy_auroc']:.3f} |")
+    if noise:
+        lines.append(f"\npure noise (scores independent of the image), {noise['draws']} draws: worst proxy AUROC median "
+                     f"{noise['median']:.3f}, 95th percentile {noise['upper_95']:.3f} (\"above noise\": a worst proxy above it)")
+    best = result["recommended"]
+    lines.append(f"\nrecommended: {'`' + best + '`' if best else 'none is calibrated'}")
+    if best and noise and not result["candidates"][best]["above_noise"]:
+        lines.append("(its worst proxy is not above pure noise's: on that family the proxies cannot tell it from noise)")
     return "\n".join(lines)
