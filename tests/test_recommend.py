@@ -92,21 +92,28 @@ def test_the_noise_reference_is_the_null_distribution_of_a_worst_case_auroc():
     assert ref["median"] < 0.49  # the lowest of seven is below 0.5 for pure noise: the reason for the reference
 
 
-def test_the_rule_says_whether_each_candidates_worst_proxy_is_above_pure_noise(monkeypatch):
+def test_a_detector_of_pure_noise_cannot_be_recommended_even_with_the_best_worst_case(monkeypatch):
+    """Pure noise is calibrated and its worst proxy sits near 0.49; candidates that are reversed on one family each
+    have a lower worst case. Before the informativeness condition noise won; now the best informative one does."""
     monkeypatch.setattr(rec, "flagged_fractions", lambda v, cols, f, halvings: {c: np.array([0.05]) for c in cols})  # calibrated
     rng = np.random.default_rng(2)
-    n = 400
-    id_val = {"good": rng.normal(size=n), "noise": rng.normal(size=n)}
-    proxies = {f: {"good": rng.normal(size=150) - 1.0, "noise": rng.normal(size=150)} for f in PROXIES}
-    result = rec.decide([{"id_val": id_val, "fitted": {}, "proxies": proxies}], list(PROXIES), halvings=4)
-    assert result["candidates"]["good"]["above_noise"] and not result["candidates"]["noise"]["above_noise"]
-    assert result["noise"]["upper_95"] < result["candidates"]["good"]["worst_proxy_auroc"]
+    n, families = 1000, list(PROXIES)
+    id_val = {"noise": rng.normal(size=n), "a": rng.normal(size=n), "b": rng.normal(size=n)}
+    shift = {"a": {f: (-0.3 if f == "blur" else 1.5) for f in families}, "b": {f: (-0.5 if f == "mixup" else 2.0) for f in families}}
+    proxies = {f: {"noise": rng.normal(size=300), **{c: rng.normal(size=300) - shift[c][f] for c in shift}} for f in families}
+    result = rec.decide([{"id_val": id_val, "fitted": {}, "proxies": proxies}], families, halvings=4)
+    rows = result["candidates"]
+    assert rows["noise"]["worst_proxy_auroc"] > max(rows["a"]["worst_proxy_auroc"], rows["b"]["worst_proxy_auroc"])
+    assert not rows["noise"]["informative"] and rows["a"]["informative"] and rows["b"]["informative"]
+    assert result["recommended"] == "a" and result["ranking"] == ["a", "b"]
+    assert not rows["a"]["above_noise"] and rows["a"]["worst_proxy"] == "blur"
+    assert result["noise"]["mean_upper_95"] < rows["a"]["mean_proxy_auroc"] and result["noise"]["mean_median"] == pytest.approx(0.5, abs=0.005)
     table = rec.format_table(result)
-    assert "| above noise |" in table and "pure noise" in table and "cannot tell it from noise" not in table
-    # the decision is unchanged by the reference: with only the noise candidate it is still recommended, and said so
+    assert "| informative |" in table and "| `noise` |" in table and "recommended: `a`" in table
+    # noise alone: nothing to recommend, and said so
     alone = rec.decide([{"id_val": {"noise": id_val["noise"]}, "fitted": {}, "proxies": {f: {"noise": p["noise"]} for f, p in proxies.items()}}],
-                       list(PROXIES), halvings=4)
-    assert alone["recommended"] == "noise" and "cannot tell it from noise" in rec.format_table(alone)
+                       families, halvings=4)
+    assert alone["recommended"] is None and "none is calibrated and informative" in rec.format_table(alone)
 
 
 def test_proxy_families_are_disjoint_from_the_shipped_corruptions_and_deterministic():
