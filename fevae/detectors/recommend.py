@@ -154,13 +154,13 @@ def format_table(result: Mapping[str, Any]) -> str:
     def eligible(row: Mapping[str, Any]) -> bool:
         return row["calibrated"] and row.get("informative", True)
 
+    def yes(row: Mapping[str, Any], key: str) -> str:
+        return "" if key not in row else "yes" if row[key] else "**no**"
+
     rows = sorted(result["candidates"].items(), key=lambda kv: (eligible(kv[1]), kv[1]["worst_proxy_auroc"]), reverse=True)
     noise = result.get("noise")
     lines = ["| candidate | flagged at 5% (per run) | calibrated | mean proxy AUROC | informative | worst proxy (AUROC) | worst above noise |",
              "|---|---|---|---|---|---|---|"]
-    def yes(row: Mapping[str, Any], key: str) -> str:
-        return "" if key not in row else "yes" if row[key] else "**no**"
-
     for c, row in rows:
         lines.append(f"| `{c}` | {' '.join(f'{m:.3f}' for m in row['flagged'])} | {'yes' if row['calibrated'] else 'no'} | "
                      f"{row['mean_proxy_auroc']:.3f} | {yes(row, 'informative')} | {row['worst_proxy']} ({row['worst_proxy_auroc']:.3f}) | "
