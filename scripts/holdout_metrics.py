@@ -57,12 +57,11 @@ def run_metrics(run_dir: Path, sets: dict[str, np.ndarray], val: int, test: int,
     id_name = id_set_name(cfg.data)
     fitted = fitted_detectors(cfg)
     outputs = {c for d in fitted for c in d.outputs()}
-    if saved_sets:  # every column as the run saved it, less the fitted detectors' (re-made below)
-        def columns(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return {c: v for c, v in s.items() if c not in outputs}
-    else:
-        def columns(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return model_columns(s, outputs)
+
+    def columns(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """saved_sets: every column as the run saved it, less the fitted detectors' (re-made below); else the model pass's."""
+        return {c: v for c, v in s.items() if c not in outputs} if saved_sets else model_columns(s, outputs)
+
     saved = load_scores(run_dir / "scores" / f"{id_name}.npz")
     scores = {f"val/{id_name}": columns(load_scores(run_dir / "scores" / "val" / f"{id_name}.npz")), id_name: columns(saved)}
     if saved_sets:

@@ -91,6 +91,12 @@ def flagged_fraction(id_val: Mapping[str, np.ndarray], column: str, fitted: Fitt
     return flagged_fractions(id_val, [column], fitted, seed, halvings)[column]
 
 
+def eligible(row: Mapping[str, Any]) -> bool:
+    """Whether a candidate's row of :func:`decide`'s table can be recommended: calibrated and informative (a row of a
+    result without the noise reference, made before 2026-12-07, only needs to be calibrated)."""
+    return bool(row["calibrated"] and row.get("informative", True))
+
+
 def noise_reference(sizes: Sequence[tuple[int, Mapping[str, int]]], draws: int = NOISE_DRAWS, seed: int = 0) -> dict[str, float]:
     """The worst-case proxy AUROC (rule step 3) of a detector of pure noise, whose scores are independent of the image,
     with the rule's numbers of images: ``sizes`` has per run ``(validation images, {family: proxy images})``. Per draw:
@@ -143,7 +149,7 @@ def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings:
             row["above_noise"] = row["worst_proxy_auroc"] > noise["upper_95"]
     else:
         noise = None
-    ranked = sorted((c for c, row in table.items() if row["calibrated"] and row["informative"]),
+    ranked = sorted((c for c, row in table.items() if eligible(row)),
                     key=lambda c: (table[c]["worst_proxy_auroc"], table[c]["mean_proxy_auroc"]), reverse=True)
     return {"rule": {"low": LOW, "high": HIGH, "alpha": ALPHA, "halvings": halvings, "proxies": list(families)},
             "candidates": table, "ranking": ranked, "recommended": ranked[0] if ranked else None, "noise": noise}
@@ -151,9 +157,6 @@ def decide(runs: Sequence[Mapping[str, Any]], families: Sequence[str], halvings:
 
 def format_table(result: Mapping[str, Any]) -> str:
     """The rule's table (markdown), candidates that can be recommended first, best worst-case proxy AUROC first."""
-    def eligible(row: Mapping[str, Any]) -> bool:
-        return row["calibrated"] and row.get("informative", True)
-
     def yes(row: Mapping[str, Any], key: str) -> str:
         return "" if key not in row else "yes" if row[key] else "**no**"
 
